@@ -1,0 +1,76 @@
+//! A configurable echo server, the one the integration tests drive, and a tour of a worker's
+//! settings. Every setting comes from the environment:
+//!
+//! | variable | setting | default |
+//! |---|---|---|
+//! | `ECHO_LISTEN` | listen URL | `text://127.0.0.1:7000` |
+//! | `ECHO_COUNT` | processes | 2 |
+//! | `ECHO_STOP_TIMEOUT` | seconds a graceful stop/reload waits | 2 |
+//! | `ECHO_IDLE_TIMEOUT` | close connections silent this long (s) | none |
+//! | `ECHO_MAX_PACKAGE` | max_package_size (bytes) | 10 MiB |
+//! | `ECHO_MAX_REQUESTS` | recycle a process after this many messages | none |
+//! | `ECHO_REUSE_PORT` | `1` for a socket per process | off |
+//!
+//! Messages: `panic` panics in the handler; `slow:MS` answers `done:MS` after MS milliseconds;
+//! `pid` answers the process id; `ticks` answers how many times this process's 100 ms timer
+//! has fired; anything else is echoed back.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use oxwork::{run_all, Timer, Worker};
+
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn main() -> oxwork::Result<()> {
+    let listen = std::env::var("ECHO_LISTEN").unwrap_or_else(|_| "text://127.0.0.1:7000".into());
+    let mut w = Worker::new(&listen)?;
+    w.name("echo")
+        .count(env("ECHO_COUNT").unwrap_or(2))
+        .stop_timeout(env::<f64>("ECHO_STOP_TIMEOUT").unwrap_or(2.0))
+        .reuse_port(env::<u8>("ECHO_REUSE_PORT") == Some(1));
+    if let Some(t) = env::<f64>("ECHO_IDLE_TIMEOUT") {
+        w.idle_timeout(t);
+    }
+    if let Some(n) = env("ECHO_MAX_PACKAGE") {
+        w.max_package_size(n);
+    }
+    if let Some(n) = env("ECHO_MAX_REQUESTS") {
+        w.max_requests(n);
+    }
+
+    let ticks = Rc::new(Cell::new(0u64));
+    let t = ticks.clone();
+    w.on_worker_start(move |w| {
+        let t = t.clone();
+        Timer::add(0.1, true, move || t.set(t.get() + 1));
+        eprintln!(
+            "echo worker {} started (pid {})",
+            w.id(),
+            std::process::id()
+        );
+    });
+    w.on_message(move |c, data| match data.as_str() {
+        Some("panic") => panic!("asked to panic"),
+        Some("pid") => {
+            c.send(std::process::id().to_string());
+        }
+        Some("ticks") => {
+            c.send(ticks.get().to_string());
+        }
+        Some(s) if s.starts_with("slow:") => {
+            let ms: u64 = s[5..].parse().unwrap_or(100);
+            let c = c.clone();
+            Timer::once(std::time::Duration::from_millis(ms), move || {
+                c.send(format!("done:{ms}"));
+            });
+        }
+        _ => {
+            c.send(data);
+        }
+    });
+    w.on_error(|c, e| eprintln!("connection {} error: {e}", c.id()));
+    run_all()
+}

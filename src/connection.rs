@@ -1,0 +1,413 @@
+//! A connection as callbacks see it: send, close, destroy, pause, addresses and counters.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use crate::guard::guarded;
+use crate::protocol::{Dynamic, Protocol, Rejection};
+use crate::stats;
+
+/// Why a connection reported an error to `on_error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The protocol refused the input, or a package exceeded `max_package_size`. The
+    /// connection is closed.
+    Rejected(String),
+    /// `send` found the send buffer full (past `max_send_buffer_size`); the message was dropped.
+    SendBufferFull,
+    /// A callback panicked while handling this connection; the connection is closed.
+    Panicked,
+    /// An outbound connection could not be established.
+    ConnectFailed(String),
+    /// A message could not be encoded by the protocol.
+    Encode(String),
+}
+
+impl fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionError::Rejected(r) => write!(f, "input rejected: {r}"),
+            ConnectionError::SendBufferFull => f.write_str("send buffer full, message dropped"),
+            ConnectionError::Panicked => f.write_str("a callback panicked"),
+            ConnectionError::ConnectFailed(r) => write!(f, "connect failed: {r}"),
+            ConnectionError::Encode(r) => write!(f, "cannot encode message: {r}"),
+        }
+    }
+}
+
+type ConnFn<P> = Box<dyn Fn(&Connection<P>)>;
+type MessageFn<P> = Box<dyn Fn(&Connection<P>, <P as Protocol>::Message)>;
+type ErrorFn<P> = Box<dyn Fn(&Connection<P>, &ConnectionError)>;
+
+/// The per-connection callbacks of a worker or an outbound connection.
+pub(crate) struct Handlers<P: Protocol> {
+    pub(crate) on_connect: Option<ConnFn<P>>,
+    pub(crate) on_message: Option<MessageFn<P>>,
+    pub(crate) on_close: Option<ConnFn<P>>,
+    pub(crate) on_error: Option<ErrorFn<P>>,
+    pub(crate) on_buffer_full: Option<ConnFn<P>>,
+    pub(crate) on_buffer_drain: Option<ConnFn<P>>,
+}
+
+impl<P: Protocol> Default for Handlers<P> {
+    fn default() -> Self {
+        Handlers {
+            on_connect: None,
+            on_message: None,
+            on_close: None,
+            on_error: None,
+            on_buffer_full: None,
+            on_buffer_drain: None,
+        }
+    }
+}
+
+/// The peer of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// An IP peer.
+    Inet(SocketAddr),
+    /// A Unix-domain peer (usually unnamed).
+    Unix(String),
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Inet(a) => write!(f, "{a}"),
+            PeerAddr::Unix(p) if p.is_empty() => f.write_str("unix:(unnamed)"),
+            PeerAddr::Unix(p) => write!(f, "unix:{p}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Reading and writing.
+    Open,
+    /// No more reading; flush what is queued, then close.
+    Closing,
+    /// Drop everything now.
+    Destroyed,
+    /// Gone; `on_close` has run.
+    Closed,
+}
+
+/// How a connection's bytes leave: through its stream driver, or as one UDP datagram.
+pub(crate) enum Sink {
+    Stream,
+    Datagram {
+        socket: Rc<tokio::net::UdpSocket>,
+        peer: SocketAddr,
+    },
+}
+
+pub(crate) struct ConnInner<P: Protocol> {
+    pub(crate) id: u64,
+    pub(crate) peer: PeerAddr,
+    pub(crate) local: Option<SocketAddr>,
+    pub(crate) proto: RefCell<P>,
+    pub(crate) out: RefCell<BytesMut>,
+    pub(crate) state: Cell<State>,
+    pub(crate) paused: Cell<bool>,
+    pub(crate) buffer_full: Cell<bool>,
+    pub(crate) max_send_buffer_size: Cell<usize>,
+    pub(crate) max_package_size: usize,
+    pub(crate) bytes_in: Cell<u64>,
+    pub(crate) bytes_out: Cell<u64>,
+    pub(crate) created: Instant,
+    pub(crate) handlers: Rc<Handlers<P>>,
+    pub(crate) sink: Sink,
+    /// The driver task, to be woken when something other than the driver changes this
+    /// connection (a send from a timer, a close from another connection).
+    pub(crate) waker: RefCell<Option<Waker>>,
+    /// True while the driver itself runs callbacks: it flushes afterwards, so no wake is needed.
+    pub(crate) in_dispatch: Cell<bool>,
+}
+
+/// One client connection (Workerman's `TcpConnection`), cheap to clone.
+///
+/// Every method is non-blocking: `send` queues bytes that the connection's driver writes when
+/// the socket has room. A `Connection` may be kept (in a map, a timer) and used from any callback
+/// of the same process; once closed, `send` returns `false`.
+pub struct Connection<P: Protocol = Dynamic> {
+    pub(crate) inner: Rc<ConnInner<P>>,
+}
+
+impl<P: Protocol> Clone for Connection<P> {
+    fn clone(&self) -> Self {
+        Connection {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<P: Protocol> fmt::Debug for Connection<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.inner.id)
+            .field("peer", &self.inner.peer)
+            .field("state", &self.inner.state.get())
+            .finish()
+    }
+}
+
+thread_local! {
+    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+pub(crate) struct ConnSettings {
+    pub(crate) max_package_size: usize,
+    pub(crate) max_send_buffer_size: usize,
+}
+
+impl<P: Protocol> Connection<P> {
+    pub(crate) fn new(
+        proto: P,
+        peer: PeerAddr,
+        local: Option<SocketAddr>,
+        handlers: Rc<Handlers<P>>,
+        settings: &ConnSettings,
+        sink: Sink,
+    ) -> Self {
+        let id = NEXT_ID.with(|n| {
+            let id = n.get();
+            n.set(id + 1);
+            id
+        });
+        Connection {
+            inner: Rc::new(ConnInner {
+                id,
+                peer,
+                local,
+                proto: RefCell::new(proto),
+                out: RefCell::new(BytesMut::new()),
+                state: Cell::new(State::Open),
+                paused: Cell::new(false),
+                buffer_full: Cell::new(false),
+                max_send_buffer_size: Cell::new(settings.max_send_buffer_size),
+                max_package_size: settings.max_package_size,
+                bytes_in: Cell::new(0),
+                bytes_out: Cell::new(0),
+                created: Instant::now(),
+                handlers,
+                sink,
+                waker: RefCell::new(None),
+                in_dispatch: Cell::new(false),
+            }),
+        }
+    }
+
+    /// This connection's id, unique within its process.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> &PeerAddr {
+        &self.inner.peer
+    }
+
+    /// The peer's IP address as text (empty for Unix-domain peers).
+    pub fn remote_ip(&self) -> String {
+        match &self.inner.peer {
+            PeerAddr::Inet(a) => a.ip().to_string(),
+            PeerAddr::Unix(_) => String::new(),
+        }
+    }
+
+    /// The peer's port (0 for Unix-domain peers).
+    pub fn remote_port(&self) -> u16 {
+        match &self.inner.peer {
+            PeerAddr::Inet(a) => a.port(),
+            PeerAddr::Unix(_) => 0,
+        }
+    }
+
+    /// The local address of the socket, for IP connections.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local
+    }
+
+    /// Bytes received so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.inner.bytes_in.get()
+    }
+
+    /// Bytes written to the socket so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.inner.bytes_out.get()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn send_buffer_len(&self) -> usize {
+        self.inner.out.borrow().len()
+    }
+
+    /// True until the connection starts closing.
+    pub fn is_open(&self) -> bool {
+        self.inner.state.get() == State::Open
+    }
+
+    /// Changes this connection's send-buffer bound (the worker's `max_send_buffer_size`).
+    pub fn set_max_send_buffer_size(&self, bytes: usize) {
+        self.inner.max_send_buffer_size.set(bytes);
+    }
+
+    /// Queues a message. Returns `false` when it was not queued: the connection is closing or
+    /// closed, or its send buffer is already past `max_send_buffer_size` (then the message is
+    /// dropped, `on_error` gets [`ConnectionError::SendBufferFull`] and the process's failed-send
+    /// count grows). The send that fills the buffer past the bound calls `on_buffer_full`;
+    /// `on_buffer_drain` follows once everything is written.
+    pub fn send(&self, msg: impl Into<P::Output>) -> bool {
+        let inner = &self.inner;
+        if inner.state.get() != State::Open {
+            return false;
+        }
+        if let Sink::Datagram { socket, peer } = &inner.sink {
+            let mut buf = BytesMut::new();
+            if let Err(e) = inner.proto.borrow_mut().encode(msg.into(), &mut buf) {
+                self.report(&ConnectionError::Encode(e.to_string()));
+                return false;
+            }
+            return match socket.try_send_to(&buf, *peer) {
+                Ok(n) => {
+                    inner.bytes_out.set(inner.bytes_out.get() + n as u64);
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!("udp send to {peer} failed: {e}");
+                    stats::with(|c| stats::bump(&c.failed_sends));
+                    false
+                }
+            };
+        }
+        if inner.out.borrow().len() >= inner.max_send_buffer_size.get() {
+            stats::with(|c| stats::bump(&c.failed_sends));
+            self.report(&ConnectionError::SendBufferFull);
+            return false;
+        }
+        let encoded = {
+            let mut out = inner.out.borrow_mut();
+            inner.proto.borrow_mut().encode(msg.into(), &mut out)
+        };
+        if let Err(e) = encoded {
+            self.report(&ConnectionError::Encode(e.to_string()));
+            return false;
+        }
+        if !inner.buffer_full.get() && inner.out.borrow().len() >= inner.max_send_buffer_size.get()
+        {
+            inner.buffer_full.set(true);
+            self.call("on_buffer_full", inner.handlers.on_buffer_full.as_ref());
+        }
+        self.wake();
+        true
+    }
+
+    /// Closes after everything queued has been written (Workerman's `close`).
+    pub fn close(&self) {
+        if self.inner.state.get() == State::Open {
+            self.inner.state.set(State::Closing);
+            self.wake();
+        }
+    }
+
+    /// Sends one last message, then closes.
+    pub fn close_with(&self, msg: impl Into<P::Output>) {
+        self.send(msg);
+        self.close();
+    }
+
+    /// Closes now, dropping anything not yet written.
+    pub fn destroy(&self) {
+        if matches!(self.inner.state.get(), State::Open | State::Closing) {
+            self.inner.state.set(State::Destroyed);
+            self.inner.out.borrow_mut().clear();
+            self.wake();
+        }
+    }
+
+    /// Stops reading from this connection; data the peer sends waits in the kernel, which slows
+    /// the peer down (back-pressure).
+    pub fn pause_recv(&self) {
+        self.inner.paused.set(true);
+    }
+
+    /// Resumes reading after [`pause_recv`](Self::pause_recv).
+    pub fn resume_recv(&self) {
+        if self.inner.paused.replace(false) {
+            self.wake();
+        }
+    }
+
+    /// How long ago the connection was established.
+    pub fn age(&self) -> std::time::Duration {
+        self.inner.created.elapsed()
+    }
+
+    pub(crate) fn wake(&self) {
+        if self.inner.in_dispatch.get() {
+            return;
+        }
+        if let Some(w) = self.inner.waker.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Runs a connection callback under the panic guard; a panic closes this connection.
+    pub(crate) fn call(&self, what: &str, f: Option<&ConnFn<P>>) {
+        if let Some(f) = f {
+            if guarded(what, || f(self)).is_none() {
+                self.after_panic();
+            }
+        }
+    }
+
+    pub(crate) fn report(&self, err: &ConnectionError) {
+        if let Some(f) = &self.inner.handlers.on_error {
+            if guarded("on_error", || f(self, err)).is_none() {
+                self.after_panic();
+            }
+        }
+    }
+
+    pub(crate) fn deliver(&self, msg: P::Message) {
+        if let Some(f) = &self.inner.handlers.on_message {
+            if guarded("on_message", || f(self, msg)).is_none() {
+                self.after_panic();
+            }
+        }
+    }
+
+    fn after_panic(&self) {
+        tracing::warn!(
+            "closing connection {} from {} after a panic in its handler",
+            self.inner.id,
+            self.inner.peer
+        );
+        self.destroy();
+        if let Some(f) = &self.inner.handlers.on_error {
+            // A second panic here is only logged; the connection is already going.
+            let _ = guarded("on_error", || f(self, &ConnectionError::Panicked));
+        }
+    }
+
+    pub(crate) fn reject(&self, why: &Rejection) {
+        stats::with(|c| stats::bump(&c.rejected));
+        tracing::warn!(
+            "closing connection {} from {}: {}",
+            self.inner.id,
+            self.inner.peer,
+            why
+        );
+        self.report(&ConnectionError::Rejected(why.to_string()));
+        self.destroy();
+    }
+}

@@ -1,0 +1,218 @@
+//! The one connection loop: read, cut into packages, dispatch, write, close. Every stream
+//! transport and every protocol goes through it.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep, Instant, Sleep};
+use tokio_util::io::poll_read_buf;
+
+use crate::connection::{Connection, State};
+use crate::protocol::{next_message, Protocol};
+use crate::stats;
+
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// A send buffer this large is given back to the allocator once written, so that idle
+/// connections hold no large buffers.
+const KEEP_OUT_CAPACITY: usize = 16 * 1024;
+/// How long a closing connection waits for its peer's FIN after ours, so that closing with
+/// unread input never turns into a reset that could destroy the reply the peer has yet to read.
+const LINGER: Duration = Duration::from_secs(1);
+
+enum Event {
+    Read,
+    Eof,
+    Failed(io::Error),
+    Idle,
+    Drained,
+    CloseNow,
+    Flushed,
+    Wake,
+}
+
+/// Per-driver options.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DriveOptions {
+    /// Close a connection that has sent nothing for this long.
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// Runs `conn` over `stream` until it closes; `on_close` has run when this returns.
+pub(crate) async fn drive<P, S>(conn: Connection<P>, mut stream: S, opts: DriveOptions)
+where
+    P: Protocol,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let inner = conn.inner.clone();
+    stats::with(|c| {
+        stats::bump(&c.connections);
+        stats::bump(&c.total_connections);
+    });
+    conn.call("on_connect", inner.handlers.on_connect.as_ref());
+
+    let mut rbuf = BytesMut::new();
+    let mut idle: Option<Pin<Box<Sleep>>> = opts.idle_timeout.map(|d| Box::pin(sleep(d)));
+    let mut woken = false;
+
+    loop {
+        let event = poll_fn(|cx| {
+            // Write first: replies queued by the last dispatch go out before we read again.
+            loop {
+                let mut out = inner.out.borrow_mut();
+                if out.is_empty() {
+                    break;
+                }
+                match Pin::new(&mut stream).poll_write(cx, &out) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Event::Failed(io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        out.advance(n);
+                        inner.bytes_out.set(inner.bytes_out.get() + n as u64);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
+                    Poll::Pending => break,
+                }
+            }
+            let flushed = inner.out.borrow().is_empty();
+            match inner.state.get() {
+                State::Destroyed | State::Closed => return Poll::Ready(Event::CloseNow),
+                State::Closing if flushed => return Poll::Ready(Event::Flushed),
+                _ => {}
+            }
+            if flushed && inner.buffer_full.get() {
+                return Poll::Ready(Event::Drained);
+            }
+            if std::mem::take(&mut woken) && !inner.paused.get() && !rbuf.is_empty() {
+                // Resumed with complete packages still buffered.
+                return Poll::Ready(Event::Wake);
+            }
+            if inner.state.get() == State::Open && !inner.paused.get() {
+                if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                    rbuf.reserve(READ_CHUNK);
+                }
+                match poll_read_buf(Pin::new(&mut stream), cx, &mut rbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Event::Eof),
+                    Poll::Ready(Ok(n)) => {
+                        inner.bytes_in.set(inner.bytes_in.get() + n as u64);
+                        return Poll::Ready(Event::Read);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(idle) = idle.as_mut() {
+                if idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Idle);
+                }
+            }
+            let mut slot = inner.waker.borrow_mut();
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+            woken = true;
+            Poll::Pending
+        })
+        .await;
+
+        match event {
+            Event::Read | Event::Wake => {
+                if let (Some(idle), Some(d)) = (idle.as_mut(), opts.idle_timeout) {
+                    idle.as_mut().reset(Instant::now() + d);
+                }
+                dispatch(&conn, &mut rbuf);
+                if rbuf.is_empty() && rbuf.capacity() > 0 {
+                    // Idle connections keep no receive buffer; the next read allocates anew.
+                    rbuf = BytesMut::new();
+                }
+                let mut out = inner.out.borrow_mut();
+                if out.is_empty() && out.capacity() > KEEP_OUT_CAPACITY {
+                    *out = BytesMut::new();
+                }
+            }
+            Event::Eof => {
+                // The peer is done sending; what we still owe it is written before we close.
+                conn.close();
+            }
+            Event::Failed(e) => {
+                tracing::debug!("connection {} from {}: {e}", inner.id, inner.peer);
+                inner.state.set(State::Destroyed);
+                break;
+            }
+            Event::Idle => {
+                tracing::info!(
+                    "closing connection {} from {}: silent for {:?}",
+                    inner.id,
+                    inner.peer,
+                    opts.idle_timeout.unwrap_or_default()
+                );
+                conn.close();
+                idle = None;
+            }
+            Event::Drained => {
+                inner.buffer_full.set(false);
+                conn.call("on_buffer_drain", inner.handlers.on_buffer_drain.as_ref());
+            }
+            Event::CloseNow => break,
+            Event::Flushed => {
+                linger(&mut stream).await;
+                break;
+            }
+        }
+    }
+
+    inner.state.set(State::Closed);
+    inner.out.borrow_mut().clear();
+    inner.waker.borrow_mut().take();
+    stats::with(|c| stats::drop_one(&c.connections));
+    drop(stream);
+    conn.call("on_close", inner.handlers.on_close.as_ref());
+}
+
+/// Cuts and delivers every complete package in `rbuf`, stopping early if a handler closes or
+/// pauses the connection.
+fn dispatch<P: Protocol>(conn: &Connection<P>, rbuf: &mut BytesMut) {
+    let inner = &conn.inner;
+    inner.in_dispatch.set(true);
+    while inner.state.get() == State::Open && !inner.paused.get() {
+        let next = {
+            let mut proto = inner.proto.borrow_mut();
+            next_message(&mut *proto, rbuf, inner.max_package_size)
+        };
+        match next {
+            Ok(Some(msg)) => {
+                stats::with(|c| stats::bump(&c.messages));
+                conn.deliver(msg);
+            }
+            Ok(None) => break,
+            Err(why) => {
+                conn.reject(&why);
+                break;
+            }
+        }
+    }
+    inner.in_dispatch.set(false);
+}
+
+/// Half-closes, then reads and discards until the peer closes too (bounded by [`LINGER`]).
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(LINGER, async {
+        if stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}

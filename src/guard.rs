@@ -1,0 +1,32 @@
+//! Running user callbacks so that a panic costs one connection, never the process.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::stats;
+
+/// Runs `f`; a panic is caught, logged with its message and counted. `None` means it panicked.
+///
+/// Unwind safety: state the callback shares through `RefCell`s may be left half-updated by a
+/// panic, exactly as after an early return; the caller closes the connection involved, which is
+/// the documented consequence of a panicking handler.
+pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(payload) => {
+            stats::with(|c| stats::bump(&c.panics));
+            tracing::error!("panic in {what}: {}", panic_message(&*payload));
+            None
+        }
+    }
+}
+
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,79 @@
+//! # oxwork
+//!
+//! Workerman's multi-process server model, in Rust. Declare [`Worker`]s (a listen URL, a
+//! process count, callbacks), call [`run_all`], and get a master process supervising `count`
+//! single-threaded worker processes per worker, operated with Workerman's commands:
+//! `start`, `start -d`, `stop`, `stop -g`, `restart`, `reload`, `reload -g`, `status`,
+//! `connections`.
+//!
+//! ```no_run
+//! use oxwork::{run_all, Worker};
+//!
+//! fn main() -> oxwork::Result<()> {
+//!     let mut w = Worker::new("text://0.0.0.0:8888")?;
+//!     w.name("hello").count(4);
+//!     w.on_worker_start(|w| println!("Worker {} started", w.id()));
+//!     w.on_connect(|c| println!("New connection from {}:{}", c.remote_ip(), c.remote_port()));
+//!     w.on_message(|c, data| {
+//!         println!("Received message: {data}");
+//!         c.send(format!("Hello, {data}!"));
+//!     });
+//!     run_all()
+//! }
+//! ```
+//!
+//! Callbacks run on their process's one thread, so they may share `Rc<RefCell<..>>` state and
+//! need not be `Send`. A panic in a callback closes only the connection it was handling.
+
+mod client;
+mod connection;
+mod driver;
+mod error;
+mod guard;
+mod listener;
+mod process;
+mod protocol;
+mod registry;
+mod server;
+mod stats;
+mod timer;
+mod url;
+mod worker;
+
+pub use client::AsyncConnection;
+pub use connection::{Connection, ConnectionError, PeerAddr};
+pub use error::{Error, ErrorKind, Result};
+pub use protocol::{Dynamic, Frame, Input, Message, Payload, Protocol, Raw, Rejection, Text};
+pub use stats::Snapshot;
+pub use timer::{IntoInterval, Timer, TimerId};
+pub use url::{Endpoint, SocketUrl, Transport};
+pub use worker::{ConnectionRow, Worker};
+
+/// Runs the program: parses the command line (`start`, `stop`, `reload`, `status`, ...) in
+/// the process you launched, or becomes the worker process the master started.
+///
+/// Every process of the tree runs your `main` up to this call, so declare workers before it
+/// and do nothing else there that should happen only once. In a worker process this call never
+/// returns; in the master it returns when the master stops.
+pub fn run_all() -> Result<()> {
+    init_logging();
+    match std::env::var(process::env::ROLE).as_deref() {
+        Ok("worker") => process::worker_main::run(process::worker_main::Role::from_env()?),
+        _ => process::cli::main(),
+    }
+}
+
+/// Logs go to stderr (the log file for a daemon). `OXWORK_LOG` sets the level: error, warn,
+/// info (default), debug, trace. A subscriber the program installed itself is left alone.
+fn init_logging() {
+    let level = std::env::var("OXWORK_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,367 @@
+//! The command line every oxwork program answers: `start [-d]`, `stop [-g]`, `restart`,
+//! `reload [-g]`, `status [--json]`, `connections [--json]`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use super::control::{Request, Response};
+use super::{env, master, status, sys};
+use crate::error::{Error, ErrorKind, Result};
+use crate::registry;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Runs and operates this oxwork server (Workerman-style commands)",
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Directory for the pid file, control socket and log file [default: a directory per
+    /// program under the system's temporary directory].
+    #[arg(long, global = true, env = "OXWORK_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+    /// The pid file [default: RUN_DIR/master.pid].
+    #[arg(long, global = true, env = "OXWORK_PID_FILE")]
+    pid_file: Option<PathBuf>,
+    /// Where a daemon writes its output [default: RUN_DIR/oxwork.log].
+    #[arg(long, global = true, env = "OXWORK_LOG_FILE")]
+    log_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the master and its workers in the foreground (Ctrl-C stops them).
+    Start {
+        /// Run in the background as a daemon, output to the log file.
+        #[arg(short = 'd', long)]
+        daemon: bool,
+    },
+    /// Stop everything: connections are closed after what is queued is written.
+    Stop {
+        /// Graceful: stop accepting, let open connections finish (up to each worker's
+        /// stop_timeout), then exit.
+        #[arg(short = 'g', long)]
+        graceful: bool,
+    },
+    /// Stop, then start again.
+    Restart {
+        /// Start again as a daemon.
+        #[arg(short = 'd', long)]
+        daemon: bool,
+        /// Stop gracefully first.
+        #[arg(short = 'g', long)]
+        graceful: bool,
+    },
+    /// Replace every worker process, one at a time, with no connection refused.
+    Reload {
+        /// Old processes keep serving their open connections until they close or
+        /// stop_timeout passes.
+        #[arg(short = 'g', long)]
+        graceful: bool,
+    },
+    /// Show the master and every worker process.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every open connection of every worker process.
+    Connections {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where a running master keeps its files.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    pub(crate) run_dir: PathBuf,
+    pub(crate) pid_file: PathBuf,
+    pub(crate) control_socket: PathBuf,
+    pub(crate) log_file: PathBuf,
+}
+
+fn program_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "oxwork".into())
+}
+
+/// FNV-1a: a stable, dependency-free hash, so a program's default run directory is the same
+/// in every run and every build.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Paths {
+    fn resolve(cli: &Cli) -> Result<Paths> {
+        let run_dir = match &cli.run_dir {
+            Some(d) => d.clone(),
+            None => {
+                let exe = std::env::current_exe().unwrap_or_default();
+                std::env::temp_dir()
+                    .join(format!("oxwork-{}", sys::uid()))
+                    .join(format!(
+                        "{}-{:08x}",
+                        program_name(),
+                        stable_hash(exe.as_os_str().as_encoded_bytes()) as u32
+                    ))
+            }
+        };
+        create_private_dir(&run_dir)?;
+        Ok(Paths {
+            pid_file: cli
+                .pid_file
+                .clone()
+                .unwrap_or_else(|| run_dir.join("master.pid")),
+            control_socket: run_dir.join("master.sock"),
+            log_file: cli
+                .log_file
+                .clone()
+                .unwrap_or_else(|| run_dir.join("oxwork.log")),
+            run_dir,
+        })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create run directory {}", dir.display()), e))
+}
+
+/// Parses the command line and carries it out.
+pub(crate) fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let paths = Paths::resolve(&cli)?;
+    let program = program_name();
+    match cli.command {
+        Command::Start { daemon } => start(&paths, daemon),
+        Command::Stop { graceful } => stop(&paths, &program, graceful),
+        Command::Restart { daemon, graceful } => {
+            match stop(&paths, &program, graceful) {
+                Err(e) if !e.is_not_running() => return Err(e),
+                _ => {}
+            }
+            start(&paths, daemon)
+        }
+        Command::Reload { graceful } => {
+            match request(
+                &paths,
+                &Request::Reload { graceful },
+                Duration::from_secs(600),
+            )? {
+                Response::Ok { message, .. } => println!("{program}: {message}"),
+                other => return Err(unexpected(other)),
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            match request(&paths, &Request::Status, Duration::from_secs(30))? {
+                Response::Status(report) if json => println!("{}", to_json(&report)?),
+                Response::Status(report) => print!("{}", status::render_status(&report, &program)),
+                other => return Err(unexpected(other)),
+            }
+            Ok(())
+        }
+        Command::Connections { json } => {
+            match request(&paths, &Request::Connections, Duration::from_secs(30))? {
+                Response::Connections { rows } if json => println!("{}", to_json(&rows)?),
+                Response::Connections { rows } => print!("{}", status::render_connections(&rows)),
+                other => return Err(unexpected(other)),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::new(ErrorKind::Control, e.to_string()))
+}
+
+fn unexpected(r: Response) -> Error {
+    match r {
+        Response::Error { message } => Error::new(ErrorKind::Control, message),
+        other => Error::new(ErrorKind::Control, format!("unexpected answer: {other:?}")),
+    }
+}
+
+fn start(paths: &Paths, daemon: bool) -> Result<()> {
+    let configs: Vec<_> = registry::all().iter().map(|w| w.config()).collect();
+    let in_daemon = std::env::var(env::ROLE).as_deref() == Ok("daemon");
+    if !daemon || in_daemon {
+        return master::run(paths, configs, in_daemon);
+    }
+    if sys::pid_file_locked(&paths.pid_file) {
+        let pid = sys::read_pid(&paths.pid_file)
+            .map(|p| p.to_string())
+            .unwrap_or("?".into());
+        return Err(Error::new(
+            ErrorKind::AlreadyRunning,
+            format!("already running (master pid {pid})"),
+        ));
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.log_file)
+        .map_err(|e| {
+            Error::io(
+                format!("cannot open log file {}", paths.log_file.display()),
+                e,
+            )
+        })?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this program", e))?;
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut child = sys::command(sys::SpawnSpec {
+        exe: &exe,
+        args: &args,
+        env: vec![(env::ROLE.to_string(), "daemon".to_string())],
+        inherit_fds: Vec::new(),
+        stdio_to: Some(&log),
+        daemon: true,
+    })
+    .and_then(|mut c| c.spawn())
+    .map_err(|e| Error::io("cannot start the daemon", e))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = log_tail(&paths.log_file, log_start);
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("the daemon exited at start ({status}):\n{tail}"),
+            ));
+        }
+        if let Ok(Response::Ok { master_pid, .. }) =
+            request(paths, &Request::Ping, Duration::from_secs(15))
+        {
+            println!(
+                "{} started as a daemon (master pid {master_pid}); log: {}",
+                program_name(),
+                paths.log_file.display()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(Error::new(
+        ErrorKind::Control,
+        format!(
+            "the daemon did not answer; see {}",
+            paths.log_file.display()
+        ),
+    ))
+}
+
+fn log_tail(path: &Path, from: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        use std::io::Seek;
+        let _ = f.seek(std::io::SeekFrom::Start(from));
+        let _ = f.take(64 * 1024).read_to_string(&mut text);
+    }
+    text
+}
+
+fn stop(paths: &Paths, program: &str, graceful: bool) -> Result<()> {
+    let mut stream = connect(paths)?;
+    send_request(&mut stream, &Request::Stop { graceful })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| Error::io("control socket", e))?;
+    let mut reader = BufReader::new(stream);
+    let master_pid = match read_response(&mut reader)? {
+        Response::Ok { master_pid, .. } => master_pid,
+        other => return Err(unexpected(other)),
+    };
+    println!(
+        "{program}: stopping (master pid {master_pid}){}",
+        if graceful { " gracefully" } else { "" }
+    );
+    // The master holds this connection open until it exits.
+    let wait_limit = Duration::from_secs(600);
+    let started = Instant::now();
+    let _ = reader.get_ref().set_read_timeout(Some(wait_limit));
+    let mut sink = Vec::new();
+    let _ = reader.read_to_end(&mut sink);
+    while sys::pid_file_locked(&paths.pid_file) && started.elapsed() < wait_limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("{program}: stopped");
+    Ok(())
+}
+
+fn connect(paths: &Paths) -> Result<UnixStream> {
+    UnixStream::connect(&paths.control_socket).map_err(|e| {
+        let running = sys::pid_file_locked(&paths.pid_file);
+        if running {
+            Error::io(
+                format!(
+                    "a master holds {} but its control socket {} does not answer",
+                    paths.pid_file.display(),
+                    paths.control_socket.display()
+                ),
+                e,
+            )
+        } else {
+            Error::new(
+                ErrorKind::NotRunning,
+                format!(
+                    "{} is not running (no master for run directory {})",
+                    program_name(),
+                    paths.run_dir.display()
+                ),
+            )
+        }
+    })
+}
+
+fn send_request(stream: &mut UnixStream, req: &Request) -> Result<()> {
+    let mut line =
+        serde_json::to_vec(req).map_err(|e| Error::new(ErrorKind::Control, e.to_string()))?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .map_err(|e| Error::io("cannot talk to the master", e))
+}
+
+fn read_response(reader: &mut BufReader<UnixStream>) -> Result<Response> {
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .map_err(|e| Error::io("no answer from the master", e))?;
+    if line.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Control,
+            "the master closed the connection",
+        ));
+    }
+    serde_json::from_str(&line).map_err(|e| {
+        Error::new(
+            ErrorKind::Control,
+            format!("bad answer from the master: {e}"),
+        )
+    })
+}
+
+fn request(paths: &Paths, req: &Request, limit: Duration) -> Result<Response> {
+    let mut stream = connect(paths)?;
+    stream
+        .set_read_timeout(Some(limit))
+        .map_err(|e| Error::io("control socket", e))?;
+    send_request(&mut stream, req)?;
+    read_response(&mut BufReader::new(stream))
+}

@@ -1,0 +1,23 @@
+//! The process tree: the command line, the master that supervises, the worker processes it
+//! starts by re-executing the program, and the control messages between them.
+//!
+//! Architecture invariant: only the master spawns processes, and only `sys` talks to the
+//! operating system about processes, signals and descriptors.
+
+pub(crate) mod cli;
+pub(crate) mod control;
+mod master;
+pub(crate) mod status;
+mod sys;
+pub(crate) mod worker_main;
+
+/// Environment variables by which the master tells a re-executed program what it is.
+pub(crate) mod env {
+    /// `worker` in a worker process, `daemon` in a daemonised master.
+    pub(crate) const ROLE: &str = "OXWORK_ROLE";
+    pub(crate) const GROUP: &str = "OXWORK_GROUP";
+    pub(crate) const ID: &str = "OXWORK_ID";
+    pub(crate) const MASTER_PID: &str = "OXWORK_MASTER_PID";
+    pub(crate) const CONTROL_FD: &str = "OXWORK_CONTROL_FD";
+    pub(crate) const LISTEN_FD: &str = "OXWORK_LISTEN_FD";
+}

@@ -1,0 +1,198 @@
+//! The operating-system plumbing of the process tree, and the only module that uses `unsafe`
+//! or `nix`.
+//!
+//! Contract:
+//! - Children are spawned from the master's one main thread, so `PR_SET_PDEATHSIG` (which fires
+//!   when the *thread* that forked exits) fires exactly when the master dies; a child re-checks
+//!   `getppid()` at start in case the master died before the flag was set.
+//! - Each child is put in its own process group, so a terminal's Ctrl-C reaches only the master,
+//!   which then orchestrates the stop.
+//! - Descriptors a child must inherit (its control socket, its group's listener) are named
+//!   explicitly; their close-on-exec flag is cleared in the child between fork and exec, with
+//!   no `dup2`, so no descriptor is ever renumbered. Every other descriptor stays close-on-exec.
+//! - The pid file is locked (`flock`) for the master's whole life, so a stale pid file never
+//!   makes `stop` signal an unrelated process.
+
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, Flock, FlockArg};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// What to start, and what it inherits.
+pub(crate) struct SpawnSpec<'a> {
+    pub(crate) exe: &'a Path,
+    pub(crate) args: &'a [OsString],
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) inherit_fds: Vec<RawFd>,
+    pub(crate) stdio_to: Option<&'a File>,
+    /// A daemon master: a new session, no controlling terminal, no death signal.
+    pub(crate) daemon: bool,
+}
+
+/// Builds the command for a child process as the contract above describes; spawn it with std
+/// (the CLI starting a daemon) or tokio (the master starting workers).
+pub(crate) fn command(spec: SpawnSpec<'_>) -> std::io::Result<std::process::Command> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(spec.exe);
+    cmd.args(spec.args).envs(spec.env);
+    if let Some(f) = spec.stdio_to {
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f.try_clone()?);
+    }
+    if !spec.daemon {
+        cmd.process_group(0);
+    }
+    let fds = spec.inherit_fds;
+    let daemon = spec.daemon;
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, setsid, fcntl); it allocates nothing (`fds` was built before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            if daemon {
+                nix::unistd::setsid()?;
+            } else {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            }
+            for &fd in &fds {
+                // SAFETY: `fd` is open in the parent, so it is open in the forked child.
+                let borrowed = BorrowedFd::borrow_raw(fd);
+                fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// Takes ownership of a descriptor number that the master passed in the environment, and
+/// marks it close-on-exec again so it does not leak into the worker's own children.
+pub(crate) fn inherited_fd(var: &str) -> Result<Option<OwnedFd>> {
+    let Ok(text) = std::env::var(var) else {
+        return Ok(None);
+    };
+    let fd: RawFd = text.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::Control,
+            format!("{var}={text:?} is not a descriptor"),
+        )
+    })?;
+    // SAFETY: probing with F_GETFD is harmless on any number; it tells whether `fd` is open.
+    let probe = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(probe, FcntlArg::F_GETFD)
+        .map_err(|e| Error::new(ErrorKind::Control, format!("{var}={fd} is not open: {e}")))?;
+    fcntl(probe, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| Error::new(ErrorKind::Control, format!("{var}={fd}: {e}")))?;
+    // SAFETY: the master opened this descriptor for this process alone and named it in `var`;
+    // nothing else in this process knows the number, so taking ownership is sound.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Exits at once if the master that started this worker is gone (its death signal may have
+/// been armed too late).
+pub(crate) fn exit_if_orphaned(master_pid: u32) {
+    if nix::unistd::getppid().as_raw() as u32 != master_pid {
+        eprintln!("oxwork: master {master_pid} is gone; worker exiting");
+        std::process::exit(1);
+    }
+}
+
+/// Sends `sig` to `pid`; false if there is no such process.
+pub(crate) fn signal(pid: u32, sig: Signal) -> bool {
+    kill(Pid::from_raw(pid as i32), sig).is_ok()
+}
+
+/// The numeric user id, for naming the default run directory.
+pub(crate) fn uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+/// The pid file, locked for as long as this value lives.
+#[derive(Debug)]
+pub(crate) struct PidLock {
+    _lock: Flock<File>,
+    path: PathBuf,
+}
+
+impl PidLock {
+    /// Locks `path` and writes our pid into it, or reports the running master's pid.
+    pub(crate) fn acquire(path: &Path) -> Result<PidLock> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::io(format!("cannot open pid file {}", path.display()), e))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let pid = read_pid(path)
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "?".into());
+                return Err(Error::new(
+                    ErrorKind::AlreadyRunning,
+                    format!(
+                        "already running (master pid {pid}, pid file {})",
+                        path.display()
+                    ),
+                ));
+            }
+            Err((_, e)) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("cannot lock pid file {}: {e}", path.display()),
+                ))
+            }
+        };
+        let write = |f: &mut File| -> std::io::Result<()> {
+            f.set_len(0)?;
+            f.rewind()?;
+            writeln!(f, "{}", std::process::id())?;
+            f.flush()
+        };
+        write(&mut lock).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        Ok(PidLock {
+            _lock: lock,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// True if some process holds the lock on `path` (a master is running).
+pub(crate) fn pid_file_locked(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => false,
+        Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
+    }
+}
+
+/// The pid recorded in a pid file.
+pub(crate) fn read_pid(path: &Path) -> Option<u32> {
+    let mut s = String::new();
+    File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+/// Raw descriptor of anything that has one (for the spawn list).
+pub(crate) fn raw(fd: &impl AsRawFd) -> RawFd {
+    fd.as_raw_fd()
+}

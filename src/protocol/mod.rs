@@ -1,0 +1,201 @@
+//! Protocols: how a byte stream is cut into messages, and how messages become bytes.
+//!
+//! A protocol follows Workerman's three steps: [`Protocol::input`] says how long the next packet
+//! is (or that more bytes are needed, or that the input is unacceptable), [`Protocol::decode`]
+//! turns one packet into a message, [`Protocol::encode`] turns an outgoing message into bytes.
+//! Protocols never touch sockets: the connection driver owns all I/O and enforces
+//! `max_package_size` for every protocol, so a protocol only reports lengths.
+//!
+//! One protocol value is created per connection, so a protocol may keep per-connection state
+//! (how far it has already scanned, a handshake's progress).
+
+mod dynamic;
+mod frame;
+mod raw;
+mod text;
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+
+pub use dynamic::{Dynamic, Message};
+pub use frame::Frame;
+pub use raw::Raw;
+pub use text::Text;
+
+/// What [`Protocol::input`] found at the start of the receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The buffer holds no complete packet yet; read more.
+    NeedMore,
+    /// The next packet is this many bytes long (it may not all have arrived yet).
+    Packet(usize),
+}
+
+/// Why a protocol refused its input; the connection is closed with this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection(Cow<'static, str>);
+
+impl Rejection {
+    /// A rejection with the given reason.
+    pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
+        Rejection(reason.into())
+    }
+
+    /// The reason, as given.
+    pub fn reason(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// A wire protocol, in Workerman's three steps. See the [module documentation](self).
+pub trait Protocol: 'static {
+    /// A decoded inbound message, as `on_message` receives it.
+    type Message;
+    /// What `send` accepts.
+    type Output;
+
+    /// Looks at the start of `buf` and tells how long the next packet is.
+    ///
+    /// Called again whenever more bytes arrive while it answers [`Input::NeedMore`].
+    fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection>;
+
+    /// Turns one whole packet (exactly the length `input` gave) into a message.
+    fn decode(&mut self, packet: BytesMut) -> Result<Self::Message, Rejection>;
+
+    /// Appends the wire form of `msg` to `dst`.
+    fn encode(&mut self, msg: Self::Output, dst: &mut BytesMut) -> Result<(), Rejection>;
+}
+
+/// Cuts the next message off the front of `buf`, or says that more bytes are needed.
+///
+/// This is the one place that applies `max_package_size`, for every protocol: a packet whose
+/// announced length is over the limit, or a buffer that reaches the limit without holding a
+/// whole packet, is refused.
+pub(crate) fn next_message<P: Protocol>(
+    proto: &mut P,
+    buf: &mut BytesMut,
+    max_package_size: usize,
+) -> Result<Option<P::Message>, Rejection> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    match proto.input(buf)? {
+        Input::NeedMore if buf.len() >= max_package_size => Err(Rejection::new(format!(
+            "package exceeds max_package_size ({} bytes buffered, no complete package, limit {max_package_size})",
+            buf.len()
+        ))),
+        Input::NeedMore => Ok(None),
+        Input::Packet(0) => Err(Rejection::new("protocol announced a zero-length package")),
+        Input::Packet(n) if n > max_package_size => Err(Rejection::new(format!(
+            "package of {n} bytes exceeds max_package_size ({max_package_size})"
+        ))),
+        Input::Packet(n) if n > buf.len() => Ok(None),
+        Input::Packet(n) => {
+            let packet = buf.split_to(n);
+            proto.decode(packet).map(Some)
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Feeds `chunks` one read at a time and collects every message, stopping at a rejection.
+    pub(crate) fn decode_all<P: Protocol>(
+        proto: &mut P,
+        chunks: impl IntoIterator<Item = Vec<u8>>,
+        max: usize,
+    ) -> (Result<Vec<P::Message>, Rejection>, BytesMut) {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(&chunk);
+            loop {
+                match next_message(proto, &mut buf, max) {
+                    Ok(Some(m)) => out.push(m),
+                    Ok(None) => break,
+                    Err(e) => return (Err(e), buf),
+                }
+            }
+        }
+        (Ok(out), buf)
+    }
+}
+
+/// Bytes to send, from any of the usual owned or borrowed forms.
+///
+/// `connection.send("hi")`, `send(format!(..))`, `send(vec)` and `send(bytes)` all work.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Payload(pub Bytes);
+
+impl Payload {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(b: Bytes) -> Self {
+        Payload(b)
+    }
+}
+impl From<BytesMut> for Payload {
+    fn from(b: BytesMut) -> Self {
+        Payload(b.freeze())
+    }
+}
+impl From<Vec<u8>> for Payload {
+    fn from(v: Vec<u8>) -> Self {
+        Payload(Bytes::from(v))
+    }
+}
+impl From<String> for Payload {
+    fn from(s: String) -> Self {
+        Payload(Bytes::from(s))
+    }
+}
+impl From<&str> for Payload {
+    fn from(s: &str) -> Self {
+        Payload(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+impl From<&String> for Payload {
+    fn from(s: &String) -> Self {
+        Payload(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+impl From<&[u8]> for Payload {
+    fn from(s: &[u8]) -> Self {
+        Payload(Bytes::copy_from_slice(s))
+    }
+}
+impl<const N: usize> From<&[u8; N]> for Payload {
+    fn from(s: &[u8; N]) -> Self {
+        Payload(Bytes::copy_from_slice(s))
+    }
+}
+impl From<Message> for Payload {
+    fn from(m: Message) -> Self {
+        match m {
+            Message::Text(s) => Payload::from(s),
+            Message::Binary(b) => Payload(b),
+        }
+    }
+}
+impl From<&Message> for Payload {
+    fn from(m: &Message) -> Self {
+        Payload(Bytes::copy_from_slice(m.as_bytes()))
+    }
+}

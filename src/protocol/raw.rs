@@ -1,0 +1,46 @@
+//! `tcp://`: raw chunks as they arrive.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{Input, Payload, Protocol, Rejection};
+
+/// No framing: each read is one message, as in Workerman's plain `tcp://`.
+///
+/// TCP keeps no message boundaries, so a peer's one `send` may arrive as several messages and
+/// several sends as one. Use `text://` or `frame://` when boundaries matter.
+#[derive(Debug, Default, Clone)]
+pub struct Raw;
+
+impl Protocol for Raw {
+    type Message = Bytes;
+    type Output = Payload;
+
+    fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
+        Ok(if buf.is_empty() {
+            Input::NeedMore
+        } else {
+            Input::Packet(buf.len())
+        })
+    }
+
+    fn decode(&mut self, packet: BytesMut) -> Result<Bytes, Rejection> {
+        Ok(packet.freeze())
+    }
+
+    fn encode(&mut self, msg: Payload, dst: &mut BytesMut) -> Result<(), Rejection> {
+        dst.put_slice(&msg.0);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::testing::decode_all;
+
+    #[test]
+    fn each_read_is_one_message() {
+        let (msgs, _) = decode_all(&mut Raw, [b"ab".to_vec(), b"c".to_vec()], 1024);
+        assert_eq!(msgs.expect("valid").len(), 2);
+    }
+}

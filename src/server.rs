@@ -1,0 +1,238 @@
+//! Accept loops: one per worker process and listener, handing each connection to the driver.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tokio::task::spawn_local;
+
+use crate::connection::{ConnSettings, Connection, Handlers, PeerAddr, Sink};
+use crate::driver::{drive, DriveOptions};
+use crate::error::{Error, Result};
+use crate::listener::Listener;
+use crate::protocol::{next_message, Protocol};
+use crate::stats;
+use crate::url::Transport;
+use crate::worker::WorkerConfig;
+
+/// Stops a running accept loop.
+#[derive(Debug)]
+pub(crate) struct AcceptControl {
+    stop: Rc<Notify>,
+}
+
+impl AcceptControl {
+    pub(crate) fn stop(self) {
+        self.stop.notify_one();
+    }
+}
+
+pub(crate) type ConnectionMap<P> = Rc<RefCell<BTreeMap<u64, Connection<P>>>>;
+
+struct ServeCtx<P: Protocol> {
+    proto: P,
+    handlers: Rc<Handlers<P>>,
+    connections: ConnectionMap<P>,
+    settings: ConnSettings,
+    opts: DriveOptions,
+}
+
+/// Starts serving `listener` on this process's loop.
+pub(crate) fn serve<P: Protocol + Clone>(
+    listener: Listener,
+    _transport: Option<Transport>,
+    proto: P,
+    handlers: Rc<Handlers<P>>,
+    connections: ConnectionMap<P>,
+    config: &WorkerConfig,
+) -> Result<AcceptControl> {
+    let fail = |e| Error::io("cannot use the inherited listening socket", e);
+    listener.set_nonblocking().map_err(fail)?;
+    let stop = Rc::new(Notify::new());
+    let ctx = Rc::new(ServeCtx {
+        proto,
+        handlers,
+        connections,
+        settings: ConnSettings {
+            max_package_size: config.max_package_size,
+            max_send_buffer_size: config.max_send_buffer_size,
+        },
+        opts: DriveOptions {
+            idle_timeout: config.idle_timeout,
+        },
+    });
+    // A per-process socket (reuse_port) resets the connections still queued on it when it
+    // closes, so it accepts its whole queue before closing; a shared one leaves them to siblings.
+    let drain = config.reuse_port;
+    match listener {
+        Listener::Tcp(l) => {
+            let l = tokio::net::TcpListener::from_std(l).map_err(fail)?;
+            spawn_local(accept_loop(l, ctx, stop.clone(), drain));
+        }
+        Listener::Unix(l) => {
+            let l = tokio::net::UnixListener::from_std(l).map_err(fail)?;
+            spawn_local(accept_loop(l, ctx, stop.clone(), drain));
+        }
+        Listener::Udp(s) => {
+            let s = tokio::net::UdpSocket::from_std(s).map_err(fail)?;
+            spawn_local(datagram_loop(Rc::new(s), ctx, stop.clone()));
+        }
+    }
+    Ok(AcceptControl { stop })
+}
+
+trait Acceptor {
+    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>>;
+}
+
+struct Accepted<S> {
+    stream: S,
+    peer: PeerAddr,
+    local: Option<SocketAddr>,
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>> {
+        self.poll_accept(cx).map_ok(|(stream, peer)| {
+            // Replies are written whole, once per batch; Nagle would only add latency.
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().ok();
+            Accepted {
+                stream,
+                peer: PeerAddr::Inet(peer),
+                local,
+            }
+        })
+    }
+}
+
+impl Acceptor for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>> {
+        self.poll_accept(cx).map_ok(|(stream, peer)| Accepted {
+            stream,
+            peer: PeerAddr::Unix(
+                peer.as_pathname()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            local: None,
+        })
+    }
+}
+
+async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
+    acceptor: A,
+    ctx: Rc<ServeCtx<P>>,
+    stop: Rc<Notify>,
+    drain: bool,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.notified() => break,
+            accepted = poll_fn(|cx| acceptor.poll_next(cx)) => match accepted {
+                Ok(a) => spawn_connection(&ctx, a),
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    if drain {
+        while let Poll::Ready(Ok(a)) = poll_fn(|cx| Poll::Ready(acceptor.poll_next(cx))).await {
+            spawn_connection(&ctx, a);
+        }
+    }
+}
+
+fn spawn_connection<S, P>(ctx: &Rc<ServeCtx<P>>, a: Accepted<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    P: Protocol + Clone,
+{
+    let conn = Connection::new(
+        ctx.proto.clone(),
+        a.peer,
+        a.local,
+        ctx.handlers.clone(),
+        &ctx.settings,
+        Sink::Stream,
+    );
+    let id = conn.id();
+    ctx.connections.borrow_mut().insert(id, conn.clone());
+    let connections = ctx.connections.clone();
+    let opts = ctx.opts;
+    spawn_local(async move {
+        drive(conn, a.stream, opts).await;
+        connections.borrow_mut().remove(&id);
+    });
+}
+
+/// The largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
+async fn datagram_loop<P: Protocol + Clone>(
+    socket: Rc<tokio::net::UdpSocket>,
+    ctx: Rc<ServeCtx<P>>,
+    stop: Rc<Notify>,
+) {
+    let local = socket.local_addr().ok();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = stop.notified() => break,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let (n, peer) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("udp receive failed: {e}");
+                continue;
+            }
+        };
+        let conn = Connection::new(
+            ctx.proto.clone(),
+            PeerAddr::Inet(peer),
+            local,
+            ctx.handlers.clone(),
+            &ctx.settings,
+            Sink::Datagram {
+                socket: socket.clone(),
+                peer,
+            },
+        );
+        conn.inner.bytes_in.set(n as u64);
+        let mut datagram = BytesMut::from(&buf[..n]);
+        loop {
+            let next = {
+                let mut proto = conn.inner.proto.borrow_mut();
+                next_message(&mut *proto, &mut datagram, ctx.settings.max_package_size)
+            };
+            match next {
+                Ok(Some(msg)) => {
+                    stats::with(|c| stats::bump(&c.messages));
+                    conn.deliver(msg);
+                }
+                Ok(None) => break,
+                Err(why) => {
+                    conn.reject(&why);
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Per-process counters that `status` reports. One set per process, on its one thread.
+
+use std::cell::Cell;
+
+use serde::{Deserialize, Serialize};
+
+/// Live counters of this process.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections: Cell<u64>,
+    pub(crate) total_connections: Cell<u64>,
+    pub(crate) messages: Cell<u64>,
+    pub(crate) failed_sends: Cell<u64>,
+    pub(crate) panics: Cell<u64>,
+    pub(crate) timers: Cell<u64>,
+    pub(crate) rejected: Cell<u64>,
+}
+
+thread_local! {
+    static COUNTERS: Counters = Counters::default();
+}
+
+/// Runs `f` with this process's counters.
+pub(crate) fn with<R>(f: impl FnOnce(&Counters) -> R) -> R {
+    COUNTERS.with(f)
+}
+
+pub(crate) fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get().wrapping_add(1));
+}
+
+pub(crate) fn drop_one(cell: &Cell<u64>) {
+    cell.set(cell.get().saturating_sub(1));
+}
+
+/// A copy of the counters, as sent to the master for `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections accepted or opened since the process started.
+    pub total_connections: u64,
+    /// Messages received and handed to `on_message`.
+    pub messages: u64,
+    /// `send` calls refused because the send buffer was full or the connection closed.
+    pub failed_sends: u64,
+    /// Panics caught in callbacks.
+    pub panics: u64,
+    /// Timers active now.
+    pub timers: u64,
+    /// Connections closed because their input was refused (bad or oversized packages).
+    pub rejected: u64,
+}
+
+pub(crate) fn snapshot() -> Snapshot {
+    with(|c| Snapshot {
+        connections: c.connections.get(),
+        total_connections: c.total_connections.get(),
+        messages: c.messages.get(),
+        failed_sends: c.failed_sends.get(),
+        panics: c.panics.get(),
+        timers: c.timers.get(),
+        rejected: c.rejected.get(),
+    })
+}

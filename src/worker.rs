@@ -1,0 +1,448 @@
+//! `Worker`: a group of identical processes, declared in `main` before [`run_all`](crate::run_all).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::connection::{Connection, ConnectionError, Handlers};
+use crate::error::Result;
+use crate::guard::guarded;
+use crate::listener::Listener;
+use crate::protocol::{Dynamic, Protocol};
+use crate::server::{self, AcceptControl};
+use crate::timer::IntoInterval;
+use crate::url::SocketUrl;
+
+/// Defaults, in one place.
+pub(crate) mod defaults {
+    use std::time::Duration;
+    /// Workerman's default: 10 MiB.
+    pub(crate) const MAX_PACKAGE_SIZE: usize = 10 * 1024 * 1024;
+    /// Workerman's default: 1 MiB.
+    pub(crate) const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
+    /// How long a graceful stop or reload lets connections finish.
+    pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+}
+
+/// A worker group's settings, as the master and its processes see them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerConfig {
+    pub(crate) name: String,
+    pub(crate) count: u32,
+    pub(crate) listen: Option<String>,
+    pub(crate) reuse_port: bool,
+    pub(crate) max_package_size: usize,
+    pub(crate) max_send_buffer_size: usize,
+    pub(crate) stop_timeout: Duration,
+    pub(crate) reloadable: bool,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_requests: Option<u64>,
+    pub(crate) max_memory_mb: Option<u64>,
+}
+
+impl WorkerConfig {
+    pub(crate) fn url(&self) -> Option<SocketUrl> {
+        // Validated when the worker was declared.
+        self.listen
+            .as_deref()
+            .and_then(|u| SocketUrl::parse(u).ok())
+    }
+}
+
+/// One open connection, as `connections` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionRow {
+    /// Connection id within its process.
+    pub id: u64,
+    /// Peer address.
+    pub peer: String,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Seconds since it was established.
+    pub age_secs: f64,
+}
+
+type WorkerFn<P> = Box<dyn Fn(&Worker<P>)>;
+
+pub(crate) struct WorkerShared<P: Protocol> {
+    config: RefCell<WorkerConfig>,
+    url: Option<SocketUrl>,
+    proto: P,
+    handlers: RefCell<Handlers<P>>,
+    on_worker_start: RefCell<Option<WorkerFn<P>>>,
+    on_worker_stop: RefCell<Option<WorkerFn<P>>>,
+    on_worker_reload: RefCell<Option<WorkerFn<P>>>,
+    id: Cell<u32>,
+    running: RefCell<Option<Running<P>>>,
+}
+
+struct Running<P: Protocol> {
+    connections: Rc<RefCell<BTreeMap<u64, Connection<P>>>>,
+    accept: Option<AcceptControl>,
+}
+
+/// A group of `count` identical processes serving one address (Workerman's `Worker`).
+///
+/// Declare workers in `main`, set their callbacks, then call [`run_all`](crate::run_all). The
+/// same `main` runs again in every worker process (workers are started by re-executing the
+/// program), so everything before `run_all` runs in the master and in each worker: keep it to
+/// declarations.
+///
+/// ```no_run
+/// use oxwork::{run_all, Worker};
+///
+/// fn main() -> oxwork::Result<()> {
+///     let mut w = Worker::new("text://0.0.0.0:8888")?;
+///     w.name("hello").count(4);
+///     w.on_message(|c, data| {
+///         c.send(format!("Hello, {data}!"));
+///     });
+///     run_all()
+/// }
+/// ```
+pub struct Worker<P: Protocol = Dynamic> {
+    shared: Rc<WorkerShared<P>>,
+}
+
+impl<P: Protocol> Clone for Worker<P> {
+    fn clone(&self) -> Self {
+        Worker {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<P: Protocol> fmt::Debug for Worker<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.shared.config.borrow())
+            .field("id", &self.shared.id.get())
+            .finish()
+    }
+}
+
+impl Worker<Dynamic> {
+    /// A worker listening on `url`, with the protocol its scheme names: `text://`, `frame://`,
+    /// `tcp://` (raw), `udp://`, `unix:///path`, or `PROTOCOL+unix:///path`.
+    pub fn new(url: &str) -> Result<Worker<Dynamic>> {
+        let parsed = SocketUrl::parse(url)?;
+        let proto = Dynamic::by_name(&parsed.protocol)?;
+        Ok(Worker::declare(Some(parsed), proto))
+    }
+
+    /// A worker with no listening address: its processes run code only (timers, outbound
+    /// connections, bus messages), like Workerman's `new Worker()`.
+    pub fn without_address() -> Worker<Dynamic> {
+        Worker::declare(
+            None,
+            Dynamic::by_name("tcp").unwrap_or_else(|_| unreachable!()),
+        )
+    }
+}
+
+impl<P: Protocol + Clone> Worker<P> {
+    /// A worker speaking a protocol of your own on `url`'s transport (the scheme's protocol
+    /// part is then only a label): `Worker::with_protocol("tcp://0.0.0.0:9000", MyProto)`.
+    pub fn with_protocol(url: &str, proto: P) -> Result<Worker<P>> {
+        Ok(Worker::declare(Some(SocketUrl::parse(url)?), proto))
+    }
+
+    fn declare(url: Option<SocketUrl>, proto: P) -> Worker<P> {
+        let n = crate::registry::len();
+        let config = WorkerConfig {
+            name: format!("worker{n}"),
+            count: 1,
+            listen: url.as_ref().map(|u| u.to_string()),
+            reuse_port: false,
+            max_package_size: defaults::MAX_PACKAGE_SIZE,
+            max_send_buffer_size: defaults::MAX_SEND_BUFFER_SIZE,
+            stop_timeout: defaults::STOP_TIMEOUT,
+            reloadable: true,
+            idle_timeout: None,
+            max_requests: None,
+            max_memory_mb: None,
+        };
+        let shared = Rc::new(WorkerShared {
+            config: RefCell::new(config),
+            url,
+            proto,
+            handlers: RefCell::new(Handlers::default()),
+            on_worker_start: RefCell::new(None),
+            on_worker_stop: RefCell::new(None),
+            on_worker_reload: RefCell::new(None),
+            id: Cell::new(0),
+            running: RefCell::new(None),
+        });
+        crate::registry::register(shared.clone());
+        Worker { shared }
+    }
+}
+
+macro_rules! setting {
+    ($(#[$doc:meta])* $name:ident: $ty:ty => |$c:ident, $v:ident| $apply:expr) => {
+        $(#[$doc])*
+        pub fn $name(&mut self, $v: $ty) -> &mut Self {
+            {
+                let mut $c = self.shared.config.borrow_mut();
+                $apply;
+            }
+            self
+        }
+    };
+}
+
+impl<P: Protocol> Worker<P> {
+    setting!(
+        /// The group's name, shown by `status` and used to address its processes.
+        name: &str => |c, v| c.name = v.to_string());
+    setting!(
+        /// How many processes run this worker (default 1).
+        count: u32 => |c, v| c.count = v.max(1));
+    setting!(
+        /// Gives each process its own `SO_REUSEPORT` socket, so the kernel balances new
+        /// connections among them, instead of sharing the master's one socket.
+        reuse_port: bool => |c, v| c.reuse_port = v);
+    setting!(
+        /// The largest package a connection may send (default 10 MiB); a larger one closes the
+        /// connection with a logged reason.
+        max_package_size: usize => |c, v| c.max_package_size = v.max(1));
+    setting!(
+        /// How many unwritten bytes a connection may queue (default 1 MiB) before `send`
+        /// calls `on_buffer_full` and starts refusing.
+        max_send_buffer_size: usize => |c, v| c.max_send_buffer_size = v.max(1));
+    setting!(
+        /// Whether `reload` restarts this group's processes (default true). A group that is
+        /// not reloadable only gets `on_worker_reload`.
+        reloadable: bool => |c, v| c.reloadable = v);
+    setting!(
+        /// After this many messages a process is recycled: replaced gracefully, as in a
+        /// one-process reload. The usual remedy for slow leaks.
+        max_requests: u64 => |c, v| c.max_requests = Some(v.max(1)));
+    setting!(
+        /// Above this resident memory (MiB) a process is recycled gracefully.
+        max_memory_mb: u64 => |c, v| c.max_memory_mb = Some(v.max(1)));
+
+    /// How long a graceful stop or reload lets open connections finish (default 2 s).
+    pub fn stop_timeout(&mut self, t: impl IntoInterval) -> &mut Self {
+        self.shared.config.borrow_mut().stop_timeout = t.into_interval();
+        self
+    }
+
+    /// Closes connections that have sent nothing for this long (heartbeat timeout).
+    pub fn idle_timeout(&mut self, t: impl IntoInterval) -> &mut Self {
+        self.shared.config.borrow_mut().idle_timeout = Some(t.into_interval());
+        self
+    }
+
+    /// Runs in each process when it starts, before it accepts connections.
+    pub fn on_worker_start(&mut self, f: impl Fn(&Worker<P>) + 'static) -> &mut Self {
+        *self.shared.on_worker_start.borrow_mut() = Some(Box::new(f));
+        self
+    }
+
+    /// Runs in each process when it stops (stop, reload or recycling).
+    pub fn on_worker_stop(&mut self, f: impl Fn(&Worker<P>) + 'static) -> &mut Self {
+        *self.shared.on_worker_stop.borrow_mut() = Some(Box::new(f));
+        self
+    }
+
+    /// Runs in each process when a reload is requested, before it is replaced (or, for a
+    /// worker that is not reloadable, instead of being replaced).
+    pub fn on_worker_reload(&mut self, f: impl Fn(&Worker<P>) + 'static) -> &mut Self {
+        *self.shared.on_worker_reload.borrow_mut() = Some(Box::new(f));
+        self
+    }
+
+    /// Runs when a client connects.
+    pub fn on_connect(&mut self, f: impl Fn(&Connection<P>) + 'static) -> &mut Self {
+        self.shared.handlers.borrow_mut().on_connect = Some(Box::new(f));
+        self
+    }
+
+    /// Runs for each whole message a client sends.
+    pub fn on_message(&mut self, f: impl Fn(&Connection<P>, P::Message) + 'static) -> &mut Self {
+        self.shared.handlers.borrow_mut().on_message = Some(Box::new(f));
+        self
+    }
+
+    /// Runs exactly once per connection, when it has closed.
+    pub fn on_close(&mut self, f: impl Fn(&Connection<P>) + 'static) -> &mut Self {
+        self.shared.handlers.borrow_mut().on_close = Some(Box::new(f));
+        self
+    }
+
+    /// Runs when a connection meets an error (refused input, full send buffer, a panic).
+    pub fn on_error(
+        &mut self,
+        f: impl Fn(&Connection<P>, &ConnectionError) + 'static,
+    ) -> &mut Self {
+        self.shared.handlers.borrow_mut().on_error = Some(Box::new(f));
+        self
+    }
+
+    /// Runs when a send fills the connection's buffer past `max_send_buffer_size`.
+    pub fn on_buffer_full(&mut self, f: impl Fn(&Connection<P>) + 'static) -> &mut Self {
+        self.shared.handlers.borrow_mut().on_buffer_full = Some(Box::new(f));
+        self
+    }
+
+    /// Runs when a full send buffer has been written out.
+    pub fn on_buffer_drain(&mut self, f: impl Fn(&Connection<P>) + 'static) -> &mut Self {
+        self.shared.handlers.borrow_mut().on_buffer_drain = Some(Box::new(f));
+        self
+    }
+
+    /// This process's number within its group, `0..count` (Workerman's `$worker->id`).
+    pub fn id(&self) -> u32 {
+        self.shared.id.get()
+    }
+
+    /// The group's name.
+    pub fn worker_name(&self) -> String {
+        self.shared.config.borrow().name.clone()
+    }
+
+    /// The group's number of processes.
+    pub fn process_count(&self) -> u32 {
+        self.shared.config.borrow().count
+    }
+
+    /// The listen URL, if any.
+    pub fn listen_url(&self) -> Option<String> {
+        self.shared.config.borrow().listen.clone()
+    }
+
+    /// The connections open in this process (Workerman's `$worker->connections`).
+    pub fn connections(&self) -> Vec<Connection<P>> {
+        self.shared
+            .running
+            .borrow()
+            .as_ref()
+            .map(|r| r.connections.borrow().values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn call_worker_fn(&self, what: &str, slot: &RefCell<Option<WorkerFn<P>>>) {
+        if let Some(f) = slot.borrow().as_ref() {
+            let _ = guarded(what, || f(self));
+        }
+    }
+}
+
+/// What the process runtime needs of a worker, whatever its protocol.
+pub(crate) trait AnyWorker {
+    fn config(&self) -> WorkerConfig;
+    /// Becomes process `id` of the group: calls `on_worker_start`, then serves `listener`.
+    fn start(self: Rc<Self>, id: u32, listener: Option<Listener>) -> Result<()>;
+    /// Stops taking new connections (a queue of a per-process socket is drained first).
+    fn stop_accepting(&self);
+    /// Closes every connection after what it has queued is written.
+    fn close_connections(&self);
+    fn connection_count(&self) -> usize;
+    fn connection_rows(&self) -> Vec<ConnectionRow>;
+    fn worker_stop(self: Rc<Self>);
+    fn worker_reload(self: Rc<Self>);
+}
+
+impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
+    fn config(&self) -> WorkerConfig {
+        self.config.borrow().clone()
+    }
+
+    fn start(self: Rc<Self>, id: u32, listener: Option<Listener>) -> Result<()> {
+        self.id.set(id);
+        let handlers = Rc::new(std::mem::take(&mut *self.handlers.borrow_mut()));
+        let connections = Rc::new(RefCell::new(BTreeMap::new()));
+        *self.running.borrow_mut() = Some(Running {
+            connections: connections.clone(),
+            accept: None,
+        });
+        let worker = Worker {
+            shared: self.clone(),
+        };
+        worker.call_worker_fn("on_worker_start", &self.on_worker_start);
+        if let Some(listener) = listener {
+            let config = self.config.borrow().clone();
+            let accept = server::serve(
+                listener,
+                self.url.as_ref().map(|u| u.transport),
+                self.proto.clone(),
+                handlers,
+                connections,
+                &config,
+            )?;
+            if let Some(running) = self.running.borrow_mut().as_mut() {
+                running.accept = Some(accept);
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_accepting(&self) {
+        if let Some(running) = self.running.borrow_mut().as_mut() {
+            if let Some(accept) = running.accept.take() {
+                accept.stop();
+            }
+        }
+    }
+
+    fn close_connections(&self) {
+        let all: Vec<_> = self
+            .running
+            .borrow()
+            .as_ref()
+            .map(|r| r.connections.borrow().values().cloned().collect())
+            .unwrap_or_default();
+        for c in all {
+            c.close();
+        }
+    }
+
+    fn connection_count(&self) -> usize {
+        self.running
+            .borrow()
+            .as_ref()
+            .map(|r| r.connections.borrow().len())
+            .unwrap_or(0)
+    }
+
+    fn connection_rows(&self) -> Vec<ConnectionRow> {
+        let running = self.running.borrow();
+        let Some(r) = running.as_ref() else {
+            return Vec::new();
+        };
+        let rows = r
+            .connections
+            .borrow()
+            .values()
+            .map(|c| ConnectionRow {
+                id: c.id(),
+                peer: c.remote_addr().to_string(),
+                bytes_in: c.bytes_read(),
+                bytes_out: c.bytes_written(),
+                age_secs: c.age().as_secs_f64(),
+            })
+            .collect();
+        rows
+    }
+
+    fn worker_stop(self: Rc<Self>) {
+        let worker = Worker {
+            shared: self.clone(),
+        };
+        worker.call_worker_fn("on_worker_stop", &self.on_worker_stop);
+    }
+
+    fn worker_reload(self: Rc<Self>) {
+        let worker = Worker {
+            shared: self.clone(),
+        };
+        worker.call_worker_fn("on_worker_reload", &self.on_worker_reload);
+    }
+}

@@ -1,0 +1,288 @@
+//! Shared harness: start an example binary as a real process tree, talk to it as a client
+//! would, and always reap it (a guard kills the master, whose workers die with it).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of an example binary built by `cargo test` next to the test binaries.
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} not built; run `cargo build --examples`",
+        bin.display()
+    );
+    bin
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub struct Server {
+    pub bin: PathBuf,
+    pub run_dir: tempfile::TempDir,
+    pub port: u16,
+    master: Option<Child>,
+    env: Vec<(String, String)>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Server {
+    /// Starts `example start` in the foreground with `env`, and waits until `expected`
+    /// worker processes answer `status`.
+    pub fn start(example: &str, env: &[(&str, String)], expected: usize) -> Server {
+        let run_dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Server {
+            bin: example_bin(example),
+            stdout: run_dir.path().join("stdout.log"),
+            stderr: run_dir.path().join("stderr.log"),
+            run_dir,
+            port: 0,
+            master: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        };
+        let child = s
+            .command(&["start"])
+            .stdout(std::fs::File::create(&s.stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&s.stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn master");
+        s.master = Some(child);
+        s.wait_ready(expected);
+        s
+    }
+
+    /// A command for this program with this server's run directory and environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .env("OXWORK_RUN_DIR", self.run_dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null());
+        // Own process group, so nothing the test runner receives reaches the tree.
+        use std::os::unix::process::CommandExt;
+        c.process_group(0);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run command")
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.master.as_ref().expect("master").id()
+    }
+
+    pub fn wait_ready(&self, expected: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.try_status() {
+                let procs = st["processes"].as_array().map(|a| a.len()).unwrap_or(0);
+                let idle = st["processes"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|p| p["busy"] == false).count())
+                    .unwrap_or(0);
+                if procs == expected && idle == expected {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn try_status(&self) -> Option<Value> {
+        let out = self.run(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("status failed; stderr:\n{}", self.stderr()))
+    }
+
+    /// Pids of the live, not retiring, worker processes.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let st = self.status();
+        let mut pids: Vec<u32> = st["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .filter(|p| p["retiring"] == false)
+            .map(|p| p["pid"].as_u64().expect("pid") as u32)
+            .collect();
+        pids.sort();
+        pids
+    }
+
+    pub fn connections(&self) -> Vec<Value> {
+        let out = self.run(&["connections", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .expect("json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for the master to exit by itself; returns whether it did within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let child = self.master.as_mut().expect("master");
+        while Instant::now() < deadline {
+            if child.try_wait().expect("try_wait").is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.master.take() {
+            // Workers carry PR_SET_PDEATHSIG: killing the master takes them down too.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// True if `pid` is alive.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+}
+
+/// The parent pid of `pid`.
+pub fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    after
+        .split_whitespace()
+        .nth(1)
+        .expect("ppid")
+        .parse()
+        .expect("num")
+}
+
+pub fn kill9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// A line-protocol client.
+pub struct LineClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl LineClient {
+    pub fn connect(port: u16) -> std::io::Result<LineClient> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(LineClient {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
+    }
+
+    pub fn send(&mut self, line: &str) -> std::io::Result<()> {
+        self.writer.write_all(format!("{line}\n").as_bytes())
+    }
+
+    pub fn recv(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    pub fn ask(&mut self, line: &str) -> std::io::Result<String> {
+        self.send(line)?;
+        self.recv()
+    }
+
+    /// True if the server closed the connection (EOF or reset) within the read timeout.
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    pub fn raw(&mut self) -> &mut TcpStream {
+        &mut self.writer
+    }
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
