@@ -10,6 +10,7 @@
 //! | `ECHO_MAX_PACKAGE` | max_package_size (bytes) | 10 MiB |
 //! | `ECHO_MAX_REQUESTS` | recycle a process after this many messages | none |
 //! | `ECHO_REUSE_PORT` | `1` for a socket per process | off |
+//! | `ECHO_EXIT_AT_START` | exit code each process dies with at start (a crash loop) | none |
 //!
 //! Messages: `panic` panics in the handler; `slow:MS` answers `done:MS` after MS milliseconds;
 //! `pid` answers the process id; `ticks` answers how many times this process's 100 ms timer
@@ -43,7 +44,11 @@ fn main() -> oxwork::Result<()> {
 
     let ticks = Rc::new(Cell::new(0u64));
     let t = ticks.clone();
+    let exit_at_start = env::<i32>("ECHO_EXIT_AT_START");
     w.on_worker_start(move |w| {
+        if let Some(code) = exit_at_start {
+            std::process::exit(code);
+        }
         let t = t.clone();
         Timer::add(0.1, true, move || t.set(t.get() + 1));
         eprintln!(
@@ -72,5 +77,6 @@ fn main() -> oxwork::Result<()> {
         }
     });
     w.on_error(|c, e| eprintln!("connection {} error: {e}", c.id()));
+    w.on_close(|c| eprintln!("connection {} closed", c.id()));
     run_all()
 }

@@ -14,7 +14,10 @@ fn main() -> oxwork::Result<()> {
     let listen =
         std::env::var("SEED_TCP_LISTEN").unwrap_or_else(|_| "text://0.0.0.0:8888".to_string());
     let mut worker = Worker::new(&listen)?;
-    worker.name("seed_tcp").count(4);
+    // reuse_port gives each process its own socket and lets the kernel spread connections
+    // evenly; with one shared socket, whichever process wakes first takes the whole queue
+    // (Workerman's `$worker->reusePort = true`).
+    worker.name("seed_tcp").count(4).reuse_port(true);
     worker.on_worker_start(|w| println!("Worker {} started", w.id()));
     worker.on_connect(|c| println!("New connection from {}:{}", c.remote_ip(), c.remote_port()));
     worker.on_message(|c, data| {

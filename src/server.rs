@@ -69,17 +69,14 @@ pub(crate) fn serve<P: Protocol + Clone>(
             idle_timeout: config.idle_timeout,
         },
     });
-    // A per-process socket (reuse_port) resets the connections still queued on it when it
-    // closes, so it accepts its whole queue before closing; a shared one leaves them to siblings.
-    let drain = config.reuse_port;
     match listener {
         Listener::Tcp(l) => {
             let l = tokio::net::TcpListener::from_std(l).map_err(fail)?;
-            spawn_local(accept_loop(l, ctx, stop.clone(), drain));
+            spawn_local(accept_loop(l, ctx, stop.clone()));
         }
         Listener::Unix(l) => {
             let l = tokio::net::UnixListener::from_std(l).map_err(fail)?;
-            spawn_local(accept_loop(l, ctx, stop.clone(), drain));
+            spawn_local(accept_loop(l, ctx, stop.clone()));
         }
         Listener::Udp(s) => {
             let s = tokio::net::UdpSocket::from_std(s).map_err(fail)?;
@@ -135,7 +132,6 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
     acceptor: A,
     ctx: Rc<ServeCtx<P>>,
     stop: Rc<Notify>,
-    drain: bool,
 ) {
     loop {
         tokio::select! {
@@ -151,11 +147,8 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
             }
         }
     }
-    if drain {
-        while let Poll::Ready(Ok(a)) = poll_fn(|cx| Poll::Ready(acceptor.poll_next(cx))).await {
-            spawn_connection(&ctx, a);
-        }
-    }
+    // The socket itself stays open in the master (and in any sibling or successor), so
+    // connections still queued on it are accepted by them, never reset.
 }
 
 fn spawn_connection<S, P>(ctx: &Rc<ServeCtx<P>>, a: Accepted<S>)

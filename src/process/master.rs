@@ -56,7 +56,12 @@ struct State {
     exe: PathBuf,
     args: Vec<OsString>,
     configs: Vec<WorkerConfig>,
-    listeners: Vec<Option<Listener>>,
+    /// One socket per group, shared by its processes.
+    group_listeners: Vec<Option<Listener>>,
+    /// With `reuse_port`, one socket per slot. The master keeps it open, and whichever process
+    /// serves the slot (the old one and its replacement during a reload) inherits it, so the
+    /// socket never closes and no queued connection is ever reset.
+    slot_listeners: Vec<Option<Listener>>,
     slots: Vec<Slot>,
     procs: BTreeMap<u32, Proc>,
     stopping: bool,
@@ -80,18 +85,20 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
     let span = tracing::info_span!("master");
     let _entered = span.enter();
 
-    let mut listeners = Vec::new();
+    let mut group_listeners = Vec::new();
+    let mut slot_listeners = Vec::new();
     for c in &configs {
-        listeners.push(match (c.url(), c.reuse_port) {
-            (Some(url), false) => Some(listener::bind(&url, false)?),
-            (Some(url), true) => {
-                // Each process binds its own socket; this probe turns a port that is taken
-                // into one clear error now rather than a crash loop later.
-                drop(listener::bind(&url, true)?);
-                None
-            }
-            (None, _) => None,
+        let url = c.url();
+        group_listeners.push(match &url {
+            Some(url) if !c.reuse_port => Some(listener::bind(url, false)?),
+            _ => None,
         });
+        for _ in 0..c.count {
+            slot_listeners.push(match &url {
+                Some(url) if c.reuse_port => Some(listener::bind(url, true)?),
+                _ => None,
+            });
+        }
     }
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("cannot find this program's executable", e))?;
@@ -111,7 +118,8 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
         exe,
         args: std::env::args_os().skip(1).collect(),
         configs,
-        listeners,
+        group_listeners,
+        slot_listeners,
         slots,
         procs: BTreeMap::new(),
         stopping: false,
@@ -187,7 +195,10 @@ impl Master {
                 (env::CONTROL_FD.to_string(), child_fd.to_string()),
             ];
             let mut fds = vec![child_fd];
-            if let Some(l) = &st.listeners[slot.group] {
+            let listener = st.slot_listeners[slot_idx]
+                .as_ref()
+                .or(st.group_listeners[slot.group].as_ref());
+            if let Some(l) = listener {
                 env.push((env::LISTEN_FD.to_string(), l.raw_fd().to_string()));
                 fds.push(l.raw_fd());
             }

@@ -9,7 +9,7 @@ use tokio::net::UnixStream;
 use super::control::{read_msg, write_msg, FromWorker, ToWorker};
 use super::{env, sys};
 use crate::error::{Error, ErrorKind, Result};
-use crate::listener::{self, Listener};
+use crate::listener::Listener;
 use crate::worker::AnyWorker;
 use crate::{registry, stats};
 
@@ -84,7 +84,6 @@ fn run_inner(role: &Role) -> Result<()> {
         let url = config.url();
         let listener = match (inherited, &url) {
             (Some(fd), Some(url)) => Some(Listener::from_owned_fd(url.transport, fd)),
-            (None, Some(url)) if config.reuse_port => Some(listener::bind(url, true)?),
             _ => None,
         };
         worker.clone().start(role.id, listener)?;

@@ -1,0 +1,128 @@
+//! `reload` replaces every process with no refused connection and no lost reply.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn echo(count: usize, extra: &[(&str, String)]) -> Server {
+    let port = free_port();
+    let mut env = vec![
+        ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
+        ("ECHO_COUNT", count.to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    let mut s = Server::start("echo", &env, count);
+    s.port = port;
+    s
+}
+
+fn churn_through_reload(s: &Server, args: &[&str]) {
+    let before = s.worker_pids();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut threads = Vec::new();
+    for t in 0..2 {
+        let (stop, done, failures, port) = (stop.clone(), done.clone(), failures.clone(), s.port);
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let msg = format!("t{t}-{i}");
+                match LineClient::connect(port).and_then(|mut c| c.ask(&msg)) {
+                    Ok(reply) if reply == msg => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(other) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("{msg}: got {other}")),
+                    Err(e) => failures.lock().expect("lock").push(format!("{msg}: {e}")),
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = s.run(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let failures = failures.lock().expect("lock");
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        done.load(Ordering::Relaxed) > 50,
+        "too few exchanges to mean anything"
+    );
+    let after = s.worker_pids();
+    assert_eq!(after.len(), before.len());
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "before {before:?} after {after:?}"
+    );
+}
+
+#[test]
+fn reload_under_connection_churn_refuses_nothing_and_loses_no_reply() {
+    let s = echo(4, &[]);
+    churn_through_reload(&s, &["reload"]);
+}
+
+#[test]
+fn reload_with_reuse_port_refuses_nothing() {
+    let s = echo(2, &[("ECHO_REUSE_PORT", "1".into())]);
+    churn_through_reload(&s, &["reload"]);
+}
+
+#[test]
+fn graceful_reload_keeps_long_lived_connections_until_stop_timeout() {
+    let s = echo(2, &[("ECHO_STOP_TIMEOUT", "3".into())]);
+    let mut clients: Vec<LineClient> = (0..6)
+        .map(|_| LineClient::connect(s.port).expect("connect"))
+        .collect();
+    for c in &mut clients {
+        assert_eq!(c.ask("warm").expect("reply"), "warm");
+    }
+    let reload_at = Instant::now();
+    let out = s.run(&["reload", "-g"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every connection keeps working until the retired processes' stop_timeout.
+    while reload_at.elapsed() < Duration::from_millis(2500) {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let msg = format!("c{i}");
+            let reply = c.ask(&msg);
+            assert!(
+                matches!(&reply, Ok(r) if r == &msg),
+                "connection {i} cut {:?} after reload -g: {reply:?}",
+                reload_at.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // After stop_timeout the old processes close them and exit.
+    assert!(eventually(Duration::from_secs(8), || {
+        s.status()["processes"].as_array().expect("p").len() == 2
+    }));
+    for c in &mut clients {
+        assert!(c.ask("late").is_err(), "connection survived its process");
+    }
+}
