@@ -14,7 +14,8 @@
 //!
 //! Messages: `panic` panics in the handler; `slow:MS` answers `done:MS` after MS milliseconds;
 //! `pid` answers the process id; `ticks` answers how many times this process's 100 ms timer
-//! has fired; anything else is echoed back.
+//! has fired; `flood:N` answers N messages of 64 KiB at once (to fill the send buffer);
+//! `pause:MS` stops reading this connection for MS milliseconds; anything else is echoed back.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -72,10 +73,24 @@ fn main() -> oxwork::Result<()> {
                 c.send(format!("done:{ms}"));
             });
         }
+        Some(s) if s.starts_with("flood:") => {
+            let n: usize = s[6..].parse().unwrap_or(1);
+            let chunk = "x".repeat(64 * 1024);
+            let sent = (0..n).filter(|_| c.send(chunk.as_str())).count();
+            eprintln!("flood: {sent} of {n} queued");
+        }
+        Some(s) if s.starts_with("pause:") => {
+            let ms: u64 = s[6..].parse().unwrap_or(100);
+            c.pause_recv();
+            let c = c.clone();
+            Timer::once(std::time::Duration::from_millis(ms), move || c.resume_recv());
+        }
         _ => {
             c.send(data);
         }
     });
+    w.on_buffer_full(|c| eprintln!("connection {} buffer full", c.id()));
+    w.on_buffer_drain(|c| eprintln!("connection {} buffer drained", c.id()));
     w.on_error(|c, e| eprintln!("connection {} error: {e}", c.id()));
     w.on_close(|c| eprintln!("connection {} closed", c.id()));
     run_all()
