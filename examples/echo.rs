@@ -10,12 +10,15 @@
 //! | `ECHO_MAX_PACKAGE` | max_package_size (bytes) | 10 MiB |
 //! | `ECHO_MAX_REQUESTS` | recycle a process after this many messages | none |
 //! | `ECHO_REUSE_PORT` | `1` for a socket per process | off |
+//! | `ECHO_RELOADABLE` | `0` to keep processes across `reload` | reloadable |
 //! | `ECHO_EXIT_AT_START` | exit code each process dies with at start (a crash loop) | none |
 //!
 //! Messages: `panic` panics in the handler; `slow:MS` answers `done:MS` after MS milliseconds;
 //! `pid` answers the process id; `ticks` answers how many times this process's 100 ms timer
 //! has fired; `flood:N` answers N messages of 64 KiB at once (to fill the send buffer);
-//! `pause:MS` stops reading this connection for MS milliseconds; anything else is echoed back.
+//! `pause:MS` stops reading this connection for MS milliseconds; `block:MS` blocks the whole
+//! process for MS milliseconds (what a busy process looks like in `status`); anything else is
+//! echoed back.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -42,6 +45,11 @@ fn main() -> oxwork::Result<()> {
     if let Some(n) = env("ECHO_MAX_REQUESTS") {
         w.max_requests(n);
     }
+    if env::<u8>("ECHO_RELOADABLE") == Some(0) {
+        w.reloadable(false);
+    }
+    w.on_worker_stop(|w| eprintln!("echo worker {} stopping", w.id()));
+    w.on_worker_reload(|w| eprintln!("echo worker {} reloading", w.id()));
 
     let ticks = Rc::new(Cell::new(0u64));
     let t = ticks.clone();
@@ -79,11 +87,18 @@ fn main() -> oxwork::Result<()> {
             let sent = (0..n).filter(|_| c.send(chunk.as_str())).count();
             eprintln!("flood: {sent} of {n} queued");
         }
+        Some(s) if s.starts_with("block:") => {
+            let ms: u64 = s[6..].parse().unwrap_or(100);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            c.send("unblocked");
+        }
         Some(s) if s.starts_with("pause:") => {
             let ms: u64 = s[6..].parse().unwrap_or(100);
             c.pause_recv();
             let c = c.clone();
-            Timer::once(std::time::Duration::from_millis(ms), move || c.resume_recv());
+            Timer::once(std::time::Duration::from_millis(ms), move || {
+                c.resume_recv()
+            });
         }
         _ => {
             c.send(data);

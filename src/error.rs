@@ -21,7 +21,9 @@ pub enum ErrorKind {
 }
 
 /// The error type of every fallible oxwork call.
-#[derive(Debug)]
+///
+/// Its `Debug` form is its message, so `fn main() -> oxwork::Result<()>` prints a readable
+/// `Error: ...` line.
 pub struct Error {
     kind: ErrorKind,
     message: String,
@@ -70,6 +72,12 @@ impl fmt::Display for Error {
             Some(source) => write!(f, "{}: {}", self.message, source),
             None => f.write_str(&self.message),
         }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

@@ -126,3 +126,39 @@ fn graceful_reload_keeps_long_lived_connections_until_stop_timeout() {
         assert!(c.ask("late").is_err(), "connection survived its process");
     }
 }
+
+#[test]
+fn a_worker_marked_not_reloadable_keeps_its_processes_and_hears_on_worker_reload() {
+    let s = echo(2, &[("ECHO_RELOADABLE", "0".into())]);
+    let before = s.worker_pids();
+    let out = s.run(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not reloadable"));
+    assert_eq!(s.worker_pids(), before);
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            s.stderr().matches("reloading").count() >= 2
+        }),
+        "{}",
+        s.stderr()
+    );
+}
+
+#[test]
+fn reload_runs_on_worker_reload_and_on_worker_stop_in_the_old_processes() {
+    let s = echo(1, &[]);
+    let out = s.run(&["reload"]);
+    assert!(out.status.success());
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let log = s.stderr();
+            log.contains("echo worker 0 reloading") && log.contains("echo worker 0 stopping")
+        }),
+        "{}",
+        s.stderr()
+    );
+}

@@ -76,3 +76,15 @@ fn connections_lists_each_open_connection_with_its_peer_and_bytes() {
     let text = s.run(&["connections"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("3 connections"));
 }
+
+#[test]
+fn a_process_stuck_in_a_callback_shows_as_busy() {
+    let s = echo(1);
+    let mut c = LineClient::connect(s.port).expect("connect");
+    c.send("block:2500").expect("send");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let st = s.status();
+    assert_eq!(st["processes"][0]["busy"], true, "{st}");
+    assert_eq!(c.recv().expect("reply"), "unblocked");
+    assert_eq!(s.status()["processes"][0]["busy"], false);
+}

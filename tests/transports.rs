@@ -35,7 +35,8 @@ fn frame_protocol_echoes_binary_messages_split_and_batched() {
     let port = free_port();
     let _s = echo_at(format!("frame://127.0.0.1:{port}"), 1, &[]);
     let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let body: Vec<u8> = (0..=255u8).collect();
     let bytes = frame(&body);
     let (a, b) = bytes.split_at(3);
@@ -57,11 +58,14 @@ fn frame_with_an_impossible_length_closes_the_connection() {
     let port = free_port();
     let s = echo_at(format!("frame://127.0.0.1:{port}"), 1, &[]);
     let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     c.write_all(&[0, 0, 0, 3, 1, 2, 3]).expect("write");
     let mut buf = [0u8; 8];
     assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
-    assert!(eventually(Duration::from_secs(2), || s.stderr().contains("frame length 3")));
+    assert!(eventually(Duration::from_secs(2), || s
+        .stderr()
+        .contains("frame length 3")));
 }
 
 #[test]
@@ -69,10 +73,12 @@ fn udp_replies_to_each_datagram_sender() {
     let port = free_port();
     let _s = echo_at(format!("udp://127.0.0.1:{port}"), 2, &[]);
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     for i in 0..5 {
         let msg = format!("datagram {i}");
-        sock.send_to(msg.as_bytes(), ("127.0.0.1", port)).expect("send");
+        sock.send_to(msg.as_bytes(), ("127.0.0.1", port))
+            .expect("send");
         let mut buf = [0u8; 256];
         let (n, from) = sock.recv_from(&mut buf).expect("reply");
         assert_eq!(&buf[..n], msg.as_bytes());
@@ -86,7 +92,8 @@ fn text_over_a_unix_socket() {
     let path = dir.path().join("echo.sock");
     let _s = echo_at(format!("text+unix://{}", path.display()), 2, &[]);
     let mut c = UnixStream::connect(&path).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     c.write_all(b"over unix\r\n").expect("write");
     let mut buf = [0u8; 64];
     let n = c.read(&mut buf).expect("read");
@@ -118,7 +125,10 @@ fn idle_timeout_closes_silent_connections_only() {
         assert_eq!(chatty.ask(&format!("{i}")).expect("reply"), format!("{i}"));
         std::thread::sleep(Duration::from_millis(150));
     }
-    assert!(silent.is_closed_by_peer(), "silent connection survived its idle timeout");
+    assert!(
+        silent.is_closed_by_peer(),
+        "silent connection survived its idle timeout"
+    );
 }
 
 #[test]
@@ -162,14 +172,22 @@ fn outbound_connections_relay_to_an_upstream_and_reconnect() {
     );
     let mut c = LineClient::connect(relay_port).expect("connect");
     assert!(eventually(Duration::from_secs(3), || {
-        c.ask("via relay").map(|r| r == "via relay").unwrap_or(false)
+        c.ask("via relay")
+            .map(|r| r == "via relay")
+            .unwrap_or(false)
     }));
     // The upstream is replaced (kill -9 of its worker); the relay reconnects by itself.
     let victim = upstream.worker_pids()[0];
     kill9(victim);
-    assert!(eventually(Duration::from_secs(6), || {
-        c.ask("after reconnect").map(|r| r == "after reconnect").unwrap_or(false)
-    }), "relay stderr:\n{}", relay.stderr());
+    assert!(
+        eventually(Duration::from_secs(6), || {
+            c.ask("after reconnect")
+                .map(|r| r == "after reconnect")
+                .unwrap_or(false)
+        }),
+        "relay stderr:\n{}",
+        relay.stderr()
+    );
 }
 
 #[test]
@@ -179,17 +197,25 @@ fn a_full_send_buffer_refuses_and_counts_sends_then_drains() {
     let mut c = LineClient::connect(port).expect("connect");
     // 64 x 64 KiB = 4 MiB against a 1 MiB bound, queued while the client reads nothing.
     c.send("flood:64").expect("send");
-    assert!(eventually(Duration::from_secs(3), || s.stderr().contains("buffer full")));
+    assert!(eventually(Duration::from_secs(3), || s
+        .stderr()
+        .contains("buffer full")));
     let st = s.status();
-    let failed = st["processes"][0]["stats"]["failed_sends"].as_u64().expect("n");
+    let failed = st["processes"][0]["stats"]["failed_sends"]
+        .as_u64()
+        .expect("n");
     assert!(failed > 0, "{st}");
     let queued = 64 - failed as usize;
     for _ in 0..queued {
         assert_eq!(c.recv().expect("line").len(), 64 * 1024);
     }
-    assert!(eventually(Duration::from_secs(3), || s.stderr().contains("buffer drained")));
+    assert!(eventually(Duration::from_secs(3), || s
+        .stderr()
+        .contains("buffer drained")));
     assert_eq!(c.ask("after").expect("reply"), "after");
-    assert!(s.stderr().contains(&format!("flood: {queued} of 64 queued")));
+    assert!(s
+        .stderr()
+        .contains(&format!("flood: {queued} of 64 queued")));
 }
 
 #[test]
@@ -200,5 +226,8 @@ fn pause_recv_holds_input_until_resume() {
     let started = std::time::Instant::now();
     c.send("pause:300").expect("send");
     assert_eq!(c.ask("held").expect("reply"), "held");
-    assert!(started.elapsed() >= Duration::from_millis(300), "answered while paused");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered while paused"
+    );
 }
