@@ -40,6 +40,9 @@ mod timer;
 mod url;
 mod worker;
 
+/// The `bytes` crate, re-exported so a custom [`Protocol`] can name `BytesMut` without
+/// depending on it separately.
+pub use bytes;
 pub use client::AsyncConnection;
 pub use connection::{Connection, ConnectionError, PeerAddr};
 pub use error::{Error, ErrorKind, Result};

@@ -231,3 +231,28 @@ fn pause_recv_holds_input_until_resume() {
         "answered while paused"
     );
 }
+
+#[test]
+fn a_custom_protocol_and_a_code_only_worker_talk_typed_messages() {
+    let port = free_port();
+    let s = Server::start(
+        "json_lines",
+        &[("JSON_LISTEN", format!("tcp://127.0.0.1:{port}"))],
+        3,
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || s
+            .stdout()
+            .contains(r#"ticker got {"echo":{"tick":2}"#)),
+        "stdout:\n{}\nstderr:\n{}",
+        s.stdout(),
+        s.stderr()
+    );
+    // Bad JSON is refused by the protocol's decode step: that connection closes with a reason.
+    let mut c = LineClient::connect(port).expect("connect");
+    c.send("{not json").expect("send");
+    assert!(c.is_closed_by_peer());
+    assert!(eventually(Duration::from_secs(2), || s
+        .stderr()
+        .contains("bad JSON")));
+}
