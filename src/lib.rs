@@ -59,10 +59,23 @@ pub use worker::{ConnectionRow, Worker};
 /// and do nothing else there that should happen only once. In a worker process this call never
 /// returns; in the master it returns when the master stops.
 pub fn run_all() -> Result<()> {
+    run_all_from(std::env::args_os().skip(1))
+}
+
+/// [`run_all`] with the command given explicitly (`["start", "-d"]`), for a program whose own
+/// command line has more in it than oxwork's commands.
+///
+/// Worker processes are started with the program's full original arguments, so the program
+/// must reach this call again with them (as it did the first time).
+pub fn run_all_from<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     init_logging();
     match std::env::var(process::env::ROLE).as_deref() {
         Ok("worker") => process::worker_main::run(process::worker_main::Role::from_env()?),
-        _ => process::cli::main(),
+        _ => process::cli::main(args),
     }
 }
 

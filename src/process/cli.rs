@@ -142,9 +142,15 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot create run directory {}", dir.display()), e))
 }
 
-/// Parses the command line and carries it out.
-pub(crate) fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Parses the command (`args` without the program name) and carries it out.
+pub(crate) fn main<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let argv = std::iter::once(std::ffi::OsString::from(program_name()))
+        .chain(args.into_iter().map(Into::into));
+    let cli = Cli::parse_from(argv);
     let paths = Paths::resolve(&cli)?;
     let program = program_name();
     match cli.command {

@@ -82,6 +82,7 @@ struct Master {
 /// Runs the master in this process until it is stopped.
 pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Result<()> {
     let _pid_lock = sys::PidLock::acquire(&paths.pid_file)?;
+    sys::raise_fd_limit();
     let span = tracing::info_span!("master");
     let _entered = span.enter();
 

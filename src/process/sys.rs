@@ -111,6 +111,17 @@ pub(crate) fn signal(pid: u32, sig: Signal) -> bool {
     kill(Pid::from_raw(pid as i32), sig).is_ok()
 }
 
+/// Raises this process's open-file limit to its hard limit (inherited by the workers), since a
+/// server holds one descriptor per connection and the usual soft limit of 1024 is far too low.
+pub(crate) fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            tracing::debug!("could not raise the open-file limit from {soft} to {hard}");
+        }
+    }
+}
+
 /// The numeric user id, for naming the default run directory.
 pub(crate) fn uid() -> u32 {
     nix::unistd::getuid().as_raw()

@@ -23,7 +23,7 @@ impl Protocol for Text {
 
     fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
         let start = self.scanned.min(buf.len());
-        match buf[start..].iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &buf[start..]) {
             Some(i) => {
                 self.scanned = 0;
                 Ok(Input::Packet(start + i + 1))

@@ -1,0 +1,297 @@
+//! The load generator: N connections, each keeping `depth` requests in flight, recording the
+//! round-trip latency of every batch in an HDR histogram.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Proto {
+    Text,
+    Frame,
+    Http,
+}
+
+impl Proto {
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Proto::Text => "text",
+            Proto::Frame => "frame",
+            Proto::Http => "http",
+        }
+    }
+
+    fn request(&self, size: usize) -> Vec<u8> {
+        match self {
+            Proto::Text => {
+                let mut v = vec![b'x'; size];
+                v.push(b'\n');
+                v
+            }
+            Proto::Frame => {
+                let mut v = ((size + 4) as u32).to_be_bytes().to_vec();
+                v.extend(std::iter::repeat_n(b'x', size));
+                v
+            }
+            Proto::Http => b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec(),
+        }
+    }
+
+    /// How many whole replies `buf` starts with, and how many bytes they take.
+    fn replies(&self, buf: &[u8]) -> Result<(usize, usize), String> {
+        let mut used = 0;
+        let mut n = 0;
+        loop {
+            let rest = &buf[used..];
+            let len = match self {
+                Proto::Text => rest.iter().position(|&b| b == b'\n').map(|i| i + 1),
+                Proto::Frame => {
+                    if rest.len() < 4 {
+                        None
+                    } else {
+                        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                        (rest.len() >= len).then_some(len)
+                    }
+                }
+                Proto::Http => {
+                    let mut headers = [httparse::EMPTY_HEADER; 32];
+                    let mut resp = httparse::Response::new(&mut headers);
+                    match resp.parse(rest).map_err(|e| format!("bad response: {e}"))? {
+                        httparse::Status::Partial => None,
+                        httparse::Status::Complete(head) => {
+                            let body: usize = resp
+                                .headers
+                                .iter()
+                                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                                .and_then(|h| {
+                                    std::str::from_utf8(h.value).ok()?.trim().parse().ok()
+                                })
+                                .unwrap_or(0);
+                            (rest.len() >= head + body).then_some(head + body)
+                        }
+                    }
+                }
+            };
+            match len {
+                Some(l) => {
+                    used += l;
+                    n += 1;
+                }
+                None => return Ok((n, used)),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub proto: Proto,
+    pub connections: usize,
+    pub depth: usize,
+    pub size: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+pub struct Outcome {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub latency: Histogram<u64>,
+}
+
+/// Runs the load; `on_measure_start` is called when the warm-up ends (to sample the server).
+pub fn run(spec: Spec, addr: SocketAddr, on_measure_start: impl FnOnce()) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let hist = Rc::new(RefCell::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+        ));
+        let counters = Rc::new(RefCell::new((0u64, 0u64)));
+        let start = Instant::now();
+        let measure_from = start + spec.warmup;
+        let end = measure_from + spec.duration;
+        let mut tasks = Vec::new();
+        for _ in 0..spec.connections {
+            let (hist, counters) = (hist.clone(), counters.clone());
+            tasks.push(tokio::task::spawn_local(async move {
+                if let Err(e) =
+                    one_connection(spec, addr, measure_from, end, &hist, &counters).await
+                {
+                    counters.borrow_mut().1 += 1;
+                    eprintln!("connection error: {e}");
+                }
+            }));
+        }
+        tokio::time::sleep_until(measure_from.into()).await;
+        on_measure_start();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let (requests, errors) = *counters.borrow();
+        let latency = hist.borrow().clone();
+        Outcome {
+            requests,
+            errors,
+            elapsed: spec.duration,
+            latency,
+        }
+    })
+}
+
+async fn one_connection(
+    spec: Spec,
+    addr: SocketAddr,
+    measure_from: Instant,
+    end: Instant,
+    hist: &RefCell<Histogram<u64>>,
+    counters: &RefCell<(u64, u64)>,
+) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let one = spec.proto.request(spec.size);
+    let batch: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * spec.depth)
+        .collect();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut filled = 0;
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            return Ok(());
+        }
+        s.write_all(&batch).await.map_err(|e| e.to_string())?;
+        let mut got = 0;
+        while got < spec.depth {
+            if filled == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            let n = s
+                .read(&mut buf[filled..])
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("server closed the connection".into());
+            }
+            filled += n;
+            let (replies, used) = spec.proto.replies(&buf[..filled])?;
+            got += replies;
+            buf.copy_within(used..filled, 0);
+            filled -= used;
+        }
+        let done = Instant::now();
+        if t0 >= measure_from && done <= end {
+            let us = (done - t0).as_micros().max(1) as u64;
+            let _ = hist.borrow_mut().record_n(us, spec.depth as u64);
+            counters.borrow_mut().0 += spec.depth as u64;
+        }
+    }
+}
+
+/// Opens `n` connections (at most `parallel` connecting at once), has each exchange one
+/// message, and keeps them open; returns them and how long that took.
+pub fn open_idle(
+    addr: SocketAddr,
+    n: usize,
+    parallel: usize,
+) -> (Vec<std::net::TcpStream>, Duration, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let started = Instant::now();
+        let sem = Rc::new(tokio::sync::Semaphore::new(parallel));
+        let local = tokio::task::LocalSet::new();
+        let results = local
+            .run_until(async {
+                let mut tasks = Vec::new();
+                for _ in 0..n {
+                    let sem = sem.clone();
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let _permit = sem.acquire().await.ok()?;
+                        let mut s = TcpStream::connect(addr).await.ok()?;
+                        s.write_all(b"hi\n").await.ok()?;
+                        let mut b = [0u8; 3];
+                        s.read_exact(&mut b).await.ok()?;
+                        s.into_std().ok()
+                    }));
+                }
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.ok().flatten());
+                }
+                out
+            })
+            .await;
+        let errors = results.iter().filter(|r| r.is_none()).count() as u64;
+        (
+            results.into_iter().flatten().collect(),
+            started.elapsed(),
+            errors,
+        )
+    })
+}
+
+/// Connect, send one line, read the echo, close: repeated by `workers` loops until `stop`.
+/// Returns (exchanges, failures, first failures).
+pub fn churn(
+    addr: SocketAddr,
+    workers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64, Vec<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut threads = Vec::new();
+    for w in 0..workers {
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let (mut ok, mut bad, mut why) = (0u64, 0u64, Vec::new());
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let msg = format!("w{w}-{i}\n");
+                let r = (|| -> std::io::Result<String> {
+                    let mut s = std::net::TcpStream::connect(addr)?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(msg.as_bytes())?;
+                    let mut line = String::new();
+                    BufReader::new(s).read_line(&mut line)?;
+                    Ok(line)
+                })();
+                match r {
+                    Ok(line) if line == msg => ok += 1,
+                    Ok(line) => {
+                        bad += 1;
+                        why.push(format!("wrong reply {line:?}"));
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        why.push(e.to_string());
+                    }
+                }
+            }
+            (ok, bad, why)
+        }));
+    }
+    threads.into_iter().filter_map(|t| t.join().ok()).fold(
+        (0, 0, Vec::new()),
+        |mut acc, (o, b, w)| {
+            acc.0 += o;
+            acc.1 += b;
+            acc.2.extend(w.into_iter().take(3));
+            acc
+        },
+    )
+}

@@ -1,0 +1,317 @@
+//! The scenarios, each run against oxwork and its references in the same run, alternating.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::load::{self, Proto, Spec};
+use crate::procstat;
+use crate::servers::{Kind, Running};
+
+/// One measurement of one server in one scenario (or the median of several).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Row {
+    pub scenario: String,
+    pub server: String,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub errors: f64,
+    pub user_us_per_req: f64,
+    pub sys_us_per_req: f64,
+    /// Every system call of the server processes per request (perf), or -1 when perf is
+    /// unavailable.
+    pub syscalls_per_req: f64,
+    pub peak_rss_mb: f64,
+    /// Scenario-specific figures (idle memory, reload times, ...).
+    pub extra: BTreeMap<String, f64>,
+}
+
+pub enum Plan {
+    Throughput {
+        proto: Proto,
+        connections: usize,
+        depth: usize,
+        size: usize,
+        servers: Vec<Kind>,
+    },
+    Idle {
+        connections: usize,
+        servers: Vec<Kind>,
+    },
+    Reload,
+    Pending(&'static str),
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub plan: Plan,
+}
+
+pub fn all() -> Vec<Scenario> {
+    use Kind::*;
+    vec![
+        Scenario {
+            name: "text-echo",
+            what: "a. text echo, 50 connections, one 64-byte message in flight each",
+            plan: Plan::Throughput { proto: Proto::Text, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio] },
+        },
+        Scenario {
+            name: "frame-echo",
+            what: "frame echo, 50 connections, one 64-byte message in flight each",
+            plan: Plan::Throughput { proto: Proto::Frame, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio] },
+        },
+        Scenario {
+            name: "text-pipelined",
+            what: "text echo, 50 connections, 16 messages per write",
+            plan: Plan::Throughput { proto: Proto::Text, connections: 50, depth: 16, size: 64, servers: vec![Oxwork(1), Tokio] },
+        },
+        Scenario {
+            name: "http-hello",
+            what: "b. HTTP hello world, 100 keep-alive connections (oxwork joins when its http protocol lands)",
+            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 1, size: 0, servers: vec![Tokio, Hyper] },
+        },
+        Scenario {
+            name: "http-pipelined",
+            what: "c. HTTP hello world pipelined, depth 16",
+            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 16, size: 0, servers: vec![Tokio, Hyper] },
+        },
+        Scenario {
+            name: "websocket-echo",
+            what: "d. websocket echo, 50 connections",
+            plan: Plan::Pending("needs the websocket protocol (HTTP/WebSocket/TLS issue)"),
+        },
+        Scenario {
+            name: "idle-10k",
+            what: "e. 10,000 idle connections held (text until websocket lands): memory per connection and time to accept",
+            plan: Plan::Idle { connections: 10_000, servers: vec![Oxwork(1), Tokio] },
+        },
+        Scenario {
+            name: "bus",
+            what: "f. bus round trips, one-way messages and task pools against nats-server",
+            plan: Plan::Pending("needs the bus (local bus issue)"),
+        },
+        Scenario {
+            name: "startup-reload",
+            what: "g. start-up of master + 4 workers, and a full reload under churn: wall time and failed requests",
+            plan: Plan::Reload,
+        },
+    ]
+}
+
+/// How hard to push: the full run, or the smoke run that only proves every scenario works.
+#[derive(Debug, Clone, Copy)]
+pub struct Effort {
+    pub reps: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub max_connections: usize,
+    pub idle_connections: Option<usize>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn median_row(rows: &[Row]) -> Row {
+    let pick = |f: fn(&Row) -> f64| median(rows.iter().map(f).collect());
+    let mut extra = BTreeMap::new();
+    if let Some(first) = rows.first() {
+        for k in first.extra.keys() {
+            extra.insert(
+                k.clone(),
+                median(
+                    rows.iter()
+                        .filter_map(|r| r.extra.get(k).copied())
+                        .collect(),
+                ),
+            );
+        }
+    }
+    Row {
+        scenario: rows.first().map(|r| r.scenario.clone()).unwrap_or_default(),
+        server: rows.first().map(|r| r.server.clone()).unwrap_or_default(),
+        rps: pick(|r| r.rps),
+        p50_us: pick(|r| r.p50_us),
+        p90_us: pick(|r| r.p90_us),
+        p99_us: pick(|r| r.p99_us),
+        p999_us: pick(|r| r.p999_us),
+        errors: pick(|r| r.errors),
+        user_us_per_req: pick(|r| r.user_us_per_req),
+        sys_us_per_req: pick(|r| r.sys_us_per_req),
+        syscalls_per_req: pick(|r| r.syscalls_per_req),
+        peak_rss_mb: pick(|r| r.peak_rss_mb),
+        extra,
+    }
+}
+
+/// Runs one scenario: every server, `reps` times, alternating; returns the median per server.
+pub fn run(s: &Scenario, effort: Effort) -> Result<Vec<Row>, String> {
+    match &s.plan {
+        Plan::Pending(why) => Err(format!("pending: {why}")),
+        Plan::Throughput {
+            proto,
+            connections,
+            depth,
+            size,
+            servers,
+        } => {
+            let spec = Spec {
+                proto: *proto,
+                connections: (*connections).min(effort.max_connections),
+                depth: *depth,
+                size: *size,
+                warmup: effort.warmup,
+                duration: effort.duration,
+            };
+            let mut per_server: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+            for _ in 0..effort.reps {
+                for kind in servers {
+                    let row = throughput(s.name, *kind, spec)?;
+                    per_server.entry(row.server.clone()).or_default().push(row);
+                }
+            }
+            Ok(servers
+                .iter()
+                .filter_map(|k| per_server.get(&k.label()).map(|r| median_row(r)))
+                .collect())
+        }
+        Plan::Idle {
+            connections,
+            servers,
+        } => {
+            let n = effort.idle_connections.unwrap_or(*connections);
+            let mut per_server: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+            for _ in 0..effort.reps {
+                for kind in servers {
+                    let row = idle(s.name, *kind, n)?;
+                    per_server.entry(row.server.clone()).or_default().push(row);
+                }
+            }
+            Ok(servers
+                .iter()
+                .filter_map(|k| per_server.get(&k.label()).map(|r| median_row(r)))
+                .collect())
+        }
+        Plan::Reload => {
+            let mut rows = Vec::new();
+            for _ in 0..effort.reps {
+                rows.push(reload(s.name, effort)?);
+            }
+            Ok(vec![median_row(&rows)])
+        }
+    }
+}
+
+fn throughput(scenario: &str, kind: Kind, spec: Spec) -> Result<Row, String> {
+    let server = Running::start(kind, spec.proto.scheme())?;
+    let pids = server.pids.clone();
+    let before = std::cell::Cell::new(procstat::Sample::default());
+    let counter = std::cell::RefCell::new(None);
+    let outcome = load::run(spec, server.addr(), || {
+        *counter.borrow_mut() = procstat::SyscallCounter::start(&pids);
+        before.set(procstat::sample(&pids));
+    });
+    let used = procstat::sample(&pids) - before.get();
+    let syscalls = counter.into_inner().and_then(|c| c.finish());
+    let peak = procstat::peak_rss_bytes(&pids);
+    drop(server);
+    let reqs = outcome.requests.max(1) as f64;
+    let h = &outcome.latency;
+    Ok(Row {
+        scenario: scenario.into(),
+        server: kind.label(),
+        rps: outcome.requests as f64 / outcome.elapsed.as_secs_f64(),
+        p50_us: h.value_at_quantile(0.5) as f64,
+        p90_us: h.value_at_quantile(0.9) as f64,
+        p99_us: h.value_at_quantile(0.99) as f64,
+        p999_us: h.value_at_quantile(0.999) as f64,
+        errors: outcome.errors as f64,
+        user_us_per_req: used.user_secs * 1e6 / reqs,
+        sys_us_per_req: used.sys_secs * 1e6 / reqs,
+        syscalls_per_req: syscalls.map(|n| n as f64 / reqs).unwrap_or(-1.0),
+        peak_rss_mb: peak as f64 / 1048576.0,
+        extra: BTreeMap::new(),
+    })
+}
+
+fn idle(scenario: &str, kind: Kind, n: usize) -> Result<Row, String> {
+    let server = Running::start(kind, "text")?;
+    let pids = server.pids.clone();
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = procstat::rss_bytes(&pids);
+    let (conns, took, errors) = load::open_idle(server.addr(), n, 256);
+    std::thread::sleep(Duration::from_millis(300));
+    let held = procstat::rss_bytes(&pids);
+    let opened = conns.len();
+    drop(conns);
+    drop(server);
+    let mut extra = BTreeMap::new();
+    extra.insert("connections".into(), opened as f64);
+    extra.insert("accept_secs".into(), took.as_secs_f64());
+    extra.insert("rss_total_mb".into(), held as f64 / 1048576.0);
+    extra.insert("idle_rss_mb".into(), baseline as f64 / 1048576.0);
+    extra.insert(
+        "bytes_per_conn".into(),
+        held.saturating_sub(baseline) as f64 / opened.max(1) as f64,
+    );
+    Ok(Row {
+        scenario: scenario.into(),
+        server: kind.label(),
+        errors: errors as f64,
+        peak_rss_mb: held as f64 / 1048576.0,
+        extra,
+        ..Row::default()
+    })
+}
+
+fn reload(scenario: &str, effort: Effort) -> Result<Row, String> {
+    let server = Running::start(Kind::Oxwork(4), "text")?;
+    let startup = server.started_in;
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = server.addr();
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || load::churn(addr, 2, stop))
+    };
+    std::thread::sleep(effort.warmup.max(Duration::from_millis(200)));
+    let t0 = Instant::now();
+    let out = server.oxwork_command(&["reload"])?;
+    let reload_took = t0.elapsed();
+    std::thread::sleep(effort.warmup.max(Duration::from_millis(200)));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, why) = churn.join().map_err(|_| "churn thread panicked")?;
+    if !out.status.success() {
+        return Err(format!(
+            "reload failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    if failed > 0 {
+        eprintln!("failures during reload: {why:?}");
+    }
+    let idle_worker_rss = procstat::rss_bytes(&server.worker_pids()) as f64 / 4.0 / 1048576.0;
+    let mut extra = BTreeMap::new();
+    extra.insert("startup_ms".into(), startup.as_secs_f64() * 1000.0);
+    extra.insert("reload_ms".into(), reload_took.as_secs_f64() * 1000.0);
+    extra.insert("exchanges".into(), ok as f64);
+    extra.insert("failed_requests".into(), failed as f64);
+    extra.insert("worker_rss_mb".into(), idle_worker_rss);
+    Ok(Row {
+        scenario: scenario.into(),
+        server: Kind::Oxwork(4).label(),
+        errors: failed as f64,
+        extra,
+        ..Row::default()
+    })
+}

@@ -1,0 +1,322 @@
+//! The servers under test, each started as a separate process (this same binary in a serving
+//! role), pinned to the server core: oxwork, a minimal hand-written tokio server (the floor a
+//! framework adds cost over), and hyper for HTTP.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::pin;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Kind {
+    /// oxwork with this many worker processes.
+    Oxwork(u32),
+    /// The minimal tokio server.
+    Tokio,
+    /// hyper's HTTP/1.1 server.
+    Hyper,
+}
+
+impl Kind {
+    pub fn label(&self) -> String {
+        match self {
+            Kind::Oxwork(1) => "oxwork".into(),
+            Kind::Oxwork(n) => format!("oxwork x{n}"),
+            Kind::Tokio => "tokio floor".into(),
+            Kind::Hyper => "hyper".into(),
+        }
+    }
+}
+
+pub struct Running {
+    pub kind: Kind,
+    pub port: u16,
+    child: Child,
+    run_dir: Option<tempfile::TempDir>,
+    pub pids: Vec<u32>,
+    pub started_in: Duration,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn self_command(args: &[String], pinned: bool) -> Command {
+    let exe = std::env::current_exe().expect("own executable");
+    match pin::server_cpu().filter(|_| pinned) {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(exe).args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new(exe);
+            c.args(args);
+            c
+        }
+    }
+}
+
+impl Running {
+    pub fn start(kind: Kind, proto: &str) -> Result<Running, String> {
+        let port = free_port();
+        let started = Instant::now();
+        let (args, run_dir) = match kind {
+            Kind::Oxwork(count) => (
+                vec![
+                    "__serve-oxwork".into(),
+                    proto.into(),
+                    count.to_string(),
+                    port.to_string(),
+                    "start".into(),
+                ],
+                Some(tempfile::tempdir().map_err(|e| e.to_string())?),
+            ),
+            Kind::Tokio => (
+                vec!["__serve-tokio".into(), proto.into(), port.to_string()],
+                None,
+            ),
+            Kind::Hyper => (vec!["__serve-hyper".into(), port.to_string()], None),
+        };
+        let mut cmd = self_command(&args, true);
+        if let Some(d) = &run_dir {
+            cmd.env("OXWORK_RUN_DIR", d.path())
+                .env("OXWORK_LOG", "warn");
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {kind:?}: {e}"))?;
+        let mut running = Running {
+            kind,
+            port,
+            child,
+            run_dir,
+            pids: Vec::new(),
+            started_in: Duration::ZERO,
+        };
+        running.wait_ready(proto)?;
+        running.started_in = started.elapsed();
+        Ok(running)
+    }
+
+    /// Runs an oxwork command (`status --json`, `reload`, `stop`) against this server.
+    pub fn oxwork_command(&self, cmd: &[&str]) -> Result<std::process::Output, String> {
+        let (Kind::Oxwork(count), Some(dir)) = (self.kind, &self.run_dir) else {
+            return Err("not an oxwork server".into());
+        };
+        let mut args: Vec<String> = vec![
+            "__serve-oxwork".into(),
+            "text".into(),
+            count.to_string(),
+            self.port.to_string(),
+        ];
+        args.extend(cmd.iter().map(|s| s.to_string()));
+        self_command(&args, false)
+            .env("OXWORK_RUN_DIR", dir.path())
+            .output()
+            .map_err(|e| e.to_string())
+    }
+
+    /// The worker processes' pids (oxwork), or the server's own pid.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        match self.kind {
+            Kind::Oxwork(_) => self
+                .oxwork_command(&["status", "--json"])
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .and_then(|v| {
+                    v["processes"].as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|p| p["pid"].as_u64().map(|x| x as u32))
+                            .collect()
+                    })
+                })
+                .unwrap_or_default(),
+            _ => vec![self.child.id()],
+        }
+    }
+
+    fn wait_ready(&mut self, _proto: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("{:?} exited at start: {status}", self.kind));
+            }
+            let ready = match self.kind {
+                Kind::Oxwork(n) => {
+                    let pids = self.worker_pids();
+                    (pids.len() == n as usize).then_some(pids)
+                }
+                _ => std::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .ok()
+                    .map(|_| vec![self.child.id()]),
+            };
+            if let Some(pids) = ready {
+                self.pids = pids;
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("{:?} did not become ready", self.kind))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.kind, Kind::Oxwork(_)) {
+            let _ = self.oxwork_command(&["stop"]);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `__serve-oxwork PROTO COUNT PORT CMD...`: the oxwork server under test.
+pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
+    let (proto, count, port) = (&args[0], args[1].parse().unwrap_or(1), &args[2]);
+    let mut w = oxwork::Worker::new(&format!("{proto}://127.0.0.1:{port}"))?;
+    w.name("bench").count(count);
+    w.on_message(|c, data| {
+        c.send(data);
+    });
+    oxwork::run_all_from(args[3..].iter().cloned())
+}
+
+/// `__serve-tokio PROTO PORT`: the floor. One thread, one task per connection, one read and
+/// one write per batch of requests, no framework.
+pub fn serve_tokio(args: &[String]) {
+    let proto = args[0].clone();
+    let port: u16 = args[1].parse().unwrap_or(0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind");
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            let proto = proto.clone();
+            tokio::task::spawn_local(async move {
+                let mut buf = Vec::with_capacity(16 * 1024);
+                let mut out = Vec::with_capacity(16 * 1024);
+                loop {
+                    let mut chunk = [0u8; 16 * 1024];
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let used = match proto.as_str() {
+                        "text" => echo_lines(&buf, &mut out),
+                        "frame" => echo_frames(&buf, &mut out),
+                        _ => answer_http(&buf, &mut out),
+                    };
+                    buf.drain(..used);
+                    if !out.is_empty() {
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        out.clear();
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn echo_lines(buf: &[u8], out: &mut Vec<u8>) -> usize {
+    let mut used = 0;
+    while let Some(i) = buf[used..].iter().position(|&b| b == b'\n') {
+        out.extend_from_slice(&buf[used..used + i + 1]);
+        used += i + 1;
+    }
+    used
+}
+
+fn echo_frames(buf: &[u8], out: &mut Vec<u8>) -> usize {
+    let mut used = 0;
+    while buf.len() - used >= 4 {
+        let len =
+            u32::from_be_bytes([buf[used], buf[used + 1], buf[used + 2], buf[used + 3]]) as usize;
+        if len < 4 || buf.len() - used < len {
+            break;
+        }
+        out.extend_from_slice(&buf[used..used + len]);
+        used += len;
+    }
+    used
+}
+
+const HELLO: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nHello World";
+
+fn answer_http(buf: &[u8], out: &mut Vec<u8>) -> usize {
+    let mut used = 0;
+    while let Some(i) = buf[used..].windows(4).position(|w| w == b"\r\n\r\n") {
+        out.extend_from_slice(HELLO);
+        used += i + 4;
+    }
+    used
+}
+
+/// `__serve-hyper PORT`: hyper's HTTP/1.1 server on one thread, keep-alive and pipelining.
+pub fn serve_hyper(args: &[String]) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let port: u16 = args[0].parse().unwrap_or(0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind");
+        let served = Rc::new(RefCell::new(0u64));
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            let served = served.clone();
+            tokio::task::spawn_local(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    *served.borrow_mut() += 1;
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("Content-Type", "text/plain")
+                                .body(Full::new(Bytes::from_static(b"Hello World")))
+                                .expect("response"),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .pipeline_flush(true)
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
