@@ -18,6 +18,29 @@ use crate::stats;
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Size of the process's shared receive buffer.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// One receive buffer for every connection of the process. A connection reads into it
+    /// whenever it holds no partial package, so an idle connection owns no receive buffer at
+    /// all, and only the tail of a package split across reads is copied into a buffer of its own.
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+fn take_scratch() -> BytesMut {
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if scratch.capacity() < READ_CHUNK {
+        // Reuses the same allocation when no message decoded from it is still alive.
+        scratch.reserve(SCRATCH_SIZE);
+    }
+    scratch
+}
+
+fn return_scratch(mut scratch: BytesMut) {
+    scratch.clear();
+    SCRATCH.with(|s| *s.borrow_mut() = scratch);
+}
 /// A send buffer this large is given back to the allocator once written, so that idle
 /// connections hold no large buffers.
 const KEEP_OUT_CAPACITY: usize = 16 * 1024;
@@ -57,6 +80,8 @@ where
     conn.call("on_connect", inner.handlers.on_connect.as_ref());
 
     let mut rbuf = BytesMut::new();
+    // True while `rbuf` holds the process's shared buffer rather than this connection's own.
+    let mut rbuf_is_scratch = false;
     let mut idle: Option<Pin<Box<Sleep>>> = opts.idle_timeout.map(|d| Box::pin(sleep(d)));
     let mut woken = false;
 
@@ -94,10 +119,23 @@ where
                 return Poll::Ready(Event::Wake);
             }
             if inner.state.get() == State::Open && !inner.paused.get() {
-                if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                    rbuf.reserve(READ_CHUNK);
-                }
-                match poll_read_buf(Pin::new(&mut stream), cx, &mut rbuf) {
+                let read = if rbuf.is_empty() {
+                    let mut scratch = take_scratch();
+                    let r = poll_read_buf(Pin::new(&mut stream), cx, &mut scratch);
+                    if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                        rbuf = scratch;
+                        rbuf_is_scratch = true;
+                    } else {
+                        return_scratch(scratch);
+                    }
+                    r
+                } else {
+                    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                        rbuf.reserve(READ_CHUNK);
+                    }
+                    poll_read_buf(Pin::new(&mut stream), cx, &mut rbuf)
+                };
+                match read {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Event::Eof),
                     Poll::Ready(Ok(n)) => {
                         inner.bytes_in.set(inner.bytes_in.get() + n as u64);
@@ -127,8 +165,15 @@ where
                     idle.as_mut().reset(Instant::now() + d);
                 }
                 dispatch(&conn, &mut rbuf);
-                if rbuf.is_empty() && rbuf.capacity() > 0 {
-                    // Idle connections keep no receive buffer; the next read allocates anew.
+                if std::mem::take(&mut rbuf_is_scratch) {
+                    let scratch = std::mem::take(&mut rbuf);
+                    if !scratch.is_empty() {
+                        rbuf = BytesMut::with_capacity(scratch.len().max(READ_CHUNK / 4));
+                        rbuf.extend_from_slice(&scratch);
+                    }
+                    return_scratch(scratch);
+                } else if rbuf.is_empty() && rbuf.capacity() > 0 {
+                    // Idle connections keep no receive buffer of their own.
                     rbuf = BytesMut::new();
                 }
                 let mut out = inner.out.borrow_mut();
