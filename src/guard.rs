@@ -30,3 +30,36 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         "non-string panic payload".to_string()
     }
 }
+
+/// A future whose panics are caught, logged and counted like [`guarded`]'s: it resolves to
+/// `None` if polling it panicked.
+pub(crate) struct GuardedFuture<F: ?Sized> {
+    what: &'static str,
+    inner: std::pin::Pin<Box<F>>,
+}
+
+impl<F: std::future::Future + ?Sized> GuardedFuture<F> {
+    pub(crate) fn new(what: &'static str, inner: std::pin::Pin<Box<F>>) -> Self {
+        GuardedFuture { what, inner }
+    }
+}
+
+impl<F: std::future::Future + ?Sized> std::future::Future for GuardedFuture<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let what = self.what;
+        match catch_unwind(AssertUnwindSafe(|| self.inner.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Some(v)),
+            Err(payload) => {
+                stats::with(|c| stats::bump(&c.panics));
+                tracing::error!("panic in {what}: {}", panic_message(&*payload));
+                std::task::Poll::Ready(None)
+            }
+        }
+    }
+}

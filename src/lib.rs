@@ -25,6 +25,7 @@
 //! Callbacks run on their process's one thread, so they may share `Rc<RefCell<..>>` state and
 //! need not be `Send`. A panic in a callback closes only the connection it was handling.
 
+pub mod bus;
 mod client;
 mod connection;
 mod driver;
@@ -40,6 +41,7 @@ mod timer;
 mod url;
 mod worker;
 
+pub use bus::state;
 /// The `bytes` crate, re-exported so a custom [`Protocol`] can name `BytesMut` without
 /// depending on it separately.
 pub use bytes;
@@ -75,6 +77,7 @@ where
     init_logging();
     match std::env::var(process::env::ROLE).as_deref() {
         Ok("worker") => process::worker_main::run(process::worker_main::Role::from_env()?),
+        Ok("hub") => process::hub_main::run(),
         _ => process::cli::main(args),
     }
 }

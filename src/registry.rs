@@ -10,6 +10,28 @@ use crate::worker::AnyWorker;
 
 thread_local! {
     static WORKERS: RefCell<Vec<Rc<dyn AnyWorker>>> = const { RefCell::new(Vec::new()) };
+    /// Workers running in this process: its own group's, and any a callback started with
+    /// `Worker::listen`.
+    static RUNNING: RefCell<Vec<Rc<dyn AnyWorker>>> = const { RefCell::new(Vec::new()) };
+    /// This process's id within its group, once it runs as a worker process.
+    static PROCESS_ID: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+pub(crate) fn set_running(w: Rc<dyn AnyWorker>, id: u32) {
+    PROCESS_ID.with(|p| p.set(Some(id)));
+    RUNNING.with(|r| r.borrow_mut().push(w));
+}
+
+pub(crate) fn add_running(w: Rc<dyn AnyWorker>) {
+    RUNNING.with(|r| r.borrow_mut().push(w));
+}
+
+pub(crate) fn running() -> Vec<Rc<dyn AnyWorker>> {
+    RUNNING.with(|r| r.borrow().clone())
+}
+
+pub(crate) fn process_id() -> Option<u32> {
+    PROCESS_ID.with(|p| p.get())
 }
 
 pub(crate) fn register(w: Rc<dyn AnyWorker>) {

@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use crate::bus::{self, client::TaskDelivery, Task, WorkerMessage};
 use crate::connection::{Connection, ConnectionError, Handlers};
 use crate::error::Result;
 use crate::guard::guarded;
@@ -42,6 +48,10 @@ pub(crate) struct WorkerConfig {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_requests: Option<u64>,
     pub(crate) max_memory_mb: Option<u64>,
+    /// Has bus handlers (`on_worker_message`, `on_task`): the hub is started with the tree.
+    pub(crate) uses_bus: bool,
+    /// Tasks one process of a pool handles at once.
+    pub(crate) task_concurrency: u32,
 }
 
 impl WorkerConfig {
@@ -69,6 +79,15 @@ pub struct ConnectionRow {
 }
 
 type WorkerFn<P> = Box<dyn Fn(&Worker<P>)>;
+type WorkerMessageFn<P> = Rc<dyn Fn(&Worker<P>, WorkerMessage)>;
+type TaskFuture = Pin<Box<dyn Future<Output = Result<Bytes, String>>>>;
+
+/// A pool process's task handler.
+#[derive(Clone)]
+enum TaskFn {
+    Sync(Rc<dyn Fn(Task) -> Result<Bytes, String>>),
+    Async(Rc<dyn Fn(Task) -> TaskFuture>),
+}
 
 pub(crate) struct WorkerShared<P: Protocol> {
     config: RefCell<WorkerConfig>,
@@ -78,6 +97,8 @@ pub(crate) struct WorkerShared<P: Protocol> {
     on_worker_start: RefCell<Option<WorkerFn<P>>>,
     on_worker_stop: RefCell<Option<WorkerFn<P>>>,
     on_worker_reload: RefCell<Option<WorkerFn<P>>>,
+    on_worker_message: RefCell<Option<WorkerMessageFn<P>>>,
+    on_task: RefCell<Option<TaskFn>>,
     id: Cell<u32>,
     running: RefCell<Option<Running<P>>>,
 }
@@ -167,6 +188,8 @@ impl<P: Protocol + Clone> Worker<P> {
             idle_timeout: None,
             max_requests: None,
             max_memory_mb: None,
+            uses_bus: false,
+            task_concurrency: 1,
         };
         let shared = Rc::new(WorkerShared {
             config: RefCell::new(config),
@@ -176,6 +199,8 @@ impl<P: Protocol + Clone> Worker<P> {
             on_worker_start: RefCell::new(None),
             on_worker_stop: RefCell::new(None),
             on_worker_reload: RefCell::new(None),
+            on_worker_message: RefCell::new(None),
+            on_task: RefCell::new(None),
             id: Cell::new(0),
             running: RefCell::new(None),
         });
@@ -259,6 +284,54 @@ impl<P: Protocol> Worker<P> {
         self
     }
 
+    /// Runs in a process of this group for every message sent to it with
+    /// [`bus::send_to_worker`](crate::bus::send_to_worker) (or `ask_worker`, or a group
+    /// broadcast). `msg.reply(..)` answers an ask.
+    pub fn on_worker_message(
+        &mut self,
+        f: impl Fn(&Worker<P>, WorkerMessage) + 'static,
+    ) -> &mut Self {
+        *self.shared.on_worker_message.borrow_mut() = Some(Rc::new(f));
+        self.shared.config.borrow_mut().uses_bus = true;
+        self
+    }
+
+    /// Makes this group a task pool named after the group: tasks submitted with
+    /// [`bus::submit`](crate::bus::submit) run `f` in the least busy process; its `Ok` value
+    /// is the result, its `Err` a failure reported to the submitter.
+    pub fn on_task<R, E>(&mut self, f: impl Fn(Task) -> Result<R, E> + 'static) -> &mut Self
+    where
+        R: Into<Bytes>,
+        E: std::fmt::Display,
+    {
+        let f = move |t: Task| f(t).map(Into::into).map_err(|e| e.to_string());
+        *self.shared.on_task.borrow_mut() = Some(TaskFn::Sync(Rc::new(f)));
+        self.shared.config.borrow_mut().uses_bus = true;
+        self
+    }
+
+    /// [`on_task`](Self::on_task) with an async handler; up to `task_concurrency` tasks run at
+    /// once in each process.
+    pub fn on_task_async<F, Fut, R, E>(&mut self, f: F) -> &mut Self
+    where
+        F: Fn(Task) -> Fut + 'static,
+        Fut: Future<Output = Result<R, E>> + 'static,
+        R: Into<Bytes>,
+        E: std::fmt::Display,
+    {
+        let f = move |t: Task| -> TaskFuture {
+            let fut = f(t);
+            Box::pin(async move { fut.await.map(Into::into).map_err(|e| e.to_string()) })
+        };
+        *self.shared.on_task.borrow_mut() = Some(TaskFn::Async(Rc::new(f)));
+        self.shared.config.borrow_mut().uses_bus = true;
+        self
+    }
+
+    setting!(
+        /// How many tasks one process of this pool handles at once (default 1).
+        task_concurrency: u32 => |c, v| c.task_concurrency = v.max(1));
+
     /// Runs when a client connects.
     pub fn on_connect(&mut self, f: impl Fn(&Connection<P>) + 'static) -> &mut Self {
         self.shared.handlers.borrow_mut().on_connect = Some(Box::new(f));
@@ -298,6 +371,33 @@ impl<P: Protocol> Worker<P> {
         self
     }
 
+    /// Starts serving this worker's address in the current worker process, now (Workerman's
+    /// `$worker->listen()` inside `onWorkerStart`). Sibling processes that do the same share
+    /// the address through `SO_REUSEPORT`, the kernel spreading connections among them. Stops
+    /// with the process (stop, reload, recycling).
+    pub fn listen(&self) -> Result<()>
+    where
+        P: Clone,
+    {
+        let Some(id) = crate::registry::process_id() else {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::Config,
+                "Worker::listen works inside a running worker process (call it from on_worker_start); \
+                 declare workers in main otherwise",
+            ));
+        };
+        let url = self.shared.url.clone().ok_or_else(|| {
+            crate::error::Error::new(
+                crate::error::ErrorKind::Config,
+                "this worker has no address",
+            )
+        })?;
+        let listener = crate::listener::bind(&url, true)?;
+        self.shared.clone().start(id, Some(listener))?;
+        crate::registry::add_running(self.shared.clone());
+        Ok(())
+    }
+
     /// This process's number within its group, `0..count` (Workerman's `$worker->id`).
     pub fn id(&self) -> u32 {
         self.shared.id.get()
@@ -328,9 +428,84 @@ impl<P: Protocol> Worker<P> {
             .unwrap_or_default()
     }
 
+    /// Subscribes this process to its worker messages and joins its task pool, if it has
+    /// handlers for them; connects the bus now so that nothing sent to it is missed.
+    fn join_bus(&self) {
+        let Some(me) = bus::local::identity() else {
+            return;
+        };
+        let message_fn = self.shared.on_worker_message.borrow().clone();
+        if let Some(f) = message_fn {
+            let worker = self.clone();
+            let own = bus::worker_subject(&me.node, &me.group, me.id);
+            let group = bus::group_subject(&me.group);
+            bus::local::when_connected(move |b| {
+                for subject in [&own, &group] {
+                    let (worker, f) = (worker.clone(), f.clone());
+                    let subscribed = b.subscribe(subject, None, move |msg| {
+                        f(&worker, WorkerMessage::new(msg))
+                    });
+                    if let Err(e) = subscribed {
+                        tracing::error!("cannot receive worker messages: {e}");
+                    }
+                }
+            });
+        }
+        let task_fn = self.shared.on_task.borrow().clone();
+        if let Some(f) = task_fn {
+            let concurrency = self.shared.config.borrow().task_concurrency;
+            let pool = me.group.clone();
+            bus::local::when_connected(move |b| {
+                let (bus, f) = (b.clone(), f.clone());
+                let handler = Rc::new(move |d: TaskDelivery| run_task(&bus, &f, d));
+                if let Err(e) = b.join_pool(&pool, concurrency, handler) {
+                    tracing::error!("cannot join task pool {pool}: {e}");
+                }
+            });
+        }
+        if self.shared.config.borrow().uses_bus {
+            if let Err(e) = bus::bus() {
+                tracing::error!("cannot use the bus: {e}");
+            }
+        }
+    }
+
     fn call_worker_fn(&self, what: &str, slot: &RefCell<Option<WorkerFn<P>>>) {
         if let Some(f) = slot.borrow().as_ref() {
             let _ = guarded(what, || f(self));
+        }
+    }
+}
+
+fn run_task(bus: &bus::Bus, f: &TaskFn, d: TaskDelivery) {
+    let task = Task {
+        pool: d.pool,
+        attempt: d.attempt,
+        payload: d.payload,
+    };
+    let id = d.task;
+    let finish = move |bus: &bus::Bus, r: Option<Result<Bytes, String>>| {
+        let (ok, payload) = match r {
+            Some(Ok(b)) => (true, b),
+            Some(Err(e)) => (false, Bytes::from(e)),
+            None => (false, Bytes::from_static(b"the task handler panicked")),
+        };
+        if let Err(e) = bus.task_done(id, ok, payload) {
+            tracing::error!("cannot report task {id} done: {e}");
+        }
+    };
+    match f {
+        TaskFn::Sync(f) => finish(bus, guarded("on_task", || f(task))),
+        TaskFn::Async(f) => {
+            let fut = guarded("on_task", || f(task));
+            let bus = bus.clone();
+            tokio::task::spawn_local(async move {
+                let r = match fut {
+                    Some(fut) => crate::guard::GuardedFuture::new("on_task", fut).await,
+                    None => None,
+                };
+                finish(&bus, r);
+            });
         }
     }
 }
@@ -366,6 +541,7 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
         let worker = Worker {
             shared: self.clone(),
         };
+        worker.join_bus();
         worker.call_worker_fn("on_worker_start", &self.on_worker_start);
         if let Some(listener) = listener {
             let config = self.config.borrow().clone();

@@ -138,7 +138,10 @@ fn daemon_starts_in_the_background_restarts_and_stops() {
         "pid file left behind"
     );
     let pid: u32 = second.trim().parse().expect("pid");
-    assert!(!alive(pid));
+    assert!(
+        eventually(Duration::from_secs(3), || !alive(pid)),
+        "master {pid} still alive"
+    );
     assert!(std::fs::read_to_string(dir.path().join("oxwork.log"))
         .expect("log")
         .contains("echo worker 0 started"));

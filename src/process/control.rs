@@ -54,6 +54,13 @@ pub(crate) enum FromWorker {
     Recycle {
         reason: String,
     },
+    /// The hub is unreachable and this process needs it: start it (if it is not starting).
+    NeedHub,
+    /// The hub's answer to `Status`.
+    HubStatus {
+        req: u64,
+        stats: crate::bus::HubStats,
+    },
 }
 
 /// A command from the CLI to the master.

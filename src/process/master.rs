@@ -37,7 +37,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(16);
 const CRASH_WINDOW: Duration = Duration::from_secs(1);
 
 struct Slot {
-    group: usize,
+    /// The worker group, or `None` for the hub.
+    group: Option<usize>,
     id: u32,
     current: Option<u32>,
     backoff: Duration,
@@ -70,11 +71,43 @@ struct State {
     exits: BTreeMap<(String, String), u64>,
     started: SystemTime,
     started_at: Instant,
+    hub_path: PathBuf,
+    node: String,
+}
+
+impl State {
+    fn config(&self, slot: usize) -> Option<&WorkerConfig> {
+        self.slots[slot].group.map(|g| &self.configs[g])
+    }
+
+    fn name(&self, slot: usize) -> String {
+        self.config(slot)
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| "hub".into())
+    }
+
+    fn stop_timeout(&self, slot: usize) -> Duration {
+        self.config(slot)
+            .map(|c| c.stop_timeout)
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    fn hub_slot(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    fn worker_procs(&self) -> usize {
+        self.procs
+            .values()
+            .filter(|p| self.slots[p.slot].group.is_some())
+            .count()
+    }
 }
 
 #[derive(Clone)]
 struct Master {
     state: Rc<RefCell<State>>,
+    hub_stats: Rc<RefCell<Option<crate::bus::HubStats>>>,
     all_gone: Rc<Notify>,
     started: Rc<tokio::sync::watch::Sender<bool>>,
 }
@@ -108,13 +141,20 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
         .enumerate()
         .flat_map(|(group, c)| {
             (0..c.count).map(move |id| Slot {
-                group,
+                group: Some(group),
                 id,
                 current: None,
                 backoff: Duration::ZERO,
             })
         })
+        .chain(std::iter::once(Slot {
+            group: None,
+            id: 0,
+            current: None,
+            backoff: Duration::ZERO,
+        }))
         .collect();
+    slot_listeners.push(None);
     let state = State {
         exe,
         args: std::env::args_os().skip(1).collect(),
@@ -129,6 +169,8 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
         exits: BTreeMap::new(),
         started: SystemTime::now(),
         started_at: Instant::now(),
+        hub_path: paths.run_dir.join("hub.sock"),
+        node: std::env::var(env::NODE).unwrap_or_else(|_| sys::hostname()),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -137,6 +179,7 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
     let result = rt.block_on(async {
         let master = Master {
             state: Rc::new(RefCell::new(state)),
+            hub_stats: Rc::new(RefCell::new(None)),
             all_gone: Rc::new(Notify::new()),
             started: Rc::new(tokio::sync::watch::channel(false).0),
         };
@@ -189,16 +232,26 @@ impl Master {
             let slot = &st.slots[slot_idx];
             let child_fd = sys::raw(&child_end);
             let mut env = vec![
-                (env::ROLE.to_string(), "worker".to_string()),
-                (env::GROUP.to_string(), slot.group.to_string()),
+                (
+                    env::ROLE.to_string(),
+                    if slot.group.is_some() {
+                        "worker"
+                    } else {
+                        "hub"
+                    }
+                    .to_string(),
+                ),
+                (env::GROUP.to_string(), slot.group.unwrap_or(0).to_string()),
                 (env::ID.to_string(), slot.id.to_string()),
                 (env::MASTER_PID.to_string(), std::process::id().to_string()),
                 (env::CONTROL_FD.to_string(), child_fd.to_string()),
+                (env::HUB.to_string(), st.hub_path.display().to_string()),
+                (env::NODE.to_string(), st.node.clone()),
             ];
             let mut fds = vec![child_fd];
             let listener = st.slot_listeners[slot_idx]
                 .as_ref()
-                .or(st.group_listeners[slot.group].as_ref());
+                .or(slot.group.and_then(|g| st.group_listeners[g].as_ref()));
             if let Some(l) = listener {
                 env.push((env::LISTEN_FD.to_string(), l.raw_fd().to_string()));
                 fds.push(l.raw_fd());
@@ -273,7 +326,13 @@ impl Master {
                         let _ = tx.send(());
                     }
                 }
-                FromWorker::Status { req, .. } | FromWorker::Connections { req, .. } => {
+                FromWorker::NeedHub => {
+                    drop(st);
+                    self.ensure_hub();
+                }
+                FromWorker::Status { req, .. }
+                | FromWorker::Connections { req, .. }
+                | FromWorker::HubStatus { req, .. } => {
                     if let Some(tx) = proc.pending.remove(&req) {
                         let _ = tx.send(msg);
                     }
@@ -295,8 +354,7 @@ impl Master {
             return;
         };
         let slot_idx = proc.slot;
-        let group = st.slots[slot_idx].group;
-        let name = st.configs[group].name.clone();
+        let name = st.name(slot_idx);
         let id = st.slots[slot_idx].id;
         *st.exits.entry((name.clone(), desc.clone())).or_insert(0) += 1;
         let stopping = st.stopping;
@@ -325,8 +383,41 @@ impl Master {
         } else {
             tracing::info!("worker {name}#{id} (pid {pid}) finished: {desc}");
         }
-        if st.stopping && st.procs.is_empty() {
-            self.all_gone.notify_one();
+        drop(st);
+        self.finish_stop_if_done();
+    }
+
+    /// During a stop: once every worker has exited, stop the hub; once it has too, the master
+    /// is done. (The hub outlives the workers so that they can use the bus while they finish.)
+    fn finish_stop_if_done(&self) {
+        let st = self.state.borrow();
+        if !st.stopping || st.worker_procs() > 0 {
+            return;
+        }
+        match st.slots[st.hub_slot()].current {
+            Some(hub) if st.procs.contains_key(&hub) => {
+                drop(st);
+                self.send(hub, ToWorker::Stop);
+                self.kill_later(hub, KILL_MARGIN);
+            }
+            _ if st.procs.is_empty() => self.all_gone.notify_one(),
+            _ => {}
+        }
+    }
+
+    /// Starts the hub if it is not running or starting.
+    fn ensure_hub(&self) {
+        let idx = {
+            let st = self.state.borrow();
+            let idx = st.hub_slot();
+            if st.stopping || st.slots[idx].current.is_some() {
+                return;
+            }
+            idx
+        };
+        tracing::info!("starting the hub");
+        if let Err(e) = self.spawn_proc(idx) {
+            tracing::error!("cannot start the hub: {e}");
         }
     }
 
@@ -357,7 +448,22 @@ impl Master {
     }
 
     async fn start_all(&self) {
-        let count = self.state.borrow().slots.len();
+        let (count, eager_hub, hub_idx) = {
+            let st = self.state.borrow();
+            (
+                st.slots.len() - 1,
+                st.configs.iter().any(|c| c.uses_bus),
+                st.hub_slot(),
+            )
+        };
+        if eager_hub {
+            match self.spawn_proc(hub_idx) {
+                Ok((_, ready)) => {
+                    let _ = tokio::time::timeout(READY_TIMEOUT, ready).await;
+                }
+                Err(e) => tracing::error!("cannot start the hub: {e}"),
+            }
+        }
         let mut waits = Vec::new();
         for idx in 0..count {
             match self.spawn_proc(idx) {
@@ -432,7 +538,8 @@ impl Master {
             st.stopping = true;
             st.procs
                 .iter()
-                .map(|(pid, p)| (*pid, st.configs[st.slots[p.slot].group].stop_timeout))
+                .filter(|(_, p)| st.slots[p.slot].group.is_some())
+                .map(|(pid, p)| (*pid, st.stop_timeout(p.slot)))
                 .collect()
         };
         tracing::info!(
@@ -440,9 +547,6 @@ impl Master {
             if graceful { " gracefully" } else { "" },
             targets.len()
         );
-        if targets.is_empty() {
-            self.all_gone.notify_one();
-        }
         for (pid, timeout) in targets {
             if graceful {
                 self.send(
@@ -457,6 +561,7 @@ impl Master {
                 self.kill_later(pid, KILL_MARGIN);
             }
         }
+        self.finish_stop_if_done();
     }
 
     /// Replaces the process in `slot_idx` with a new one: the new one accepts before the old
@@ -465,7 +570,7 @@ impl Master {
         let (old, stop_timeout) = {
             let st = self.state.borrow();
             let slot = &st.slots[slot_idx];
-            (slot.current, st.configs[slot.group].stop_timeout)
+            (slot.current, st.stop_timeout(slot_idx))
         };
         let (new_pid, ready) = self.spawn_proc(slot_idx)?;
         if !matches!(tokio::time::timeout(READY_TIMEOUT, ready).await, Ok(Ok(()))) {
@@ -525,7 +630,11 @@ impl Master {
                     break;
                 }
                 let slot = &st.slots[idx];
-                (st.configs[slot.group].reloadable, slot.current)
+                match st.config(idx) {
+                    Some(c) => (c.reloadable, slot.current),
+                    // The hub keeps its routes, queued tasks and shared state across reloads.
+                    None => continue,
+                }
             };
             if !reloadable {
                 if let Some(pid) = current {
@@ -604,12 +713,15 @@ impl Master {
             .iter()
             .map(|(pid, p)| {
                 let slot = &st.slots[p.slot];
-                let c = &st.configs[slot.group];
+                let listen = match st.config(p.slot) {
+                    Some(c) => c.listen.clone().unwrap_or_default(),
+                    None => format!("unix://{}", st.hub_path.display()),
+                };
                 (
                     *pid,
-                    c.name.clone(),
+                    st.name(p.slot),
                     slot.id,
-                    c.listen.clone().unwrap_or_default(),
+                    listen,
                     p.retiring,
                     p.started.elapsed(),
                 )
@@ -618,6 +730,7 @@ impl Master {
     }
 
     async fn status(&self) -> StatusReport {
+        self.hub_stats.borrow_mut().take();
         let mut asks = Vec::new();
         for (pid, worker, id, listen, retiring, age) in self.process_list() {
             let me = self.clone();
@@ -625,10 +738,16 @@ impl Master {
                 let answer = me
                     .ask(pid, |req| ToWorker::Status { req }, STATUS_TIMEOUT)
                     .await;
-                let (busy, stats) = match answer {
-                    Some(FromWorker::Status { stats, .. }) => (false, stats),
-                    _ => (true, Default::default()),
+                let (busy, stats, hub) = match answer {
+                    Some(FromWorker::Status { stats, .. }) => (false, stats, None),
+                    Some(FromWorker::HubStatus { stats, .. }) => {
+                        (false, Default::default(), Some(stats))
+                    }
+                    _ => (true, Default::default(), None),
                 };
+                if let Some(h) = hub {
+                    *me.hub_stats.borrow_mut() = Some(h);
+                }
                 ProcessRow {
                     pid,
                     worker,
@@ -660,6 +779,8 @@ impl Master {
             uptime_secs: st.started_at.elapsed().as_secs_f64(),
             load_average: status::load_average(),
             master_memory_bytes: status::rss_bytes(std::process::id()).unwrap_or(0),
+            hub: self.hub_stats.borrow_mut().take(),
+            node: st.node.clone(),
             processes,
             exits: st
                 .exits

@@ -6,6 +6,7 @@
 
 pub(crate) mod cli;
 pub(crate) mod control;
+pub(crate) mod hub_main;
 mod master;
 pub(crate) mod status;
 mod sys;
@@ -20,4 +21,8 @@ pub(crate) mod env {
     pub(crate) const MASTER_PID: &str = "OXWORK_MASTER_PID";
     pub(crate) const CONTROL_FD: &str = "OXWORK_CONTROL_FD";
     pub(crate) const LISTEN_FD: &str = "OXWORK_LISTEN_FD";
+    /// The hub's socket path.
+    pub(crate) const HUB: &str = "OXWORK_HUB";
+    /// This tree's node name (default: the host name).
+    pub(crate) const NODE: &str = "OXWORK_NODE";
 }

@@ -39,6 +39,10 @@ pub(crate) struct StatusReport {
     pub(crate) uptime_secs: f64,
     pub(crate) load_average: [f64; 3],
     pub(crate) master_memory_bytes: u64,
+    /// The node name of this tree.
+    pub(crate) node: String,
+    /// The hub's figures, when it runs.
+    pub(crate) hub: Option<crate::bus::HubStats>,
     pub(crate) processes: Vec<ProcessRow>,
     pub(crate) exits: Vec<ExitRow>,
 }
@@ -97,8 +101,9 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
     let _ = writeln!(out, "{:-^100}", " OXWORK STATUS ");
     let _ = writeln!(
         out,
-        "oxwork version: {}   program: {program}   master pid: {}",
+        "oxwork version: {}   program: {program}   node: {}   master pid: {}",
         env!("CARGO_PKG_VERSION"),
+        r.node,
         r.master_pid
     );
     let _ = writeln!(
@@ -170,6 +175,28 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
             p.stats.panics,
             state
         );
+    }
+    if let Some(h) = &r.hub {
+        let _ = writeln!(out, "{:-^100}", " BUS (embedded hub) ");
+        let _ = writeln!(
+            out,
+            "clients {}   subscriptions {}   published {}   delivered {}   dropped {}   no responders {}   shared keys {}",
+            h.clients, h.subscriptions, h.published, h.delivered, h.dropped, h.no_responders, h.keys
+        );
+        if !h.pools.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}",
+                "task pool", "consumers", "queued", "running", "done", "failed", "retried"
+            );
+            for p in &h.pools {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}",
+                    p.name, p.consumers, p.queued, p.running, p.done, p.failed, p.retried
+                );
+            }
+        }
     }
     let _ = writeln!(out, "{:-^100}", "");
     out

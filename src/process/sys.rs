@@ -122,6 +122,15 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
+/// This machine's host name, the default node name.
+pub(crate) fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// The numeric user id, for naming the default run directory.
 pub(crate) fn uid() -> u32 {
     nix::unistd::getuid().as_raw()

@@ -81,11 +81,14 @@ fn run_inner(role: &Role) -> Result<()> {
         .build_local(Default::default())
         .map_err(|e| Error::io("cannot start the event loop", e))?;
     rt.block_on(async move {
+        let (to_master, mut outbox) = tokio::sync::mpsc::unbounded_channel::<FromWorker>();
+        init_bus(role, &config.name, to_master.clone());
         let url = config.url();
         let listener = match (inherited, &url) {
             (Some(fd), Some(url)) => Some(Listener::from_owned_fd(url.transport, fd)),
             _ => None,
         };
+        crate::registry::set_running(worker.clone(), role.id);
         worker.clone().start(role.id, listener)?;
 
         let std_control = std::os::unix::net::UnixStream::from(control);
@@ -95,10 +98,15 @@ fn run_inner(role: &Role) -> Result<()> {
         let control =
             UnixStream::from_std(std_control).map_err(|e| Error::io("control socket", e))?;
         let (read_half, mut write_half) = control.into_split();
-        write_msg(&mut write_half, &FromWorker::Ready)
-            .await
-            .map_err(|e| Error::io("cannot reach the master", e))?;
-        serve_master(worker, BufReader::new(read_half), write_half, &config).await;
+        tokio::task::spawn_local(async move {
+            while let Some(msg) = outbox.recv().await {
+                if write_msg(&mut write_half, &msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _ = to_master.send(FromWorker::Ready);
+        serve_master(worker, BufReader::new(read_half), to_master, &config).await;
         Ok(())
     })
 }
@@ -106,7 +114,7 @@ fn run_inner(role: &Role) -> Result<()> {
 async fn serve_master(
     worker: Rc<dyn AnyWorker>,
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
-    mut writer: tokio::net::unix::OwnedWriteHalf,
+    writer: tokio::sync::mpsc::UnboundedSender<FromWorker>,
     config: &crate::worker::WorkerConfig,
 ) {
     let mut line = Vec::new();
@@ -119,7 +127,7 @@ async fn serve_master(
                 if let Some(reason) = recycle_reason(config) {
                     tracing::info!("asking to be recycled: {reason}");
                     recycle_asked = true;
-                    let _ = write_msg(&mut writer, &FromWorker::Recycle { reason }).await;
+                    let _ = writer.send(FromWorker::Recycle { reason });
                 }
                 continue;
             }
@@ -139,7 +147,10 @@ async fn serve_master(
             }),
             ToWorker::Connections { req } => Some(FromWorker::Connections {
                 req,
-                rows: worker.connection_rows(),
+                rows: registry::running()
+                    .iter()
+                    .flat_map(|w| w.connection_rows())
+                    .collect(),
             }),
             ToWorker::ReloadNotice => {
                 worker.clone().worker_reload();
@@ -168,11 +179,33 @@ async fn serve_master(
             }
         };
         if let Some(reply) = reply {
-            if write_msg(&mut writer, &reply).await.is_err() {
+            if writer.send(reply).is_err() {
                 return;
             }
         }
     }
+}
+
+/// Tells the process's bus who it is, where the hub listens, and how to ask the master to
+/// start the hub (at most every 200 ms).
+fn init_bus(role: &Role, group: &str, to_master: tokio::sync::mpsc::UnboundedSender<FromWorker>) {
+    let identity = crate::bus::local::Identity {
+        node: std::env::var(env::NODE).unwrap_or_else(|_| sys::hostname()),
+        group: group.to_string(),
+        id: role.id,
+    };
+    let hub = std::env::var(env::HUB).unwrap_or_default();
+    let last_ask = std::cell::Cell::new(None::<Instant>);
+    let need_hub = move || {
+        if last_ask
+            .get()
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(200))
+        {
+            last_ask.set(Some(Instant::now()));
+            let _ = to_master.send(FromWorker::NeedHub);
+        }
+    };
+    crate::bus::local::init(identity, hub.into(), Rc::new(need_hub));
 }
 
 fn recycle_reason(config: &crate::worker::WorkerConfig) -> Option<String> {
@@ -204,20 +237,25 @@ enum Finish {
 }
 
 async fn finish(worker: &Rc<dyn AnyWorker>, how: Finish) {
-    worker.stop_accepting();
+    let all = registry::running();
+    for w in &all {
+        w.stop_accepting();
+    }
     worker.clone().worker_stop();
     match how {
         Finish::Now => {}
         Finish::AfterGrace => tokio::time::sleep(RETIRE_GRACE).await,
-        Finish::Graceful(limit) => wait_for_connections(worker, limit).await,
+        Finish::Graceful(limit) => wait_for_connections(&all, limit).await,
     }
-    worker.close_connections();
-    wait_for_connections(worker, FLUSH_LIMIT).await;
+    for w in &all {
+        w.close_connections();
+    }
+    wait_for_connections(&all, FLUSH_LIMIT).await;
 }
 
-async fn wait_for_connections(worker: &Rc<dyn AnyWorker>, limit: Duration) {
+async fn wait_for_connections(all: &[Rc<dyn AnyWorker>], limit: Duration) {
     let deadline = Instant::now() + limit;
-    while worker.connection_count() > 0 && Instant::now() < deadline {
+    while all.iter().map(|w| w.connection_count()).sum::<usize>() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,162 @@
+//! Communication between processes: one bus with NATS's semantics (subjects, wildcards, queue
+//! groups, request/reply with deadlines, headers), served on one machine by the embedded hub
+//! process the master supervises.
+//!
+//! Layers, bottom up: `wire` (the hub's framing, I/O-free), `subject` (rules and matching),
+//! `hub` (the hub process), `client` ([`Bus`], a connection to the hub), then the features
+//! built on it, reached through the free functions of this module from any callback of a worker
+//! process: worker addressing, channels, task pools, client routing and shared state.
+//! The subject layout and payload format are documented in `docs/wire.md`.
+
+mod api;
+pub(crate) mod client;
+pub(crate) mod hub;
+pub(crate) mod local;
+pub mod state;
+pub(crate) mod subject;
+pub(crate) mod wire;
+
+use std::fmt;
+
+use bytes::Bytes;
+
+pub use api::{
+    ask, ask_worker, broadcast_to_group, publish, send_to, send_to_worker, spawn, submit,
+    submit_detached, submit_with, subscribe, subscribe_queue, to_json, unsubscribe, SubmitOptions,
+    Task, WorkerAddr, WorkerMessage, DEFAULT_TASK_RETRIES, DEFAULT_TASK_TIMEOUT,
+};
+pub(crate) use api::{group_subject, worker_subject};
+pub use client::{Bus, Subscription};
+pub use hub::{HubStats, PoolStats};
+pub use local::bus;
+
+/// Header name carrying a reply's status (`503` no responders; task outcomes).
+pub(crate) const STATUS_HEADER: &str = "status";
+
+/// Message headers: ordered `(name, value)` pairs, names compared case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Headers {
+        Headers::default()
+    }
+
+    /// Adds a header (names may repeat).
+    pub fn push(&mut self, name: String, value: String) {
+        self.0.push((name, value));
+    }
+
+    /// Adds a header, builder style.
+    pub fn with(mut self, name: &str, value: &str) -> Headers {
+        self.push(name.to_string(), value.to_string());
+        self
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All pairs in order.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A message received from the bus.
+#[derive(Debug, Clone)]
+pub struct BusMessage {
+    /// The subject it was published to.
+    pub subject: String,
+    /// Where to send a reply, if the sender asked for one.
+    pub reply: Option<String>,
+    /// Its headers.
+    pub headers: Headers,
+    /// Its payload.
+    pub payload: Bytes,
+}
+
+impl BusMessage {
+    /// The payload as text (lossy for non-UTF-8 bytes).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.payload)
+    }
+
+    /// The payload decoded from JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, BusError> {
+        serde_json::from_slice(&self.payload).map_err(|e| BusError::Decode(e.to_string()))
+    }
+}
+
+/// Why a bus operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The subject breaks the rules (empty token, wildcard where not allowed, ...).
+    InvalidSubject(String),
+    /// The payload is larger than the bus accepts.
+    PayloadTooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Nobody is subscribed to the subject of a request.
+    NoResponders(String),
+    /// No reply within the deadline.
+    Timeout,
+    /// The bus connection is down and its outbound buffer is full; nothing was queued.
+    Backpressure,
+    /// The connection to the hub was lost while waiting for an answer.
+    Disconnected,
+    /// This process has no bus (it is not a worker process).
+    NotAvailable,
+    /// A task pool refused the task: its queue is full.
+    PoolFull(String),
+    /// The task's handler reported a failure.
+    TaskFailed(String),
+    /// The task was retried as often as allowed, each time its process died.
+    RetriesExhausted(String),
+    /// A shared-state operation failed.
+    State(String),
+    /// A payload could not be (de)serialised.
+    Decode(String),
+}
+
+impl fmt::Display for BusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BusError::InvalidSubject(s) => write!(f, "invalid subject {s}"),
+            BusError::PayloadTooLarge { size, limit } => {
+                write!(
+                    f,
+                    "payload of {size} bytes exceeds the bus limit of {limit}"
+                )
+            }
+            BusError::NoResponders(s) => write!(f, "no responders on {s}"),
+            BusError::Timeout => f.write_str("no reply before the deadline"),
+            BusError::Backpressure => {
+                f.write_str("bus unavailable and its outbound buffer is full; message refused")
+            }
+            BusError::Disconnected => f.write_str("connection to the bus lost"),
+            BusError::NotAvailable => f.write_str("no bus in this process"),
+            BusError::PoolFull(p) => write!(f, "task pool {p} is full"),
+            BusError::TaskFailed(m) => write!(f, "task failed: {m}"),
+            BusError::RetriesExhausted(m) => write!(f, "task retries exhausted: {m}"),
+            BusError::State(m) => write!(f, "shared state: {m}"),
+            BusError::Decode(m) => write!(f, "cannot decode payload: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for BusError {}

@@ -1,0 +1,118 @@
+//! Subjects with NATS's rules: dot-separated tokens; in subscriptions `*` matches one token and
+//! `>` (last only) matches one or more.
+
+use super::BusError;
+
+/// The longest subject accepted.
+pub(crate) const MAX_SUBJECT: usize = 1024;
+
+fn check(subject: &str, wildcards: bool) -> Result<(), BusError> {
+    let bad = |why: &str| Err(BusError::InvalidSubject(format!("{subject:?}: {why}")));
+    if subject.is_empty() {
+        return bad("empty");
+    }
+    if subject.len() > MAX_SUBJECT {
+        return bad("longer than 1024 bytes");
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (i, t) in tokens.iter().enumerate() {
+        if t.is_empty() {
+            return bad("empty token");
+        }
+        if t.chars().any(|c| c.is_whitespace()) {
+            return bad("whitespace");
+        }
+        let wild = *t == "*" || *t == ">";
+        if wild && !wildcards {
+            return bad("wildcards are only for subscriptions");
+        }
+        if *t == ">" && i + 1 != tokens.len() {
+            return bad("'>' must be the last token");
+        }
+        if !wild && (t.contains('*') || t.contains('>')) {
+            return bad("'*' and '>' must be whole tokens");
+        }
+    }
+    Ok(())
+}
+
+/// A subject to publish to: no wildcards.
+pub(crate) fn check_publish(subject: &str) -> Result<(), BusError> {
+    check(subject, false)
+}
+
+/// A subject to subscribe to: wildcards allowed.
+pub(crate) fn check_subscribe(subject: &str) -> Result<(), BusError> {
+    check(subject, true)
+}
+
+pub(crate) fn has_wildcard(pattern: &str) -> bool {
+    pattern.split('.').any(|t| t == "*" || t == ">")
+}
+
+/// Whether `subject` (no wildcards) matches `pattern`.
+pub(crate) fn matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Makes any text safe as one subject token (uids and group names may hold dots or spaces):
+/// plain `[A-Za-z0-9_-]` text stays as it is, anything else becomes `~` + lowercase hex.
+pub(crate) fn token(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(1 + text.len() * 2);
+    out.push('~');
+    for b in text.bytes() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_nats() {
+        assert!(matches("a.*.c", "a.b.c"));
+        assert!(!matches("a.*.c", "a.b.d"));
+        assert!(!matches("a.*", "a.b.c"));
+        assert!(matches("a.>", "a.b.c"));
+        assert!(!matches("a.>", "a"));
+        assert!(matches("a.b", "a.b"));
+        assert!(!matches("a.b", "a.b.c"));
+        assert!(matches(">", "x"));
+    }
+
+    #[test]
+    fn bad_subjects_are_refused() {
+        assert!(check_publish("a.*").is_err());
+        assert!(check_publish("a..b").is_err());
+        assert!(check_publish("a b").is_err());
+        assert!(check_subscribe("a.>.b").is_err());
+        assert!(check_subscribe("a.b*").is_err());
+        assert!(check_subscribe("a.*.>").is_ok());
+    }
+
+    #[test]
+    fn tokens_escape_anything_unsafe() {
+        assert_eq!(token("room-1"), "room-1");
+        assert_eq!(token("a.b"), "~612e62");
+        assert!(check_publish(&format!("x.{}", token("héllo wörld"))).is_ok());
+    }
+}

@@ -1,0 +1,657 @@
+//! The hub's framing: every frame is a 4-byte big-endian length, a one-byte operation, then the
+//! operation's fields. I/O-free and total: any input gives a frame, "need more", or an error.
+//!
+//! Field encodings: `str` = u16 length + UTF-8; `opt` = u8 0/1 + str; `bytes` = u32 length +
+//! bytes; `headers` = u16 count + (str, str) pairs. See docs/wire.md.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::Headers;
+
+/// Largest frame accepted by default: the payload limit plus room for subject and headers.
+pub(crate) const FRAME_OVERHEAD: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Frame {
+    Hello {
+        name: String,
+    },
+    Sub {
+        sid: u32,
+        subject: String,
+        queue: Option<String>,
+    },
+    Unsub {
+        sid: u32,
+    },
+    Pub {
+        subject: String,
+        reply: Option<String>,
+        headers: Headers,
+        payload: Bytes,
+    },
+    Msg {
+        sid: u32,
+        subject: String,
+        reply: Option<String>,
+        headers: Headers,
+        payload: Bytes,
+    },
+    Ping,
+    Pong,
+    Err {
+        message: String,
+    },
+    Kv {
+        req: u32,
+        op: KvOp,
+    },
+    KvReply {
+        req: u32,
+        result: KvResult,
+    },
+    PoolJoin {
+        pool: String,
+        concurrency: u32,
+    },
+    Submit {
+        pool: String,
+        reply: Option<String>,
+        max_retries: u8,
+        payload: Bytes,
+    },
+    Task {
+        pool: String,
+        task: u64,
+        attempt: u8,
+        payload: Bytes,
+    },
+    TaskDone {
+        task: u64,
+        ok: bool,
+        payload: Bytes,
+    },
+}
+
+/// Shared-state operations.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KvOp {
+    Get {
+        key: String,
+    },
+    Set {
+        key: String,
+        value: Bytes,
+        ttl_ms: u64,
+    },
+    /// Set `value` if the current value is `expected` (`None`: if the key is absent).
+    Cas {
+        key: String,
+        expected: Option<Bytes>,
+        value: Bytes,
+        ttl_ms: u64,
+    },
+    Incr {
+        key: String,
+        by: i64,
+        ttl_ms: u64,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KvResult {
+    Value(Option<Bytes>),
+    Done(bool),
+    Number(i64),
+    Error(String),
+}
+
+mod op {
+    pub(super) const HELLO: u8 = 1;
+    pub(super) const SUB: u8 = 2;
+    pub(super) const UNSUB: u8 = 3;
+    pub(super) const PUB: u8 = 4;
+    pub(super) const MSG: u8 = 5;
+    pub(super) const PING: u8 = 6;
+    pub(super) const PONG: u8 = 7;
+    pub(super) const ERR: u8 = 8;
+    pub(super) const KV: u8 = 9;
+    pub(super) const KV_REPLY: u8 = 10;
+    pub(super) const POOL_JOIN: u8 = 11;
+    pub(super) const SUBMIT: u8 = 12;
+    pub(super) const TASK: u8 = 13;
+    pub(super) const TASK_DONE: u8 = 14;
+}
+
+/// Why bytes could not be read as a frame. The connection that sent them is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WireError(pub(crate) String);
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(why: impl Into<String>) -> Result<T, WireError> {
+    Err(WireError(why.into()))
+}
+
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize, what: &str) -> Result<(), WireError> {
+        if self.buf.remaining() < n {
+            return err(format!("truncated frame: {what}"));
+        }
+        Ok(())
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        self.need(1, "u8")?;
+        Ok(self.buf.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        self.need(2, "u16")?;
+        Ok(self.buf.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.need(4, "u32")?;
+        Ok(self.buf.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.need(8, "u64")?;
+        Ok(self.buf.get_u64())
+    }
+    fn i64(&mut self) -> Result<i64, WireError> {
+        self.need(8, "i64")?;
+        Ok(self.buf.get_i64())
+    }
+    fn str(&mut self) -> Result<String, WireError> {
+        let n = self.u16()? as usize;
+        self.need(n, "string")?;
+        let b = self.buf.split_to(n);
+        String::from_utf8(b.to_vec()).map_err(|_| WireError("string is not UTF-8".into()))
+    }
+    fn opt(&mut self) -> Result<Option<String>, WireError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.str().map(Some),
+            f => err(format!("bad option flag {f}")),
+        }
+    }
+    fn bytes(&mut self) -> Result<Bytes, WireError> {
+        let n = self.u32()? as usize;
+        self.need(n, "bytes")?;
+        Ok(self.buf.split_to(n))
+    }
+    fn opt_bytes(&mut self) -> Result<Option<Bytes>, WireError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.bytes().map(Some),
+            f => err(format!("bad option flag {f}")),
+        }
+    }
+    fn headers(&mut self) -> Result<Headers, WireError> {
+        let n = self.u16()? as usize;
+        let mut h = Headers::default();
+        for _ in 0..n {
+            let k = self.str()?;
+            let v = self.str()?;
+            h.push(k, v);
+        }
+        Ok(h)
+    }
+}
+
+fn put_str(dst: &mut BytesMut, s: &str) {
+    // Lengths were checked when the frame was built (`check_str`); truncate defensively.
+    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    dst.put_u16(b.len() as u16);
+    dst.put_slice(b);
+}
+
+fn put_opt(dst: &mut BytesMut, s: &Option<String>) {
+    match s {
+        None => dst.put_u8(0),
+        Some(s) => {
+            dst.put_u8(1);
+            put_str(dst, s);
+        }
+    }
+}
+
+fn put_bytes(dst: &mut BytesMut, b: &[u8]) {
+    dst.put_u32(b.len() as u32);
+    dst.put_slice(b);
+}
+
+fn put_headers(dst: &mut BytesMut, h: &Headers) {
+    let pairs = h.pairs();
+    dst.put_u16(pairs.len().min(u16::MAX as usize) as u16);
+    for (k, v) in pairs.iter().take(u16::MAX as usize) {
+        put_str(dst, k);
+        put_str(dst, v);
+    }
+}
+
+/// Appends the wire form of `frame` to `dst`.
+pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
+    let start = dst.len();
+    dst.put_u32(0);
+    match frame {
+        Frame::Hello { name } => {
+            dst.put_u8(op::HELLO);
+            put_str(dst, name);
+        }
+        Frame::Sub {
+            sid,
+            subject,
+            queue,
+        } => {
+            dst.put_u8(op::SUB);
+            dst.put_u32(*sid);
+            put_str(dst, subject);
+            put_opt(dst, queue);
+        }
+        Frame::Unsub { sid } => {
+            dst.put_u8(op::UNSUB);
+            dst.put_u32(*sid);
+        }
+        Frame::Pub {
+            subject,
+            reply,
+            headers,
+            payload,
+        } => {
+            dst.put_u8(op::PUB);
+            put_str(dst, subject);
+            put_opt(dst, reply);
+            put_headers(dst, headers);
+            put_bytes(dst, payload);
+        }
+        Frame::Msg {
+            sid,
+            subject,
+            reply,
+            headers,
+            payload,
+        } => {
+            dst.put_u8(op::MSG);
+            dst.put_u32(*sid);
+            put_str(dst, subject);
+            put_opt(dst, reply);
+            put_headers(dst, headers);
+            put_bytes(dst, payload);
+        }
+        Frame::Ping => dst.put_u8(op::PING),
+        Frame::Pong => dst.put_u8(op::PONG),
+        Frame::Err { message } => {
+            dst.put_u8(op::ERR);
+            put_str(dst, message);
+        }
+        Frame::Kv { req, op: kv } => {
+            dst.put_u8(op::KV);
+            dst.put_u32(*req);
+            match kv {
+                KvOp::Get { key } => {
+                    dst.put_u8(0);
+                    put_str(dst, key);
+                }
+                KvOp::Set { key, value, ttl_ms } => {
+                    dst.put_u8(1);
+                    put_str(dst, key);
+                    put_bytes(dst, value);
+                    dst.put_u64(*ttl_ms);
+                }
+                KvOp::Cas {
+                    key,
+                    expected,
+                    value,
+                    ttl_ms,
+                } => {
+                    dst.put_u8(2);
+                    put_str(dst, key);
+                    match expected {
+                        None => dst.put_u8(0),
+                        Some(e) => {
+                            dst.put_u8(1);
+                            put_bytes(dst, e);
+                        }
+                    }
+                    put_bytes(dst, value);
+                    dst.put_u64(*ttl_ms);
+                }
+                KvOp::Incr { key, by, ttl_ms } => {
+                    dst.put_u8(3);
+                    put_str(dst, key);
+                    dst.put_i64(*by);
+                    dst.put_u64(*ttl_ms);
+                }
+                KvOp::Delete { key } => {
+                    dst.put_u8(4);
+                    put_str(dst, key);
+                }
+            }
+        }
+        Frame::KvReply { req, result } => {
+            dst.put_u8(op::KV_REPLY);
+            dst.put_u32(*req);
+            match result {
+                KvResult::Value(None) => dst.put_u8(0),
+                KvResult::Value(Some(v)) => {
+                    dst.put_u8(1);
+                    put_bytes(dst, v);
+                }
+                KvResult::Done(b) => {
+                    dst.put_u8(2);
+                    dst.put_u8(u8::from(*b));
+                }
+                KvResult::Number(n) => {
+                    dst.put_u8(3);
+                    dst.put_i64(*n);
+                }
+                KvResult::Error(e) => {
+                    dst.put_u8(4);
+                    put_str(dst, e);
+                }
+            }
+        }
+        Frame::PoolJoin { pool, concurrency } => {
+            dst.put_u8(op::POOL_JOIN);
+            put_str(dst, pool);
+            dst.put_u32(*concurrency);
+        }
+        Frame::Submit {
+            pool,
+            reply,
+            max_retries,
+            payload,
+        } => {
+            dst.put_u8(op::SUBMIT);
+            put_str(dst, pool);
+            put_opt(dst, reply);
+            dst.put_u8(*max_retries);
+            put_bytes(dst, payload);
+        }
+        Frame::Task {
+            pool,
+            task,
+            attempt,
+            payload,
+        } => {
+            dst.put_u8(op::TASK);
+            put_str(dst, pool);
+            dst.put_u64(*task);
+            dst.put_u8(*attempt);
+            put_bytes(dst, payload);
+        }
+        Frame::TaskDone { task, ok, payload } => {
+            dst.put_u8(op::TASK_DONE);
+            dst.put_u64(*task);
+            dst.put_u8(u8::from(*ok));
+            put_bytes(dst, payload);
+        }
+    }
+    let len = (dst.len() - start - 4) as u32;
+    dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Cuts the next frame off `buf`: `Ok(None)` means more bytes are needed.
+pub(crate) fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, WireError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len == 0 {
+        return err("empty frame");
+    }
+    if len > max_frame {
+        return err(format!(
+            "frame of {len} bytes exceeds the limit of {max_frame}"
+        ));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut r = Reader {
+        buf: buf.split_to(len).freeze(),
+    };
+    let frame = match r.u8()? {
+        op::HELLO => Frame::Hello { name: r.str()? },
+        op::SUB => Frame::Sub {
+            sid: r.u32()?,
+            subject: r.str()?,
+            queue: r.opt()?,
+        },
+        op::UNSUB => Frame::Unsub { sid: r.u32()? },
+        op::PUB => Frame::Pub {
+            subject: r.str()?,
+            reply: r.opt()?,
+            headers: r.headers()?,
+            payload: r.bytes()?,
+        },
+        op::MSG => Frame::Msg {
+            sid: r.u32()?,
+            subject: r.str()?,
+            reply: r.opt()?,
+            headers: r.headers()?,
+            payload: r.bytes()?,
+        },
+        op::PING => Frame::Ping,
+        op::PONG => Frame::Pong,
+        op::ERR => Frame::Err { message: r.str()? },
+        op::KV => {
+            let req = r.u32()?;
+            let kv = match r.u8()? {
+                0 => KvOp::Get { key: r.str()? },
+                1 => KvOp::Set {
+                    key: r.str()?,
+                    value: r.bytes()?,
+                    ttl_ms: r.u64()?,
+                },
+                2 => KvOp::Cas {
+                    key: r.str()?,
+                    expected: r.opt_bytes()?,
+                    value: r.bytes()?,
+                    ttl_ms: r.u64()?,
+                },
+                3 => KvOp::Incr {
+                    key: r.str()?,
+                    by: r.i64()?,
+                    ttl_ms: r.u64()?,
+                },
+                4 => KvOp::Delete { key: r.str()? },
+                k => return err(format!("unknown shared-state operation {k}")),
+            };
+            Frame::Kv { req, op: kv }
+        }
+        op::KV_REPLY => {
+            let req = r.u32()?;
+            let result = match r.u8()? {
+                0 => KvResult::Value(None),
+                1 => KvResult::Value(Some(r.bytes()?)),
+                2 => KvResult::Done(r.u8()? != 0),
+                3 => KvResult::Number(r.i64()?),
+                4 => KvResult::Error(r.str()?),
+                k => return err(format!("unknown shared-state result {k}")),
+            };
+            Frame::KvReply { req, result }
+        }
+        op::POOL_JOIN => Frame::PoolJoin {
+            pool: r.str()?,
+            concurrency: r.u32()?,
+        },
+        op::SUBMIT => Frame::Submit {
+            pool: r.str()?,
+            reply: r.opt()?,
+            max_retries: r.u8()?,
+            payload: r.bytes()?,
+        },
+        op::TASK => Frame::Task {
+            pool: r.str()?,
+            task: r.u64()?,
+            attempt: r.u8()?,
+            payload: r.bytes()?,
+        },
+        op::TASK_DONE => Frame::TaskDone {
+            task: r.u64()?,
+            ok: r.u8()? != 0,
+            payload: r.bytes()?,
+        },
+        other => return err(format!("unknown operation {other}")),
+    };
+    if r.buf.has_remaining() {
+        return err(format!(
+            "{} stray bytes after the frame's fields",
+            r.buf.remaining()
+        ));
+    }
+    Ok(Some(frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(f: Frame) {
+        let mut buf = BytesMut::new();
+        encode(&f, &mut buf);
+        let back = decode(&mut buf, 1 << 20).expect("valid").expect("complete");
+        assert_eq!(back, f);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let mut h = Headers::default();
+        h.push("a".into(), "b".into());
+        for f in [
+            Frame::Hello { name: "w".into() },
+            Frame::Sub {
+                sid: 7,
+                subject: "a.*".into(),
+                queue: Some("q".into()),
+            },
+            Frame::Unsub { sid: 7 },
+            Frame::Pub {
+                subject: "a.b".into(),
+                reply: Some("r".into()),
+                headers: h.clone(),
+                payload: Bytes::from_static(b"x"),
+            },
+            Frame::Msg {
+                sid: 1,
+                subject: "a.b".into(),
+                reply: None,
+                headers: h,
+                payload: Bytes::new(),
+            },
+            Frame::Ping,
+            Frame::Pong,
+            Frame::Err {
+                message: "no".into(),
+            },
+            Frame::Kv {
+                req: 1,
+                op: KvOp::Cas {
+                    key: "k".into(),
+                    expected: None,
+                    value: Bytes::from_static(b"v"),
+                    ttl_ms: 5,
+                },
+            },
+            Frame::Kv {
+                req: 2,
+                op: KvOp::Incr {
+                    key: "k".into(),
+                    by: -3,
+                    ttl_ms: 0,
+                },
+            },
+            Frame::KvReply {
+                req: 1,
+                result: KvResult::Number(-2),
+            },
+            Frame::KvReply {
+                req: 1,
+                result: KvResult::Value(Some(Bytes::from_static(b"v"))),
+            },
+            Frame::PoolJoin {
+                pool: "p".into(),
+                concurrency: 4,
+            },
+            Frame::Submit {
+                pool: "p".into(),
+                reply: None,
+                max_retries: 3,
+                payload: Bytes::from_static(b"t"),
+            },
+            Frame::Task {
+                pool: "p".into(),
+                task: 9,
+                attempt: 1,
+                payload: Bytes::new(),
+            },
+            Frame::TaskDone {
+                task: 9,
+                ok: true,
+                payload: Bytes::from_static(b"r"),
+            },
+        ] {
+            round_trip(f);
+        }
+    }
+
+    #[test]
+    fn split_into_single_bytes_needs_more_until_complete() {
+        let mut whole = BytesMut::new();
+        encode(
+            &Frame::Pub {
+                subject: "s".into(),
+                reply: None,
+                headers: Headers::default(),
+                payload: Bytes::from_static(b"hello"),
+            },
+            &mut whole,
+        );
+        let mut buf = BytesMut::new();
+        for (i, b) in whole.iter().enumerate() {
+            buf.put_u8(*b);
+            let r = decode(&mut buf, 1024).expect("valid");
+            assert_eq!(r.is_some(), i == whole.len() - 1);
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_on_the_header() {
+        let mut buf = BytesMut::from(&[0u8, 1, 0, 0][..]);
+        assert!(decode(&mut buf, 1024).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error_never_a_panic() {
+        let mut seed = 0x1234_5678u32;
+        for len in 0..200 {
+            let mut v = Vec::with_capacity(len + 4);
+            v.extend_from_slice(&(len as u32).to_be_bytes());
+            for _ in 0..len {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                v.push((seed >> 16) as u8);
+            }
+            let mut buf = BytesMut::from(&v[..]);
+            let _ = decode(&mut buf, 1 << 20);
+        }
+    }
+
+    #[test]
+    fn truncated_fields_inside_a_complete_frame_are_errors() {
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, op::SUB, 0, 0][..]);
+        assert!(decode(&mut buf, 1024).is_err());
+    }
+}
