@@ -11,22 +11,105 @@
 //! | `ECHO_MAX_REQUESTS` | recycle a process after this many messages | none |
 //! | `ECHO_REUSE_PORT` | `1` for a socket per process | off |
 //! | `ECHO_RELOADABLE` | `0` to keep processes across `reload` | reloadable |
+//! | `ECHO_GATEWAY` | `1` makes connections reachable from every process (client routing) | off |
 //! | `ECHO_EXIT_AT_START` | exit code each process dies with at start (a crash loop) | none |
 //!
 //! Messages: `panic` panics in the handler; `slow:MS` answers `done:MS` after MS milliseconds;
 //! `pid` answers the process id; `ticks` answers how many times this process's 100 ms timer
 //! has fired; `flood:N` answers N messages of 64 KiB at once (to fill the send buffer);
 //! `pause:MS` stops reading this connection for MS milliseconds; `block:MS` blocks the whole
-//! process for MS milliseconds (what a busy process looks like in `status`); anything else is
-//! echoed back.
+//! process for MS milliseconds (what a busy process looks like in `status`).
+//!
+//! Client routing (with `ECHO_GATEWAY=1`): `id` answers this connection's client id;
+//! `bind:UID`, `join:GROUP`, `leave:GROUP` answer `ok`; `to-uid:UID:TEXT`,
+//! `to-group:GROUP:TEXT`, `to-group-but-me:GROUP:TEXT`, `to-client:ID:TEXT`, `broadcast:TEXT`,
+//! `close:ID` send or close from this process and answer `sent`; `online:ID`,
+//! `uid-online:UID`, `group-count:GROUP`, `group-ids:GROUP`, `count` answer what they ask.
+//! Anything else is echoed back.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
-use oxwork::{run_all, Timer, Worker};
+use oxwork::bus::{self, ClientId};
+use oxwork::{run_all, Connection, Timer, Worker};
 
 fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Client-routing commands; false if `cmd` is not one.
+fn routing(c: &Connection, cmd: &str) -> bool {
+    let (verb, rest) = cmd.split_once(':').unwrap_or((cmd, ""));
+    let reply = |r: Result<String, bus::BusError>| match r {
+        Ok(s) => c.send(s),
+        Err(e) => c.send(format!("error: {e}")),
+    };
+    let split = |s: &str| -> (String, String) {
+        let (a, b) = s.split_once(':').unwrap_or((s, ""));
+        (a.to_string(), b.to_string())
+    };
+    match verb {
+        "id" => reply(Ok(c.client_id().to_string())),
+        "bind" => reply(c.bind_uid(rest).map(|_| "ok".into())),
+        "join" => reply(c.join_group(rest).map(|_| "ok".into())),
+        "leave" => {
+            c.leave_group(rest);
+            reply(Ok("ok".into()))
+        }
+        "to-uid" => {
+            let (uid, text) = split(rest);
+            reply(bus::send_to_uid(&uid, text).map(|_| "sent".into()))
+        }
+        "to-group" => {
+            let (g, text) = split(rest);
+            reply(bus::send_to_group(&g, text, &[]).map(|_| "sent".into()))
+        }
+        "to-group-but-me" => {
+            let (g, text) = split(rest);
+            reply(bus::send_to_group(&g, text, &[c.client_id()]).map(|_| "sent".into()))
+        }
+        "to-client" => {
+            let (id, text) = split(rest);
+            let sent = id
+                .parse::<ClientId>()
+                .and_then(|id| bus::send_to_client(&id, text));
+            reply(sent.map(|_| "sent".into()))
+        }
+        "close" => {
+            let closed = rest
+                .parse::<ClientId>()
+                .and_then(|id| bus::close_client(&id));
+            reply(closed.map(|_| "sent".into()))
+        }
+        "broadcast" => reply(bus::broadcast(rest.to_string(), &[]).map(|_| "sent".into())),
+        "online" | "uid-online" | "group-count" | "group-ids" | "count" => {
+            let (c, verb, arg) = (c.clone(), verb.to_string(), rest.to_string());
+            bus::spawn(async move {
+                let answer = match verb.as_str() {
+                    "online" => match arg.parse::<ClientId>() {
+                        Ok(id) => bus::is_online(&id).await.map(|b| b.to_string()),
+                        Err(e) => Err(e),
+                    },
+                    "uid-online" => bus::uid_is_online(&arg).await.map(|b| b.to_string()),
+                    "group-count" => bus::group_count(&arg).await.map(|n| n.to_string()),
+                    "group-ids" => bus::group_client_ids(&arg).await.map(|ids| {
+                        ids.iter()
+                            .map(|i| i.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }),
+                    _ => bus::client_count().await.map(|n| n.to_string()),
+                };
+                match answer {
+                    Ok(s) => c.send(s),
+                    Err(e) => c.send(format!("error: {e}")),
+                };
+            });
+            true
+        }
+        _ => return false,
+    };
+    true
 }
 
 fn main() -> oxwork::Result<()> {
@@ -48,6 +131,9 @@ fn main() -> oxwork::Result<()> {
     if env::<u8>("ECHO_RELOADABLE") == Some(0) {
         w.reloadable(false);
     }
+    if env::<u8>("ECHO_GATEWAY") == Some(1) {
+        w.gateway(true);
+    }
     w.on_worker_stop(|w| eprintln!("echo worker {} stopping", w.id()));
     w.on_worker_reload(|w| eprintln!("echo worker {} reloading", w.id()));
 
@@ -67,6 +153,7 @@ fn main() -> oxwork::Result<()> {
         );
     });
     w.on_message(move |c, data| match data.as_str() {
+        Some(cmd) if routing(c, cmd) => {}
         Some("panic") => panic!("asked to panic"),
         Some("pid") => {
             c.send(std::process::id().to_string());

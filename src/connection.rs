@@ -347,6 +347,36 @@ impl<P: Protocol> Connection<P> {
         }
     }
 
+    /// This connection's cluster-wide id, for [`bus::send_to_client`](crate::bus::send_to_client)
+    /// from any process. Asking for it makes this process's connections reachable.
+    pub fn client_id(&self) -> crate::bus::ClientId {
+        if let Err(e) = crate::bus::routing::activate() {
+            tracing::warn!("client ids need the bus: {e}");
+        }
+        crate::bus::routing::client_id(self.inner.id)
+    }
+
+    /// Binds this connection to `uid` (one uid may have many connections), for
+    /// `bus::send_to_uid`. Ends when the connection closes.
+    pub fn bind_uid(&self, uid: &str) -> Result<(), crate::bus::BusError> {
+        crate::bus::routing::bind_uid(self.inner.id, uid)
+    }
+
+    /// Undoes [`bind_uid`](Self::bind_uid).
+    pub fn unbind_uid(&self, uid: &str) {
+        crate::bus::routing::unbind_uid(self.inner.id, uid)
+    }
+
+    /// Adds this connection to `group`, for `bus::send_to_group`. Ends when it closes.
+    pub fn join_group(&self, group: &str) -> Result<(), crate::bus::BusError> {
+        crate::bus::routing::join_group(self.inner.id, group)
+    }
+
+    /// Removes this connection from `group`.
+    pub fn leave_group(&self, group: &str) {
+        crate::bus::routing::leave_group(self.inner.id, group)
+    }
+
     /// How long ago the connection was established.
     pub fn age(&self) -> std::time::Duration {
         self.inner.created.elapsed()

@@ -171,6 +171,7 @@ where
     spawn_local(async move {
         drive(conn, a.stream, opts).await;
         connections.borrow_mut().remove(&id);
+        crate::bus::routing::forget(id);
     });
 }
 

@@ -52,6 +52,10 @@ pub(crate) struct WorkerConfig {
     pub(crate) uses_bus: bool,
     /// Tasks one process of a pool handles at once.
     pub(crate) task_concurrency: u32,
+    /// Its connections are reachable from other processes from the start.
+    pub(crate) gateway: bool,
+    /// Tasks the pool queues before refusing more.
+    pub(crate) task_queue_limit: u32,
 }
 
 impl WorkerConfig {
@@ -190,6 +194,8 @@ impl<P: Protocol + Clone> Worker<P> {
             max_memory_mb: None,
             uses_bus: false,
             task_concurrency: 1,
+            gateway: false,
+            task_queue_limit: 100_000,
         };
         let shared = Rc::new(WorkerShared {
             config: RefCell::new(config),
@@ -328,6 +334,22 @@ impl<P: Protocol> Worker<P> {
         self
     }
 
+    /// Makes this worker's client connections reachable from every process (GatewayWorker's
+    /// gateway): by id with `bus::send_to_client`, by uid, group, or broadcast. The hub starts
+    /// with the tree. (Connections of other workers become reachable once one of them binds a
+    /// uid or joins a group.)
+    pub fn gateway(&mut self, on: bool) -> &mut Self {
+        let mut c = self.shared.config.borrow_mut();
+        c.gateway = on;
+        c.uses_bus |= on;
+        drop(c);
+        self
+    }
+
+    setting!(
+        /// How many tasks this pool queues while all its processes are busy (default 100,000;
+        /// at most that). Past it, `submit` fails at once with `BusError::PoolFull`.
+        task_queue_limit: u32 => |c, v| c.task_queue_limit = v.clamp(1, 100_000));
     setting!(
         /// How many tasks one process of this pool handles at once (default 1).
         task_concurrency: u32 => |c, v| c.task_concurrency = v.max(1));
@@ -453,15 +475,23 @@ impl<P: Protocol> Worker<P> {
         }
         let task_fn = self.shared.on_task.borrow().clone();
         if let Some(f) = task_fn {
-            let concurrency = self.shared.config.borrow().task_concurrency;
+            let (concurrency, max_queue) = {
+                let c = self.shared.config.borrow();
+                (c.task_concurrency, c.task_queue_limit)
+            };
             let pool = me.group.clone();
             bus::local::when_connected(move |b| {
                 let (bus, f) = (b.clone(), f.clone());
                 let handler = Rc::new(move |d: TaskDelivery| run_task(&bus, &f, d));
-                if let Err(e) = b.join_pool(&pool, concurrency, handler) {
+                if let Err(e) = b.join_pool(&pool, concurrency, max_queue, handler) {
                     tracing::error!("cannot join task pool {pool}: {e}");
                 }
             });
+        }
+        if self.shared.config.borrow().gateway {
+            if let Err(e) = bus::routing::activate() {
+                tracing::error!("cannot make connections reachable: {e}");
+            }
         }
         if self.shared.config.borrow().uses_bus {
             if let Err(e) = bus::bus() {
@@ -523,9 +553,53 @@ pub(crate) trait AnyWorker {
     fn connection_rows(&self) -> Vec<ConnectionRow>;
     fn worker_stop(self: Rc<Self>);
     fn worker_reload(self: Rc<Self>);
+    fn connection_ids(&self) -> Vec<u64>;
+    fn has_connection(&self, id: u64) -> bool;
+    /// Sends bytes from another process to connection `id`; false if it is not here or its
+    /// protocol cannot take them.
+    fn send_payload(&self, id: u64, payload: crate::protocol::Payload) -> bool;
+    fn close_connection(&self, id: u64);
+}
+
+impl<P: Protocol + Clone> WorkerShared<P> {
+    fn find(&self, id: u64) -> Option<Connection<P>> {
+        self.running
+            .borrow()
+            .as_ref()
+            .and_then(|r| r.connections.borrow().get(&id).cloned())
+    }
 }
 
 impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
+    fn connection_ids(&self) -> Vec<u64> {
+        self.running
+            .borrow()
+            .as_ref()
+            .map(|r| r.connections.borrow().keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn has_connection(&self, id: u64) -> bool {
+        self.find(id).is_some()
+    }
+
+    fn send_payload(&self, id: u64, payload: crate::protocol::Payload) -> bool {
+        let Some(c) = self.find(id) else { return false };
+        match P::output_from_payload(payload) {
+            Some(out) => c.send(out),
+            None => {
+                tracing::warn!("connection {id}: its protocol cannot take bytes from the bus");
+                false
+            }
+        }
+    }
+
+    fn close_connection(&self, id: u64) {
+        if let Some(c) = self.find(id) {
+            c.close();
+        }
+    }
+
     fn config(&self) -> WorkerConfig {
         self.config.borrow().clone()
     }

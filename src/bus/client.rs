@@ -62,9 +62,10 @@ struct Inner {
     inbox_sid: Cell<Option<u32>>,
     next_token: Cell<u64>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Result<BusMessage, BusError>>>>,
+    gathers: RefCell<HashMap<u64, tokio::sync::mpsc::UnboundedSender<BusMessage>>>,
     next_kv: Cell<u32>,
     kv_pending: RefCell<HashMap<u32, oneshot::Sender<KvResult>>>,
-    pools: RefCell<Vec<(String, u32)>>,
+    pools: RefCell<Vec<(String, u32, u32)>>,
     task_handler: RefCell<Option<TaskHandler>>,
     on_unreachable: RefCell<Option<Rc<dyn Fn()>>>,
     connected_notify: Notify,
@@ -125,6 +126,7 @@ impl Bus {
                 inbox_sid: Cell::new(None),
                 next_token: Cell::new(0),
                 pending: RefCell::new(HashMap::new()),
+                gathers: RefCell::new(HashMap::new()),
                 next_kv: Cell::new(0),
                 kv_pending: RefCell::new(HashMap::new()),
                 pools: RefCell::new(Vec::new()),
@@ -314,6 +316,48 @@ impl Bus {
         self.await_reply(token, rx, timeout).await
     }
 
+    /// Sends a request to every subscriber of `subject` and collects their answers: as many as
+    /// the hub reports it reached, or what arrived by `timeout`. Nobody subscribed: no answers.
+    pub async fn gather(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Vec<BusMessage>, BusError> {
+        self.ensure_inbox()?;
+        let token = self.inner.next_token.get() + 1;
+        self.inner.next_token.set(token);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.inner.gathers.borrow_mut().insert(token, tx);
+        let reply = format!("{}.{token}", self.inner.inbox);
+        let headers = headers.with(super::GATHER_HEADER, "1");
+        if let Err(e) = self.publish_with(subject, headers, payload, Some(&reply)) {
+            self.inner.gathers.borrow_mut().remove(&token);
+            return Err(e);
+        }
+        let mut expected: Option<usize> = None;
+        let mut answers = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if expected.is_some_and(|n| answers.len() >= n) {
+                break;
+            }
+            let Ok(Some(msg)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                break;
+            };
+            match msg.headers.get(STATUS_HEADER) {
+                Some("503") => {
+                    expected = Some(0);
+                }
+                Some("gather") => expected = msg.text().parse().ok(),
+                _ => answers.push(msg),
+            }
+        }
+        self.inner.gathers.borrow_mut().remove(&token);
+        Ok(answers)
+    }
+
     pub(crate) async fn kv(&self, op: KvOp, timeout: Duration) -> Result<KvResult, BusError> {
         let req = self.inner.next_kv.get().wrapping_add(1);
         self.inner.next_kv.set(req);
@@ -339,16 +383,18 @@ impl Bus {
         &self,
         pool: &str,
         concurrency: u32,
+        max_queue: u32,
         handler: TaskHandler,
     ) -> Result<(), BusError> {
         *self.inner.task_handler.borrow_mut() = Some(handler);
         self.inner
             .pools
             .borrow_mut()
-            .push((pool.to_string(), concurrency));
+            .push((pool.to_string(), concurrency, max_queue));
         self.queue(&Frame::PoolJoin {
             pool: pool.to_string(),
             concurrency,
+            max_queue,
         })
     }
 
@@ -418,11 +464,12 @@ impl Bus {
                 &mut prelude,
             );
         }
-        for (pool, concurrency) in self.inner.pools.borrow().iter() {
+        for (pool, concurrency, max_queue) in self.inner.pools.borrow().iter() {
             wire::encode(
                 &Frame::PoolJoin {
                     pool: pool.clone(),
                     concurrency: *concurrency,
+                    max_queue: *max_queue,
                 },
                 &mut prelude,
             );

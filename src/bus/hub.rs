@@ -28,7 +28,8 @@ pub(crate) const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
 /// Unwritten bytes the hub holds for one client; past it, messages to that client are dropped
 /// and counted (a slow consumer must not take the hub's memory).
 const MAX_CLIENT_BACKLOG: usize = 64 * 1024 * 1024;
-/// Tasks a pool queues before `submit` is refused with "pool full".
+/// Tasks a pool queues at most before `submit` is refused with "pool full" (a pool may set
+/// less with `Worker::task_queue_limit`).
 pub(crate) const MAX_POOL_QUEUE: usize = 100_000;
 /// Subjects whose routing result is cached at most.
 const MAX_CACHE: usize = 10_000;
@@ -192,14 +193,29 @@ struct Consumer {
     running: u32,
 }
 
-#[derive(Default)]
 struct Pool {
+    /// Tasks queued at most; the pool's processes set it when they join.
+    max_queue: usize,
     queue: VecDeque<QueuedTask>,
     consumers: Vec<Consumer>,
     running: HashMap<u64, (u64, QueuedTask)>,
     done: u64,
     failed: u64,
     retried: u64,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            max_queue: MAX_POOL_QUEUE,
+            queue: VecDeque::new(),
+            consumers: Vec::new(),
+            running: HashMap::new(),
+            done: 0,
+            failed: 0,
+            retried: 0,
+        }
+    }
 }
 
 struct Entry {
@@ -300,11 +316,15 @@ impl Hub {
                         payload.len()
                     ));
                 }
+                let gather = headers.get(super::GATHER_HEADER).is_some();
                 let n = self.publish(&subj, &reply, &headers, &payload);
-                if n == 0 {
-                    if let Some(reply) = reply {
+                if let Some(reply) = reply {
+                    if n == 0 {
                         self.stats.borrow_mut().no_responders += 1;
                         self.reply_status(&reply, "503", &subj);
+                    } else if gather {
+                        // Tells the asker how many answers to wait for.
+                        self.reply_status(&reply, "gather", &n.to_string());
                     }
                 }
             }
@@ -312,17 +332,20 @@ impl Hub {
                 let result = self.kv(op);
                 client.send(&Frame::KvReply { req, result }, self);
             }
-            Frame::PoolJoin { pool, concurrency } => {
-                self.pools
-                    .borrow_mut()
-                    .entry(pool.clone())
-                    .or_default()
-                    .consumers
-                    .push(Consumer {
-                        client: client.clone(),
-                        concurrency: concurrency.max(1),
-                        running: 0,
-                    });
+            Frame::PoolJoin {
+                pool,
+                concurrency,
+                max_queue,
+            } => {
+                let mut pools = self.pools.borrow_mut();
+                let p = pools.entry(pool.clone()).or_default();
+                p.max_queue = (max_queue as usize).clamp(1, MAX_POOL_QUEUE);
+                p.consumers.push(Consumer {
+                    client: client.clone(),
+                    concurrency: concurrency.max(1),
+                    running: 0,
+                });
+                drop(pools);
                 self.dispatch(&pool);
             }
             Frame::Submit {
@@ -334,7 +357,7 @@ impl Hub {
                 let full = {
                     let mut pools = self.pools.borrow_mut();
                     let p = pools.entry(pool.clone()).or_default();
-                    if p.queue.len() >= MAX_POOL_QUEUE {
+                    if p.queue.len() >= p.max_queue {
                         p.failed += 1;
                         true
                     } else {

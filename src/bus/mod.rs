@@ -12,6 +12,7 @@ mod api;
 pub(crate) mod client;
 pub(crate) mod hub;
 pub(crate) mod local;
+pub(crate) mod routing;
 pub mod state;
 pub(crate) mod subject;
 pub(crate) mod wire;
@@ -29,6 +30,14 @@ pub(crate) use api::{group_subject, worker_subject};
 pub use client::{Bus, Subscription};
 pub use hub::{HubStats, PoolStats};
 pub use local::bus;
+pub use routing::{
+    broadcast, client_count, close_client, group_client_ids, group_count, is_online,
+    send_to_client, send_to_group, send_to_uid, uid_client_ids, uid_is_online, ClientId,
+};
+
+/// Header asking the hub to tell the publisher how many subscribers got the message, so that it
+/// can wait for exactly that many answers (scatter-gather).
+pub(crate) const GATHER_HEADER: &str = "gather";
 
 /// Header name carrying a reply's status (`503` no responders; task outcomes).
 pub(crate) const STATUS_HEADER: &str = "status";

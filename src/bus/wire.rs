@@ -53,6 +53,7 @@ pub(crate) enum Frame {
     PoolJoin {
         pool: String,
         concurrency: u32,
+        max_queue: u32,
     },
     Submit {
         pool: String,
@@ -361,10 +362,15 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
                 }
             }
         }
-        Frame::PoolJoin { pool, concurrency } => {
+        Frame::PoolJoin {
+            pool,
+            concurrency,
+            max_queue,
+        } => {
             dst.put_u8(op::POOL_JOIN);
             put_str(dst, pool);
             dst.put_u32(*concurrency);
+            dst.put_u32(*max_queue);
         }
         Frame::Submit {
             pool,
@@ -486,6 +492,7 @@ pub(crate) fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Fram
         op::POOL_JOIN => Frame::PoolJoin {
             pool: r.str()?,
             concurrency: r.u32()?,
+            max_queue: r.u32()?,
         },
         op::SUBMIT => Frame::Submit {
             pool: r.str()?,
@@ -585,6 +592,7 @@ mod tests {
             Frame::PoolJoin {
                 pool: "p".into(),
                 concurrency: 4,
+                max_queue: 10,
             },
             Frame::Submit {
                 pool: "p".into(),

@@ -109,6 +109,10 @@ impl Protocol for Dynamic {
     type Message = Message;
     type Output = Payload;
 
+    fn output_from_payload(payload: Payload) -> Option<Payload> {
+        Some(payload)
+    }
+
     fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
         match &mut self.0 {
             Builtin::Text(p) => p.input(buf),

@@ -18,6 +18,10 @@ impl Protocol for Frame {
     type Message = Bytes;
     type Output = Payload;
 
+    fn output_from_payload(payload: Payload) -> Option<Payload> {
+        Some(payload)
+    }
+
     fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
         let Some(header) = buf.get(..HEADER) else {
             return Ok(Input::NeedMore);

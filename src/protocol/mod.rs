@@ -74,6 +74,17 @@ pub trait Protocol: 'static {
 
     /// Appends the wire form of `msg` to `dst`.
     fn encode(&mut self, msg: Self::Output, dst: &mut BytesMut) -> Result<(), Rejection>;
+
+    /// How bytes sent from another process (`bus::send_to_client`, `send_to_uid`, group and
+    /// broadcast sends) become a message of this protocol. `None` (the default) means the
+    /// protocol's connections cannot be reached that way.
+    fn output_from_payload(payload: Payload) -> Option<Self::Output>
+    where
+        Self: Sized,
+    {
+        let _ = payload;
+        None
+    }
 }
 
 /// Cuts the next message off the front of `buf`, or says that more bytes are needed.

@@ -15,6 +15,10 @@ impl Protocol for Raw {
     type Message = Bytes;
     type Output = Payload;
 
+    fn output_from_payload(payload: Payload) -> Option<Payload> {
+        Some(payload)
+    }
+
     fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
         Ok(if buf.is_empty() {
             Input::NeedMore

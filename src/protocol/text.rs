@@ -21,6 +21,10 @@ impl Protocol for Text {
     type Message = String;
     type Output = Payload;
 
+    fn output_from_payload(payload: Payload) -> Option<Payload> {
+        Some(payload)
+    }
+
     fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
         let start = self.scanned.min(buf.len());
         match memchr::memchr(b'\n', &buf[start..]) {

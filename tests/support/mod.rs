@@ -286,3 +286,29 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A single-threaded runtime like a worker process's, for driving the bus from a test.
+pub fn local_runtime() -> tokio::runtime::LocalRuntime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build_local(Default::default())
+        .expect("runtime")
+}
+
+impl Server {
+    /// The embedded hub's socket in this server's run directory.
+    pub fn hub_path(&self) -> PathBuf {
+        self.run_dir.path().join("hub.sock")
+    }
+
+    /// Pids of the processes of worker group `name`.
+    pub fn group_pids(&self, name: &str) -> Vec<u32> {
+        self.status()["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .filter(|p| p["worker"] == name && p["retiring"] == false)
+            .map(|p| p["pid"].as_u64().expect("pid") as u32)
+            .collect()
+    }
+}

@@ -1,0 +1,114 @@
+//! A task pool under load, driven over the bus: the integration tests' pool server, and an
+//! example of `on_task_async`, `submit`, and worker messages carrying JSON.
+//!
+//! `square` is a pool (`POOL_PROCS` processes, default 3; `POOL_CONCURRENCY` tasks each,
+//! default 8; `POOL_QUEUE` queued at most, default 100,000): a task `n` answers `n*n` after
+//! `POOL_TASK_MS` milliseconds (default 0). `submitter` (2 processes) takes a worker message
+//! `{"from": A, "count": N, "in_flight": K, "timeout_ms": T}`, submits tasks A..A+N keeping at
+//! most K in flight, checks every result, and replies with a JSON summary
+//! `{"ok": .., "wrong": .., "errors": {"reason": count}}`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use oxwork::bus::{self, BusError, SubmitOptions, Task};
+use oxwork::{run_all, Worker};
+use serde::{Deserialize, Serialize};
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Deserialize)]
+struct Run {
+    from: u64,
+    count: u64,
+    in_flight: usize,
+    timeout_ms: u64,
+}
+
+#[derive(Serialize, Default)]
+struct Summary {
+    ok: u64,
+    wrong: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+fn reason(e: &BusError) -> String {
+    match e {
+        BusError::PoolFull(_) => "pool full".into(),
+        BusError::Timeout => "timeout".into(),
+        BusError::RetriesExhausted(_) => "retries exhausted".into(),
+        other => other.to_string(),
+    }
+}
+
+fn main() -> oxwork::Result<()> {
+    let mut square = Worker::without_address();
+    square
+        .name("square")
+        .count(env("POOL_PROCS", 3))
+        .task_concurrency(env("POOL_CONCURRENCY", 8))
+        .task_queue_limit(env("POOL_QUEUE", 100_000));
+    let delay = Duration::from_millis(env("POOL_TASK_MS", 0));
+    square.on_task_async(move |t: Task| async move {
+        let n: u64 = t
+            .text()
+            .parse()
+            .map_err(|_| format!("not a number: {}", t.text()))?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, String>((n * n).to_string())
+    });
+
+    let mut submitter = Worker::without_address();
+    submitter.name("submitter").count(2);
+    submitter.on_worker_message(|_, msg| {
+        let run: Run = match msg.json() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = msg.reply(format!("bad request: {e}"));
+                return;
+            }
+        };
+        bus::spawn(async move {
+            let summary = Rc::new(RefCell::new(Summary::default()));
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(run.in_flight.max(1)));
+            let opts = SubmitOptions {
+                timeout: Duration::from_millis(run.timeout_ms),
+                ..Default::default()
+            };
+            let mut tasks = Vec::new();
+            for n in run.from..run.from + run.count {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let summary = summary.clone();
+                tasks.push(tokio::task::spawn_local(async move {
+                    let result = bus::submit_with("square", n.to_string(), opts).await;
+                    let mut s = summary.borrow_mut();
+                    match result {
+                        Ok(r) if r == (n * n).to_string().as_bytes() => s.ok += 1,
+                        Ok(_) => s.wrong += 1,
+                        Err(e) => *s.errors.entry(reason(&e)).or_default() += 1,
+                    }
+                    drop(permit);
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            let body = serde_json::to_vec(&*summary.borrow()).unwrap_or_default();
+            if let Err(e) = msg.reply(body) {
+                eprintln!("cannot reply: {e}");
+            }
+        });
+    });
+    run_all()
+}

@@ -1,0 +1,341 @@
+//! The bus's behaviour, backend by backend: every case runs against the embedded hub here, and
+//! the NATS backend runs the very same cases (`conformance!(nats, ...)`).
+
+mod support;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use oxwork::bus::{Bus, BusError, Headers};
+use support::*;
+
+/// The cases: each gets a way to open independent connections to one bus.
+mod cases {
+    use super::*;
+
+    type Inbox = Rc<RefCell<Vec<String>>>;
+
+    fn collector() -> (Inbox, impl Fn(oxwork::bus::BusMessage) + 'static) {
+        let inbox: Inbox = Rc::default();
+        let i = inbox.clone();
+        (inbox, move |m: oxwork::bus::BusMessage| {
+            i.borrow_mut().push(m.text().into_owned())
+        })
+    }
+
+    async fn settle(buses: &[&Bus]) {
+        for b in buses {
+            assert!(
+                b.wait_connected(Duration::from_secs(5)).await,
+                "bus did not connect"
+            );
+        }
+        // A request round trip through each connection proves its subscriptions are in place.
+        for b in buses {
+            let _ = b
+                .request(
+                    "conformance.flush",
+                    Headers::new(),
+                    "x",
+                    Duration::from_secs(2),
+                )
+                .await;
+        }
+    }
+
+    async fn until(limit: Duration, f: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f()
+    }
+
+    pub async fn publish_reaches_every_subscriber(connect: &dyn Fn() -> Bus) {
+        let (a, b, p) = (connect(), connect(), connect());
+        let (ia, ha) = collector();
+        let (ib, hb) = collector();
+        a.subscribe("news.sport", None, ha).expect("sub");
+        b.subscribe("news.sport", None, hb).expect("sub");
+        settle(&[&a, &b, &p]).await;
+        for i in 0..10 {
+            p.publish("news.sport", format!("m{i}")).expect("pub");
+        }
+        assert!(
+            until(Duration::from_secs(3), || ia.borrow().len() == 10
+                && ib.borrow().len() == 10)
+            .await
+        );
+        assert_eq!(ia.borrow()[..3], ["m0", "m1", "m2"], "order kept");
+    }
+
+    pub async fn star_matches_exactly_one_token(connect: &dyn Fn() -> Bus) {
+        let (s, p) = (connect(), connect());
+        let (inbox, h) = collector();
+        s.subscribe("a.*.c", None, h).expect("sub");
+        settle(&[&s, &p]).await;
+        for subject in ["a.b.c", "a.x.c", "a.b.d", "a.b.c.d", "a.c"] {
+            p.publish(subject, subject.to_string()).expect("pub");
+        }
+        assert!(until(Duration::from_secs(3), || inbox.borrow().len() >= 2).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(*inbox.borrow(), ["a.b.c", "a.x.c"]);
+    }
+
+    pub async fn greater_than_matches_the_rest(connect: &dyn Fn() -> Bus) {
+        let (s, p) = (connect(), connect());
+        let (inbox, h) = collector();
+        s.subscribe("a.>", None, h).expect("sub");
+        settle(&[&s, &p]).await;
+        for subject in ["a.b", "a.b.c.d", "a", "b.a"] {
+            p.publish(subject, subject.to_string()).expect("pub");
+        }
+        assert!(until(Duration::from_secs(3), || inbox.borrow().len() >= 2).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(*inbox.borrow(), ["a.b", "a.b.c.d"]);
+    }
+
+    pub async fn queue_group_shares_work_each_message_to_exactly_one_member(
+        connect: &dyn Fn() -> Bus,
+    ) {
+        let members: Vec<Bus> = (0..3).map(|_| connect()).collect();
+        let plain = connect();
+        let p = connect();
+        let mut inboxes = Vec::new();
+        for m in &members {
+            let (inbox, h) = collector();
+            m.subscribe("jobs", Some("workers"), h).expect("sub");
+            inboxes.push(inbox);
+        }
+        let (all, h) = collector();
+        plain.subscribe("jobs", None, h).expect("sub");
+        let refs: Vec<&Bus> = members.iter().chain([&plain, &p]).collect();
+        settle(&refs).await;
+        for i in 0..300 {
+            p.publish("jobs", format!("{i}")).expect("pub");
+        }
+        assert!(
+            until(Duration::from_secs(5), || {
+                inboxes.iter().map(|i| i.borrow().len()).sum::<usize>() == 300
+                    && all.borrow().len() == 300
+            })
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut seen: Vec<String> = inboxes.iter().flat_map(|i| i.borrow().clone()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 300, "a message reached two members or none");
+        for i in &inboxes {
+            assert!(!i.borrow().is_empty(), "a member got no share");
+        }
+    }
+
+    pub async fn request_gets_the_reply(connect: &dyn Fn() -> Bus) {
+        let (server, client) = (connect(), connect());
+        let s2 = server.clone();
+        server
+            .subscribe("math.double", None, move |m| {
+                let n: u64 = m.text().parse().unwrap_or(0);
+                if let Some(r) = &m.reply {
+                    let _ = s2.publish(r, (n * 2).to_string());
+                }
+            })
+            .expect("sub");
+        settle(&[&server, &client]).await;
+        let answer = client
+            .request("math.double", Headers::new(), "21", Duration::from_secs(2))
+            .await
+            .expect("reply");
+        assert_eq!(answer.text(), "42");
+    }
+
+    pub async fn request_without_subscribers_fails_fast(connect: &dyn Fn() -> Bus) {
+        let client = connect();
+        settle(&[&client]).await;
+        let started = Instant::now();
+        let r = client
+            .request("nobody.home", Headers::new(), "?", Duration::from_secs(5))
+            .await;
+        assert!(matches!(r, Err(BusError::NoResponders(_))), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited for the deadline"
+        );
+    }
+
+    pub async fn request_deadline_expires(connect: &dyn Fn() -> Bus) {
+        let (silent, client) = (connect(), connect());
+        silent.subscribe("slow.service", None, |_| {}).expect("sub");
+        settle(&[&silent, &client]).await;
+        let started = Instant::now();
+        let r = client
+            .request(
+                "slow.service",
+                Headers::new(),
+                "?",
+                Duration::from_millis(300),
+            )
+            .await;
+        assert_eq!(r.err(), Some(BusError::Timeout));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+    }
+
+    pub async fn headers_arrive_intact(connect: &dyn Fn() -> Bus) {
+        let (s, p) = (connect(), connect());
+        let got = Rc::new(RefCell::new(None));
+        let g = got.clone();
+        s.subscribe("with.headers", None, move |m| {
+            *g.borrow_mut() = Some(m.headers)
+        })
+        .expect("sub");
+        settle(&[&s, &p]).await;
+        let headers = Headers::new()
+            .with("trace-id", "abc123")
+            .with("Kind", "test value");
+        p.publish_with("with.headers", headers, "body", None)
+            .expect("pub");
+        assert!(until(Duration::from_secs(3), || got.borrow().is_some()).await);
+        let h = got.borrow().clone().expect("headers");
+        assert_eq!(h.get("trace-id"), Some("abc123"));
+        assert_eq!(
+            h.get("kind"),
+            Some("test value"),
+            "names are case-insensitive"
+        );
+    }
+
+    pub async fn unsubscribe_stops_delivery(connect: &dyn Fn() -> Bus) {
+        let (s, p) = (connect(), connect());
+        let (inbox, h) = collector();
+        let sub = s.subscribe("topic.x", None, h).expect("sub");
+        settle(&[&s, &p]).await;
+        p.publish("topic.x", "before").expect("pub");
+        assert!(until(Duration::from_secs(3), || inbox.borrow().len() == 1).await);
+        s.unsubscribe(sub).expect("unsub");
+        settle(&[&s, &p]).await;
+        p.publish("topic.x", "after").expect("pub");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(*inbox.borrow(), ["before"]);
+    }
+
+    pub async fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender(
+        connect: &dyn Fn() -> Bus,
+    ) {
+        let b = connect();
+        assert!(matches!(
+            b.publish("a..b", "x"),
+            Err(BusError::InvalidSubject(_))
+        ));
+        assert!(matches!(
+            b.publish("a.*", "x"),
+            Err(BusError::InvalidSubject(_))
+        ));
+        assert!(matches!(
+            b.subscribe("a.>.b", None, |_| {}),
+            Err(BusError::InvalidSubject(_))
+        ));
+        let big = vec![0u8; 9 * 1024 * 1024];
+        match b.publish("big", big) {
+            Err(e @ BusError::PayloadTooLarge { .. }) => {
+                assert!(e.to_string().contains("exceeds the bus limit"))
+            }
+            other => panic!("oversized payload: {other:?}"),
+        }
+    }
+}
+
+fn hub_tree() -> Server {
+    let port = free_port();
+    Server::start(
+        "echo",
+        &[
+            ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
+            ("ECHO_COUNT", "1".into()),
+            ("ECHO_GATEWAY", "1".into()),
+        ],
+        2,
+    )
+}
+
+fn with_hub(case: impl for<'a> AsyncCase<'a>) {
+    let server = hub_tree();
+    let path = server.hub_path();
+    let connect = move || Bus::connect_hub(&path, "conformance");
+    local_runtime().block_on(case.call(&connect));
+}
+
+/// An async case taking the connect function by reference.
+trait AsyncCase<'a> {
+    type Fut: std::future::Future<Output = ()> + 'a;
+    fn call(self, connect: &'a dyn Fn() -> Bus) -> Self::Fut;
+}
+
+impl<'a, F, Fut> AsyncCase<'a> for F
+where
+    F: FnOnce(&'a dyn Fn() -> Bus) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'a,
+{
+    type Fut = Fut;
+    fn call(self, connect: &'a dyn Fn() -> Bus) -> Fut {
+        self(connect)
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $runner:path) => {
+        mod $backend {
+            use super::*;
+            #[test]
+            fn publish_reaches_every_subscriber() {
+                $runner(cases::publish_reaches_every_subscriber)
+            }
+            #[test]
+            fn star_matches_exactly_one_token() {
+                $runner(cases::star_matches_exactly_one_token)
+            }
+            #[test]
+            fn greater_than_matches_the_rest() {
+                $runner(cases::greater_than_matches_the_rest)
+            }
+            #[test]
+            fn queue_group_shares_work_each_message_to_exactly_one_member() {
+                $runner(cases::queue_group_shares_work_each_message_to_exactly_one_member)
+            }
+            #[test]
+            fn request_gets_the_reply() {
+                $runner(cases::request_gets_the_reply)
+            }
+            #[test]
+            fn request_without_subscribers_fails_fast() {
+                $runner(cases::request_without_subscribers_fails_fast)
+            }
+            #[test]
+            fn request_deadline_expires() {
+                $runner(cases::request_deadline_expires)
+            }
+            #[test]
+            fn headers_arrive_intact() {
+                $runner(cases::headers_arrive_intact)
+            }
+            #[test]
+            fn unsubscribe_stops_delivery() {
+                $runner(cases::unsubscribe_stops_delivery)
+            }
+            #[test]
+            fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender() {
+                $runner(cases::bad_subjects_and_oversized_payloads_are_refused_at_the_sender)
+            }
+        }
+    };
+}
+
+conformance!(hub, with_hub);
