@@ -55,7 +55,7 @@ mod cases {
         f()
     }
 
-    pub async fn publish_reaches_every_subscriber(connect: &dyn Fn() -> Bus) {
+    pub(crate) async fn publish_reaches_every_subscriber(connect: &dyn Fn() -> Bus) {
         let (a, b, p) = (connect(), connect(), connect());
         let (ia, ha) = collector();
         let (ib, hb) = collector();
@@ -73,7 +73,7 @@ mod cases {
         assert_eq!(ia.borrow()[..3], ["m0", "m1", "m2"], "order kept");
     }
 
-    pub async fn star_matches_exactly_one_token(connect: &dyn Fn() -> Bus) {
+    pub(crate) async fn star_matches_exactly_one_token(connect: &dyn Fn() -> Bus) {
         let (s, p) = (connect(), connect());
         let (inbox, h) = collector();
         s.subscribe("a.*.c", None, h).expect("sub");
@@ -86,7 +86,7 @@ mod cases {
         assert_eq!(*inbox.borrow(), ["a.b.c", "a.x.c"]);
     }
 
-    pub async fn greater_than_matches_the_rest(connect: &dyn Fn() -> Bus) {
+    pub(crate) async fn greater_than_matches_the_rest(connect: &dyn Fn() -> Bus) {
         let (s, p) = (connect(), connect());
         let (inbox, h) = collector();
         s.subscribe("a.>", None, h).expect("sub");
@@ -99,7 +99,7 @@ mod cases {
         assert_eq!(*inbox.borrow(), ["a.b", "a.b.c.d"]);
     }
 
-    pub async fn queue_group_shares_work_each_message_to_exactly_one_member(
+    pub(crate) async fn queue_group_shares_work_each_message_to_exactly_one_member(
         connect: &dyn Fn() -> Bus,
     ) {
         let members: Vec<Bus> = (0..3).map(|_| connect()).collect();
@@ -135,7 +135,7 @@ mod cases {
         }
     }
 
-    pub async fn request_gets_the_reply(connect: &dyn Fn() -> Bus) {
+    pub(crate) async fn request_gets_the_reply(connect: &dyn Fn() -> Bus) {
         let (server, client) = (connect(), connect());
         let s2 = server.clone();
         server
@@ -154,7 +154,7 @@ mod cases {
         assert_eq!(answer.text(), "42");
     }
 
-    pub async fn request_without_subscribers_fails_fast(connect: &dyn Fn() -> Bus) {
+    pub(crate) async fn request_without_subscribers_fails_fast(connect: &dyn Fn() -> Bus) {
         let client = connect();
         settle(&[&client]).await;
         let started = Instant::now();
@@ -168,7 +168,7 @@ mod cases {
         );
     }
 
-    pub async fn request_deadline_expires(connect: &dyn Fn() -> Bus) {
+    pub(crate) async fn request_deadline_expires(connect: &dyn Fn() -> Bus) {
         let (silent, client) = (connect(), connect());
         silent.subscribe("slow.service", None, |_| {}).expect("sub");
         settle(&[&silent, &client]).await;
@@ -189,7 +189,7 @@ mod cases {
         );
     }
 
-    pub async fn headers_arrive_intact(connect: &dyn Fn() -> Bus) {
+    pub(crate) async fn headers_arrive_intact(connect: &dyn Fn() -> Bus) {
         let (s, p) = (connect(), connect());
         let got = Rc::new(RefCell::new(None));
         let g = got.clone();
@@ -213,7 +213,7 @@ mod cases {
         );
     }
 
-    pub async fn unsubscribe_stops_delivery(connect: &dyn Fn() -> Bus) {
+    pub(crate) async fn unsubscribe_stops_delivery(connect: &dyn Fn() -> Bus) {
         let (s, p) = (connect(), connect());
         let (inbox, h) = collector();
         let sub = s.subscribe("topic.x", None, h).expect("sub");
@@ -227,7 +227,7 @@ mod cases {
         assert_eq!(*inbox.borrow(), ["before"]);
     }
 
-    pub async fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender(
+    pub(crate) async fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender(
         connect: &dyn Fn() -> Bus,
     ) {
         let b = connect();
