@@ -227,6 +227,41 @@ mod cases {
         assert_eq!(*inbox.borrow(), ["before"]);
     }
 
+    pub(crate) async fn gather_collects_one_answer_per_subscriber(connect: &dyn Fn() -> Bus) {
+        let responders: Vec<Bus> = (0..3).map(|_| connect()).collect();
+        for (i, r) in responders.iter().enumerate() {
+            let me = r.clone();
+            r.subscribe("census", None, move |m| {
+                if let Some(reply) = &m.reply {
+                    let _ = me.publish(reply, format!("r{i}"));
+                }
+            })
+            .expect("sub");
+        }
+        let asker = connect();
+        let refs: Vec<&Bus> = responders.iter().chain([&asker]).collect();
+        settle(&refs).await;
+        let started = Instant::now();
+        let mut answers: Vec<String> = asker
+            .gather("census", Headers::new(), "?", Duration::from_secs(5))
+            .await
+            .expect("gather")
+            .iter()
+            .map(|m| m.text().into_owned())
+            .collect();
+        answers.sort();
+        assert_eq!(answers, ["r0", "r1", "r2"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "waited for the deadline instead of the count"
+        );
+        let none = asker
+            .gather("census.nobody", Headers::new(), "?", Duration::from_secs(5))
+            .await
+            .expect("gather");
+        assert!(none.is_empty());
+    }
+
     pub(crate) async fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender(
         connect: &dyn Fn() -> Bus,
     ) {
@@ -329,6 +364,10 @@ macro_rules! conformance {
             #[test]
             fn unsubscribe_stops_delivery() {
                 $runner(cases::unsubscribe_stops_delivery)
+            }
+            #[test]
+            fn gather_collects_one_answer_per_subscriber() {
+                $runner(cases::gather_collects_one_answer_per_subscriber)
             }
             #[test]
             fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender() {

@@ -254,6 +254,10 @@ impl Bus {
                     .rsplit('.')
                     .next()
                     .and_then(|t| t.parse::<u64>().ok());
+                if let Some(tx) = token.and_then(|t| inner.gathers.borrow().get(&t).cloned()) {
+                    let _ = tx.send(msg);
+                    return;
+                }
                 if let Some(tx) = token.and_then(|t| inner.pending.borrow_mut().remove(&t)) {
                     let result = if msg.headers.get(STATUS_HEADER) == Some("503") {
                         Err(BusError::NoResponders(msg.text().into_owned()))

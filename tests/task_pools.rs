@@ -1,0 +1,140 @@
+//! Task pools: complete and correct under load, nothing lost when a pool process dies, and a
+//! bounded queue that refuses instead of growing.
+
+mod support;
+
+use std::time::Duration;
+
+use oxwork::bus::{Bus, Headers};
+use serde_json::{json, Value};
+use support::*;
+
+fn pool(extra: &[(&str, String)], expected: usize) -> Server {
+    let mut env = vec![("OXWORK_NODE", "testnode".to_string())];
+    env.extend(extra.iter().cloned());
+    Server::start("pool_lab", &env, expected)
+}
+
+/// Asks both submitter processes to run `count` tasks each (disjoint ranges) and returns their
+/// summaries; `during` runs while they work.
+fn run_submitters(
+    s: &Server,
+    count: u64,
+    in_flight: usize,
+    during: impl FnOnce() + Send + 'static,
+) -> Vec<Value> {
+    let side = std::thread::spawn(during);
+    let path = s.hub_path();
+    let summaries = local_runtime().block_on(async move {
+        let bus = Bus::connect_hub(path, "test");
+        assert!(bus.wait_connected(Duration::from_secs(5)).await);
+        let asks: Vec<_> = (0..2u64)
+            .map(|id| {
+                let b = bus.clone();
+                let body = json!({"from": id * 1_000_000, "count": count, "in_flight": in_flight, "timeout_ms": 60_000});
+                tokio::task::spawn_local(async move {
+                    let subject = format!("ox.w.testnode.submitter.{id}");
+                    b.request(&subject, Headers::new(), body.to_string(), Duration::from_secs(120)).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in asks {
+            let answer = h.await.expect("join").expect("submitter answered");
+            out.push(serde_json::from_slice::<Value>(&answer.payload).expect("summary json"));
+        }
+        out
+    });
+    side.join().expect("side thread");
+    summaries
+}
+
+fn pool_stats(s: &Server, name: &str) -> Value {
+    s.status()["hub"]["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no pool {name} in status"))
+}
+
+#[test]
+fn ten_thousand_tasks_from_two_processes_come_back_complete_and_correct() {
+    let s = pool(&[], 6);
+    let summaries = run_submitters(&s, 5_000, 200, || {});
+    for sum in &summaries {
+        assert_eq!(sum["ok"], 5_000, "{sum}");
+        assert_eq!(sum["wrong"], 0, "{sum}");
+        assert_eq!(sum["errors"], json!({}), "{sum}");
+    }
+    let st = pool_stats(&s, "square");
+    assert_eq!(st["done"], 10_000, "each task completed exactly once: {st}");
+    assert_eq!(st["failed"], 0);
+}
+
+#[test]
+fn killing_a_pool_process_mid_run_loses_no_task() {
+    let s = pool(&[("POOL_TASK_MS", "3".into())], 6);
+    let victims = s.group_pids("square");
+    let victim = victims[0];
+    let summaries = run_submitters(&s, 5_000, 100, move || {
+        std::thread::sleep(Duration::from_millis(800));
+        kill9(victim);
+    });
+    for sum in &summaries {
+        assert_eq!(sum["ok"], 5_000, "{sum}");
+        assert_eq!(sum["errors"], json!({}), "{sum}");
+    }
+    let st = pool_stats(&s, "square");
+    assert!(
+        st["retried"].as_u64().expect("retried") > 0,
+        "no task was retried: {st}"
+    );
+    assert_eq!(st["done"], 10_000, "{st}");
+    assert!(eventually(Duration::from_secs(3), || s
+        .group_pids("square")
+        .len()
+        == 3));
+}
+
+#[test]
+fn a_full_queue_refuses_at_once_and_memory_stays_flat() {
+    let s = pool(
+        &[
+            ("POOL_PROCS", "1".into()),
+            ("POOL_CONCURRENCY", "1".into()),
+            ("POOL_QUEUE", "20".into()),
+            ("POOL_TASK_MS", "50".into()),
+        ],
+        4,
+    );
+    let hub_rss = |s: &Server| -> u64 {
+        s.status()["processes"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["worker"] == "hub").cloned())
+            .and_then(|h| h["memory_bytes"].as_u64())
+            .expect("hub row")
+    };
+    let before = hub_rss(&s);
+    let summaries = run_submitters(&s, 20_000, 2_000, || {});
+    let full: u64 = summaries
+        .iter()
+        .map(|s| s["errors"]["pool full"].as_u64().unwrap_or(0))
+        .sum();
+    let ok: u64 = summaries
+        .iter()
+        .map(|s| s["ok"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        full > 35_000,
+        "expected most submissions refused as full: {summaries:?}"
+    );
+    assert_eq!(
+        ok + full,
+        40_000,
+        "every task was either done or refused: {summaries:?}"
+    );
+    let after = hub_rss(&s);
+    assert!(
+        after < before + 16 * 1024 * 1024,
+        "hub memory grew from {before} to {after}"
+    );
+}
