@@ -36,7 +36,11 @@ fn a_killed_hub_is_replaced_and_workers_resubscribe_and_requests_meanwhile_fail_
     // Meanwhile: an ask through the bus ends, with an answer or an error, never hangs.
     let started = Instant::now();
     let answer = b.ask("uid-online:dave").expect("an answer");
-    assert!(answer == "true" || answer.starts_with("error:"), "{answer}");
+    // "false" too: a replacement hub may answer before a's process has re-subscribed.
+    assert!(
+        ["true", "false"].contains(&answer.as_str()) || answer.starts_with("error:"),
+        "{answer}"
+    );
     assert!(started.elapsed() < Duration::from_secs(4));
     // The hub is back, with a new pid, and a's uid subscription came back with it.
     assert!(eventually(Duration::from_secs(5), || {
