@@ -5,6 +5,7 @@
 //! and prints a Markdown table; `oxbench smoke` runs every scenario briefly and only checks that
 //! each runs and reports; `oxbench list` names them.
 
+mod bus;
 mod load;
 mod pin;
 mod procstat;
@@ -48,6 +49,13 @@ fn main() {
     match raw.first().map(String::as_str) {
         Some("__serve-oxwork") => {
             if let Err(e) = servers::serve_oxwork(&raw[1..]) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        Some("__serve-oxwork-bus") => {
+            if let Err(e) = bus::serve(&raw[1..]) {
                 eprintln!("{e}");
                 std::process::exit(1);
             }

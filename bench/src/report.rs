@@ -44,7 +44,7 @@ pub fn markdown(rows: &[Row], pending: &[(String, String)]) -> String {
             r.errors
         );
     }
-    let others: Vec<&Row> = rows.iter().filter(|r| r.rps == 0.0).collect();
+    let others: Vec<&Row> = rows.iter().filter(|r| !r.extra.is_empty()).collect();
     if !others.is_empty() {
         let _ = writeln!(out, "\n| scenario | server | figures |\n|---|---|---|");
         for r in others {

@@ -45,6 +45,7 @@ pub enum Plan {
         servers: Vec<Kind>,
     },
     Reload,
+    Bus,
     Pending(&'static str),
 }
 
@@ -94,8 +95,8 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "bus",
-            what: "f. bus round trips, one-way messages and task pools against nats-server",
-            plan: Plan::Pending("needs the bus (local bus issue)"),
+            what: "f. bus: ask round trip (against a raw TCP ping-pong), one-way 16-byte messages, task pool of 4 with 2 submitters",
+            plan: Plan::Bus,
         },
         Scenario {
             name: "startup-reload",
@@ -203,6 +204,17 @@ pub fn run(s: &Scenario, effort: Effort) -> Result<Vec<Row>, String> {
                 .filter_map(|k| per_server.get(&k.label()).map(|r| median_row(r)))
                 .collect())
         }
+        Plan::Bus => {
+            let mut rows = Vec::new();
+            for _ in 0..effort.reps {
+                rows.extend(bus_rows(s.name, effort)?);
+            }
+            let mut by: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+            for r in rows {
+                by.entry(r.server.clone()).or_default().push(r);
+            }
+            Ok(by.values().map(|r| median_row(r)).collect())
+        }
         Plan::Reload => {
             let mut rows = Vec::new();
             for _ in 0..effort.reps {
@@ -273,6 +285,56 @@ fn idle(scenario: &str, kind: Kind, n: usize) -> Result<Row, String> {
         extra,
         ..Row::default()
     })
+}
+
+fn bus_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
+    // The floor: one TCP connection ping-ponging 16-byte frames with the tokio server.
+    let floor_spec = Spec {
+        proto: Proto::Frame,
+        connections: 1,
+        depth: 1,
+        size: 16,
+        warmup: effort.warmup,
+        duration: effort.duration,
+    };
+    let mut floor = throughput(scenario, Kind::Tokio, floor_spec)?;
+    floor.server = "raw TCP ping-pong (floor)".into();
+
+    let tree = Running::start(Kind::OxworkBus, "text")?;
+    let hub = tree.hub_path().ok_or("no hub path")?;
+    let (asks, h) = crate::bus::ask_latency(&hub, effort.warmup, effort.duration)?;
+    let count = if effort.max_connections < 50 {
+        20_000
+    } else {
+        2_000_000
+    };
+    let one_way = crate::bus::one_way(&hub, count)?;
+    let (tasks, task_errors) = crate::bus::pool_throughput(&hub, 128, effort.duration)?;
+    let peak = procstat::peak_rss_bytes(&tree.pids);
+    drop(tree);
+    let mut extra = BTreeMap::new();
+    extra.insert("one_way_msgs_per_sec".into(), one_way);
+    extra.insert("pool_tasks_per_sec".into(), tasks);
+    extra.insert(
+        "task_errors".into(),
+        task_errors.values().sum::<u64>() as f64,
+    );
+    let ask = Row {
+        scenario: scenario.into(),
+        server: "oxwork ask_worker via hub".into(),
+        rps: asks as f64 / effort.duration.as_secs_f64(),
+        p50_us: h.value_at_quantile(0.5) as f64,
+        p90_us: h.value_at_quantile(0.9) as f64,
+        p99_us: h.value_at_quantile(0.99) as f64,
+        p999_us: h.value_at_quantile(0.999) as f64,
+        errors: task_errors.values().sum::<u64>() as f64,
+        user_us_per_req: 0.0,
+        sys_us_per_req: 0.0,
+        syscalls_per_req: -1.0,
+        peak_rss_mb: peak as f64 / 1048576.0,
+        extra,
+    };
+    Ok(vec![floor, ask])
 }
 
 fn reload(scenario: &str, effort: Effort) -> Result<Row, String> {

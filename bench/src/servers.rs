@@ -20,6 +20,8 @@ pub enum Kind {
     Tokio,
     /// hyper's HTTP/1.1 server.
     Hyper,
+    /// oxwork's bus tree: a responder, a sink, a pool of 4, and the hub.
+    OxworkBus,
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
             Kind::Oxwork(n) => format!("oxwork x{n}"),
             Kind::Tokio => "tokio floor".into(),
             Kind::Hyper => "hyper".into(),
+            Kind::OxworkBus => "oxwork hub".into(),
         }
     }
 }
@@ -38,6 +41,8 @@ pub struct Running {
     pub port: u16,
     child: Child,
     run_dir: Option<tempfile::TempDir>,
+    /// The arguments that select this server's role, before an oxwork command.
+    role_args: Vec<String>,
     pub pids: Vec<u32>,
     pub started_in: Duration,
 }
@@ -69,27 +74,32 @@ impl Running {
     pub fn start(kind: Kind, proto: &str) -> Result<Running, String> {
         let port = free_port();
         let started = Instant::now();
-        let (args, run_dir) = match kind {
-            Kind::Oxwork(count) => (
-                vec![
-                    "__serve-oxwork".into(),
-                    proto.into(),
-                    count.to_string(),
-                    port.to_string(),
-                    "start".into(),
-                ],
-                Some(tempfile::tempdir().map_err(|e| e.to_string())?),
-            ),
-            Kind::Tokio => (
-                vec!["__serve-tokio".into(), proto.into(), port.to_string()],
-                None,
-            ),
-            Kind::Hyper => (vec!["__serve-hyper".into(), port.to_string()], None),
+        let role_args: Vec<String> = match kind {
+            Kind::Oxwork(count) => vec![
+                "__serve-oxwork".into(),
+                proto.into(),
+                count.to_string(),
+                port.to_string(),
+            ],
+            Kind::OxworkBus => vec!["__serve-oxwork-bus".into()],
+            Kind::Tokio => vec!["__serve-tokio".into(), proto.into(), port.to_string()],
+            Kind::Hyper => vec!["__serve-hyper".into(), port.to_string()],
         };
+        let oxwork = matches!(kind, Kind::Oxwork(_) | Kind::OxworkBus);
+        let run_dir = if oxwork {
+            Some(tempfile::tempdir().map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let mut args = role_args.clone();
+        if oxwork {
+            args.push("start".into());
+        }
         let mut cmd = self_command(&args, true);
         if let Some(d) = &run_dir {
             cmd.env("OXWORK_RUN_DIR", d.path())
-                .env("OXWORK_LOG", "warn");
+                .env("OXWORK_LOG", "warn")
+                .env("OXWORK_NODE", "bench");
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -101,52 +111,48 @@ impl Running {
             port,
             child,
             run_dir,
+            role_args,
             pids: Vec::new(),
             started_in: Duration::ZERO,
         };
-        running.wait_ready(proto)?;
+        running.wait_ready()?;
         running.started_in = started.elapsed();
         Ok(running)
     }
 
     /// Runs an oxwork command (`status --json`, `reload`, `stop`) against this server.
     pub fn oxwork_command(&self, cmd: &[&str]) -> Result<std::process::Output, String> {
-        let (Kind::Oxwork(count), Some(dir)) = (self.kind, &self.run_dir) else {
+        let Some(dir) = &self.run_dir else {
             return Err("not an oxwork server".into());
         };
-        let mut args: Vec<String> = vec![
-            "__serve-oxwork".into(),
-            "text".into(),
-            count.to_string(),
-            self.port.to_string(),
-        ];
+        let mut args = self.role_args.clone();
         args.extend(cmd.iter().map(|s| s.to_string()));
         self_command(&args, false)
             .env("OXWORK_RUN_DIR", dir.path())
+            .env("OXWORK_NODE", "bench")
             .output()
             .map_err(|e| e.to_string())
     }
 
     /// The worker processes' pids (oxwork), or the server's own pid.
     pub fn worker_pids(&self) -> Vec<u32> {
-        match self.kind {
-            Kind::Oxwork(_) => self
-                .oxwork_command(&["status", "--json"])
-                .ok()
-                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-                .and_then(|v| {
-                    v["processes"].as_array().map(|a| {
-                        a.iter()
-                            .filter_map(|p| p["pid"].as_u64().map(|x| x as u32))
-                            .collect()
-                    })
-                })
-                .unwrap_or_default(),
-            _ => vec![self.child.id()],
+        if self.run_dir.is_none() {
+            return vec![self.child.id()];
         }
+        self.oxwork_command(&["status", "--json"])
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| {
+                v["processes"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|p| p["pid"].as_u64().map(|x| x as u32))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
     }
 
-    fn wait_ready(&mut self, _proto: &str) -> Result<(), String> {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -156,6 +162,11 @@ impl Running {
                 Kind::Oxwork(n) => {
                     let pids = self.worker_pids();
                     (pids.len() == n as usize).then_some(pids)
+                }
+                // responder, sink, 4 pool processes and the hub
+                Kind::OxworkBus => {
+                    let pids = self.worker_pids();
+                    (pids.len() == 7).then_some(pids)
                 }
                 _ => std::net::TcpStream::connect(("127.0.0.1", self.port))
                     .ok()
@@ -170,6 +181,11 @@ impl Running {
         Err(format!("{:?} did not become ready", self.kind))
     }
 
+    /// The hub's socket of an oxwork tree.
+    pub fn hub_path(&self) -> Option<std::path::PathBuf> {
+        self.run_dir.as_ref().map(|d| d.path().join("hub.sock"))
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
@@ -177,7 +193,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if matches!(self.kind, Kind::Oxwork(_)) {
+        if self.run_dir.is_some() {
             let _ = self.oxwork_command(&["stop"]);
         }
         let _ = self.child.kill();

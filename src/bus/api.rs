@@ -247,21 +247,34 @@ pub async fn submit_with(
     payload: impl Into<Bytes>,
     opts: SubmitOptions,
 ) -> Result<Bytes, BusError> {
-    let b = bus()?;
-    let (reply, token, rx) = b.reply_slot()?;
-    if let Err(e) = b.submit_frame(pool, Some(reply), opts.max_retries, payload.into()) {
-        b.forget_pending(token);
-        return Err(e);
-    }
-    let answer = b.await_reply(token, rx, opts.timeout).await?;
-    match answer.headers.get(STATUS_HEADER) {
-        Some("ok") => Ok(answer.payload),
-        Some("failed") => Err(BusError::TaskFailed(answer.text().into_owned())),
-        Some("full") => Err(BusError::PoolFull(pool.to_string())),
-        Some("retries-exhausted") => Err(BusError::RetriesExhausted(answer.text().into_owned())),
-        other => Err(BusError::TaskFailed(format!(
-            "unexpected task status {other:?}"
-        ))),
+    bus()?.submit(pool, payload, opts).await
+}
+
+impl super::Bus {
+    /// Submits a task to `pool` over this connection and waits for its result.
+    pub async fn submit(
+        &self,
+        pool: &str,
+        payload: impl Into<Bytes>,
+        opts: SubmitOptions,
+    ) -> Result<Bytes, BusError> {
+        let (reply, token, rx) = self.reply_slot()?;
+        if let Err(e) = self.submit_frame(pool, Some(reply), opts.max_retries, payload.into()) {
+            self.forget_pending(token);
+            return Err(e);
+        }
+        let answer = self.await_reply(token, rx, opts.timeout).await?;
+        match answer.headers.get(STATUS_HEADER) {
+            Some("ok") => Ok(answer.payload),
+            Some("failed") => Err(BusError::TaskFailed(answer.text().into_owned())),
+            Some("full") => Err(BusError::PoolFull(pool.to_string())),
+            Some("retries-exhausted") => {
+                Err(BusError::RetriesExhausted(answer.text().into_owned()))
+            }
+            other => Err(BusError::TaskFailed(format!(
+                "unexpected task status {other:?}"
+            ))),
+        }
     }
 }
 
