@@ -8,7 +8,7 @@
 //! Run: `cargo run --example json_lines -- start`. `JSON_LISTEN` moves the server.
 
 use oxwork::bytes::{BufMut, BytesMut};
-use oxwork::{run_all, AsyncConnection, Input, Protocol, Rejection, Timer, Worker};
+use oxwork::{run_all, AsyncConnection, Input, Protocol, Rejection, Timer, Wire, Worker};
 use serde_json::{json, Value};
 
 /// JSON documents separated by `\n`.
@@ -19,18 +19,25 @@ impl Protocol for JsonLines {
     type Message = Value;
     type Output = Value;
 
-    fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
+    fn input(&mut self, buf: &[u8], _wire: &mut Wire<'_>) -> Result<Input, Rejection> {
         Ok(match buf.iter().position(|&b| b == b'\n') {
             Some(i) => Input::Packet(i + 1),
             None => Input::NeedMore,
         })
     }
 
-    fn decode(&mut self, packet: BytesMut) -> Result<Value, Rejection> {
-        serde_json::from_slice(&packet).map_err(|e| Rejection::new(format!("bad JSON: {e}")))
+    fn decode(
+        &mut self,
+        packet: BytesMut,
+        _wire: &mut Wire<'_>,
+    ) -> Result<Option<Value>, Rejection> {
+        serde_json::from_slice(&packet)
+            .map(Some)
+            .map_err(|e| Rejection::new(format!("bad JSON: {e}")))
     }
 
-    fn encode(&mut self, msg: Value, dst: &mut BytesMut) -> Result<(), Rejection> {
+    fn encode(&mut self, msg: Value, wire: &mut Wire<'_>) -> Result<(), Rejection> {
+        let dst = wire.buf();
         serde_json::to_writer(dst.writer(), &msg).map_err(|e| Rejection::new(e.to_string()))?;
         dst.put_u8(b'\n');
         Ok(())

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use crate::guard::guarded;
-use crate::protocol::{Dynamic, Protocol, Rejection};
+use crate::protocol::{BodySource, Dynamic, Protocol, Rejection, Wire};
 use crate::stats;
 
 /// Why a connection reported an error to `on_error`.
@@ -109,12 +109,20 @@ pub(crate) enum Sink {
     },
 }
 
+/// Output waiting behind a streamed body, in order.
+pub(crate) enum Pending {
+    Bytes(BytesMut),
+    Source(Box<dyn BodySource>),
+}
+
 pub(crate) struct ConnInner<P: Protocol> {
     pub(crate) id: u64,
     pub(crate) peer: PeerAddr,
     pub(crate) local: Option<SocketAddr>,
     pub(crate) proto: RefCell<P>,
     pub(crate) out: RefCell<BytesMut>,
+    /// Streamed bodies and what was sent after them; the driver moves it into `out` in order.
+    pub(crate) pending: RefCell<std::collections::VecDeque<Pending>>,
     pub(crate) state: Cell<State>,
     pub(crate) paused: Cell<bool>,
     pub(crate) buffer_full: Cell<bool>,
@@ -189,6 +197,7 @@ impl<P: Protocol> Connection<P> {
                 local,
                 proto: RefCell::new(proto),
                 out: RefCell::new(BytesMut::new()),
+                pending: RefCell::new(std::collections::VecDeque::new()),
                 state: Cell::new(State::Open),
                 paused: Cell::new(false),
                 buffer_full: Cell::new(false),
@@ -273,7 +282,11 @@ impl<P: Protocol> Connection<P> {
         }
         if let Sink::Datagram { socket, peer } = &inner.sink {
             let mut buf = BytesMut::new();
-            if let Err(e) = inner.proto.borrow_mut().encode(msg.into(), &mut buf) {
+            let encoded = inner
+                .proto
+                .borrow_mut()
+                .encode(msg.into(), &mut Wire::new(&mut buf));
+            if let Err(e) = encoded {
                 self.report(&ConnectionError::Encode(e.to_string()));
                 return false;
             }
@@ -289,21 +302,18 @@ impl<P: Protocol> Connection<P> {
                 }
             };
         }
-        if inner.out.borrow().len() >= inner.max_send_buffer_size.get() {
+        if self.queued_len() >= inner.max_send_buffer_size.get() {
             stats::with(|c| stats::bump(&c.failed_sends));
             self.report(&ConnectionError::SendBufferFull);
             return false;
         }
-        let encoded = {
-            let mut out = inner.out.borrow_mut();
-            inner.proto.borrow_mut().encode(msg.into(), &mut out)
-        };
+        let msg = msg.into();
+        let encoded = self.with_wire(|wire| inner.proto.borrow_mut().encode(msg, wire));
         if let Err(e) = encoded {
             self.report(&ConnectionError::Encode(e.to_string()));
             return false;
         }
-        if !inner.buffer_full.get() && inner.out.borrow().len() >= inner.max_send_buffer_size.get()
-        {
+        if !inner.buffer_full.get() && self.queued_len() >= inner.max_send_buffer_size.get() {
             inner.buffer_full.set(true);
             self.call("on_buffer_full", inner.handlers.on_buffer_full.as_ref());
         }
@@ -330,6 +340,7 @@ impl<P: Protocol> Connection<P> {
         if matches!(self.inner.state.get(), State::Open | State::Closing) {
             self.inner.state.set(State::Destroyed);
             self.inner.out.borrow_mut().clear();
+            self.inner.pending.borrow_mut().clear();
             self.wake();
         }
     }
@@ -438,6 +449,60 @@ impl<P: Protocol> Connection<P> {
             why
         );
         self.report(&ConnectionError::Rejected(why.to_string()));
-        self.destroy();
+        match why.reply() {
+            Some(reply) if self.inner.state.get() == State::Open => {
+                self.with_wire(|wire| wire.buf().extend_from_slice(reply));
+                self.close();
+            }
+            _ => self.destroy(),
+        }
+    }
+
+    /// Bytes waiting to be written: the send buffer plus output queued behind a streamed body.
+    pub(crate) fn queued_len(&self) -> usize {
+        let inner = &self.inner;
+        let behind: usize = inner
+            .pending
+            .borrow()
+            .iter()
+            .map(|p| match p {
+                Pending::Bytes(b) => b.len(),
+                Pending::Source(_) => 0,
+            })
+            .sum();
+        inner.out.borrow().len() + behind
+    }
+
+    /// Runs `f` with a [`Wire`] onto this connection's output, keeping order behind a body
+    /// being streamed, and carries out what the protocol asked (close, stream a body).
+    pub(crate) fn with_wire<R>(&self, f: impl FnOnce(&mut Wire<'_>) -> R) -> R {
+        let inner = &self.inner;
+        let behind = !inner.pending.borrow().is_empty();
+        let (result, close, source) = if behind {
+            let mut tmp = BytesMut::new();
+            let mut wire = Wire::new(&mut tmp);
+            let r = f(&mut wire);
+            let (close, source) = wire.into_parts();
+            if !tmp.is_empty() {
+                inner.pending.borrow_mut().push_back(Pending::Bytes(tmp));
+            }
+            (r, close, source)
+        } else {
+            let mut out = inner.out.borrow_mut();
+            let mut wire = Wire::new(&mut out);
+            let r = f(&mut wire);
+            let (close, source) = wire.into_parts();
+            (r, close, source)
+        };
+        if let Some(source) = source {
+            inner
+                .pending
+                .borrow_mut()
+                .push_back(Pending::Source(source));
+        }
+        if close {
+            self.close();
+        }
+        result
     }
 }

@@ -89,6 +89,9 @@ where
         let event = poll_fn(|cx| {
             // Write first: replies queued by the last dispatch go out before we read again.
             loop {
+                if let Err(e) = refill(&inner) {
+                    return Poll::Ready(Event::Failed(e));
+                }
                 let mut out = inner.out.borrow_mut();
                 if out.is_empty() {
                     break;
@@ -105,7 +108,7 @@ where
                     Poll::Pending => break,
                 }
             }
-            let flushed = inner.out.borrow().is_empty();
+            let flushed = inner.out.borrow().is_empty() && inner.pending.borrow().is_empty();
             match inner.state.get() {
                 State::Destroyed | State::Closed => return Poll::Ready(Event::CloseNow),
                 State::Closing if flushed => return Poll::Ready(Event::Flushed),
@@ -220,16 +223,45 @@ where
     conn.call("on_close", inner.handlers.on_close.as_ref());
 }
 
+/// Below this many queued bytes, output waiting behind a streamed body moves into the buffer.
+const REFILL_BELOW: usize = 64 * 1024;
+
+/// Moves pending output (bytes, and chunks of streamed bodies) into the send buffer, in order,
+/// while the buffer is short.
+fn refill<P: Protocol>(inner: &crate::connection::ConnInner<P>) -> io::Result<()> {
+    use crate::connection::Pending;
+    let mut pending = inner.pending.borrow_mut();
+    let mut out = inner.out.borrow_mut();
+    while out.len() < REFILL_BELOW {
+        let Some(front) = pending.front_mut() else {
+            break;
+        };
+        match front {
+            Pending::Bytes(b) => {
+                out.extend_from_slice(b);
+                pending.pop_front();
+            }
+            Pending::Source(src) => {
+                let room = REFILL_BELOW - out.len();
+                if src.fill(&mut out, room.max(16 * 1024))? {
+                    pending.pop_front();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Cuts and delivers every complete package in `rbuf`, stopping early if a handler closes or
 /// pauses the connection.
 fn dispatch<P: Protocol>(conn: &Connection<P>, rbuf: &mut BytesMut) {
     let inner = &conn.inner;
     inner.in_dispatch.set(true);
     while inner.state.get() == State::Open && !inner.paused.get() {
-        let next = {
+        let next = conn.with_wire(|wire| {
             let mut proto = inner.proto.borrow_mut();
-            next_message(&mut *proto, rbuf, inner.max_package_size)
-        };
+            next_message(&mut *proto, rbuf, inner.max_package_size, wire)
+        });
         match next {
             Ok(Some(msg)) => {
                 stats::with(|c| stats::bump(&c.messages));

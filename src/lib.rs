@@ -48,7 +48,9 @@ pub use bytes;
 pub use client::AsyncConnection;
 pub use connection::{Connection, ConnectionError, PeerAddr};
 pub use error::{Error, ErrorKind, Result};
-pub use protocol::{Dynamic, Frame, Input, Message, Payload, Protocol, Raw, Rejection, Text};
+pub use protocol::{
+    BodySource, Dynamic, Frame, Input, Message, Payload, Protocol, Raw, Rejection, Text, Wire,
+};
 pub use stats::Snapshot;
 pub use timer::{IntoInterval, Timer, TimerId};
 pub use url::{Endpoint, SocketUrl, Transport};

@@ -18,7 +18,7 @@ use crate::connection::{ConnSettings, Connection, Handlers, PeerAddr, Sink};
 use crate::driver::{drive, DriveOptions};
 use crate::error::{Error, Result};
 use crate::listener::Listener;
-use crate::protocol::{next_message, Protocol};
+use crate::protocol::{next_message, Protocol, Wire};
 use crate::stats;
 use crate::url::Transport;
 use crate::worker::WorkerConfig;
@@ -214,7 +214,13 @@ async fn datagram_loop<P: Protocol + Clone>(
         loop {
             let next = {
                 let mut proto = conn.inner.proto.borrow_mut();
-                next_message(&mut *proto, &mut datagram, ctx.settings.max_package_size)
+                let mut sink = BytesMut::new();
+                next_message(
+                    &mut *proto,
+                    &mut datagram,
+                    ctx.settings.max_package_size,
+                    &mut Wire::new(&mut sink),
+                )
             };
             match next {
                 Ok(Some(msg)) => {

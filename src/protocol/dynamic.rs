@@ -4,7 +4,7 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Frame, Input, Payload, Protocol, Raw, Rejection, Text};
+use super::{Frame, Input, Payload, Protocol, Raw, Rejection, Text, Wire};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A message from one of the built-in protocols.
@@ -113,27 +113,31 @@ impl Protocol for Dynamic {
         Some(payload)
     }
 
-    fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
+    fn input(&mut self, buf: &[u8], wire: &mut Wire<'_>) -> Result<Input, Rejection> {
         match &mut self.0 {
-            Builtin::Text(p) => p.input(buf),
-            Builtin::Frame(p) => p.input(buf),
-            Builtin::Raw(p) => p.input(buf),
+            Builtin::Text(p) => p.input(buf, wire),
+            Builtin::Frame(p) => p.input(buf, wire),
+            Builtin::Raw(p) => p.input(buf, wire),
         }
     }
 
-    fn decode(&mut self, packet: BytesMut) -> Result<Message, Rejection> {
-        match &mut self.0 {
-            Builtin::Text(p) => p.decode(packet).map(Message::Text),
-            Builtin::Frame(p) => p.decode(packet).map(Message::Binary),
-            Builtin::Raw(p) => p.decode(packet).map(Message::Binary),
-        }
+    fn decode(
+        &mut self,
+        packet: BytesMut,
+        wire: &mut Wire<'_>,
+    ) -> Result<Option<Message>, Rejection> {
+        Ok(match &mut self.0 {
+            Builtin::Text(p) => p.decode(packet, wire)?.map(Message::Text),
+            Builtin::Frame(p) => p.decode(packet, wire)?.map(Message::Binary),
+            Builtin::Raw(p) => p.decode(packet, wire)?.map(Message::Binary),
+        })
     }
 
-    fn encode(&mut self, msg: Payload, dst: &mut BytesMut) -> Result<(), Rejection> {
+    fn encode(&mut self, msg: Payload, wire: &mut Wire<'_>) -> Result<(), Rejection> {
         match &mut self.0 {
-            Builtin::Text(p) => p.encode(msg, dst),
-            Builtin::Frame(p) => p.encode(msg, dst),
-            Builtin::Raw(p) => p.encode(msg, dst),
+            Builtin::Text(p) => p.encode(msg, wire),
+            Builtin::Frame(p) => p.encode(msg, wire),
+            Builtin::Raw(p) => p.encode(msg, wire),
         }
     }
 }

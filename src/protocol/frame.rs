@@ -2,7 +2,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{Input, Payload, Protocol, Rejection};
+use super::{Input, Payload, Protocol, Rejection, Wire};
 
 /// Length-prefixed binary messages, Workerman's `Frame` protocol.
 ///
@@ -22,7 +22,7 @@ impl Protocol for Frame {
         Some(payload)
     }
 
-    fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
+    fn input(&mut self, buf: &[u8], _wire: &mut Wire<'_>) -> Result<Input, Rejection> {
         let Some(header) = buf.get(..HEADER) else {
             return Ok(Input::NeedMore);
         };
@@ -35,12 +35,17 @@ impl Protocol for Frame {
         Ok(Input::Packet(len))
     }
 
-    fn decode(&mut self, mut packet: BytesMut) -> Result<Bytes, Rejection> {
+    fn decode(
+        &mut self,
+        mut packet: BytesMut,
+        _wire: &mut Wire<'_>,
+    ) -> Result<Option<Bytes>, Rejection> {
         packet.advance(HEADER);
-        Ok(packet.freeze())
+        Ok(Some(packet.freeze()))
     }
 
-    fn encode(&mut self, msg: Payload, dst: &mut BytesMut) -> Result<(), Rejection> {
+    fn encode(&mut self, msg: Payload, wire: &mut Wire<'_>) -> Result<(), Rejection> {
+        let dst = wire.buf();
         let len = u32::try_from(msg.0.len() + HEADER)
             .map_err(|_| Rejection::new("frame body larger than 4 GiB"))?;
         dst.reserve(len as usize);
@@ -105,7 +110,9 @@ mod tests {
     #[test]
     fn encode_counts_the_header() {
         let mut dst = BytesMut::new();
-        Frame.encode(Payload::from("ab"), &mut dst).expect("encode");
+        Frame
+            .encode(Payload::from("ab"), &mut Wire::new(&mut dst))
+            .expect("encode");
         assert_eq!(&dst[..], &[0, 0, 0, 6, b'a', b'b']);
     }
 }

@@ -33,25 +33,97 @@ pub enum Input {
     Packet(usize),
 }
 
-/// Why a protocol refused its input; the connection is closed with this reason.
+/// Why a protocol refused its input; the connection is closed with this reason, after sending
+/// the rejection's reply if it has one (an HTTP `400`, a WebSocket close frame).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection(Cow<'static, str>);
+pub struct Rejection {
+    reason: Cow<'static, str>,
+    reply: Option<Bytes>,
+}
 
 impl Rejection {
     /// A rejection with the given reason.
     pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
-        Rejection(reason.into())
+        Rejection {
+            reason: reason.into(),
+            reply: None,
+        }
+    }
+
+    /// A rejection that sends `reply` to the peer before closing.
+    pub fn with_reply(reason: impl Into<Cow<'static, str>>, reply: impl Into<Bytes>) -> Self {
+        Rejection {
+            reason: reason.into(),
+            reply: Some(reply.into()),
+        }
     }
 
     /// The reason, as given.
     pub fn reason(&self) -> &str {
-        &self.0
+        &self.reason
+    }
+
+    /// What is sent to the peer before the connection closes.
+    pub fn reply(&self) -> Option<&Bytes> {
+        self.reply.as_ref()
     }
 }
 
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.reason)
+    }
+}
+
+/// A body the connection streams out as the socket takes it (a file, say), so that a large
+/// response never sits in memory whole.
+pub trait BodySource {
+    /// Appends up to `max` more bytes to `dst`; returns true once everything was appended.
+    fn fill(&mut self, dst: &mut BytesMut, max: usize) -> std::io::Result<bool>;
+}
+
+/// Where a protocol writes, and what it may ask of its connection besides bytes.
+pub struct Wire<'a> {
+    out: &'a mut BytesMut,
+    close: bool,
+    source: Option<Box<dyn BodySource>>,
+}
+
+impl fmt::Debug for Wire<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wire")
+            .field("queued", &self.out.len())
+            .field("close", &self.close)
+            .finish()
+    }
+}
+
+impl<'a> Wire<'a> {
+    pub(crate) fn new(out: &'a mut BytesMut) -> Wire<'a> {
+        Wire {
+            out,
+            close: false,
+            source: None,
+        }
+    }
+
+    /// The connection's send buffer: append bytes to send.
+    pub fn buf(&mut self) -> &mut BytesMut {
+        self.out
+    }
+
+    /// Close the connection once everything queued (and any streamed body) is written.
+    pub fn close_after_write(&mut self) {
+        self.close = true;
+    }
+
+    /// Stream `source` after the bytes queued so far; later output waits behind it.
+    pub fn stream_body(&mut self, source: Box<dyn BodySource>) {
+        self.source = Some(source);
+    }
+
+    pub(crate) fn into_parts(self) -> (bool, Option<Box<dyn BodySource>>) {
+        (self.close, self.source)
     }
 }
 
@@ -64,16 +136,22 @@ pub trait Protocol: 'static {
     /// What `send` accepts.
     type Output;
 
-    /// Looks at the start of `buf` and tells how long the next packet is.
+    /// Looks at the start of `buf` and tells how long the next packet is. It may write to
+    /// `wire` (an HTTP `100 Continue`).
     ///
     /// Called again whenever more bytes arrive while it answers [`Input::NeedMore`].
-    fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection>;
+    fn input(&mut self, buf: &[u8], wire: &mut Wire<'_>) -> Result<Input, Rejection>;
 
-    /// Turns one whole packet (exactly the length `input` gave) into a message.
-    fn decode(&mut self, packet: BytesMut) -> Result<Self::Message, Rejection>;
+    /// Turns one whole packet (exactly the length `input` gave) into a message, or `None` when
+    /// the packet was for the protocol itself (a WebSocket ping, answered through `wire`).
+    fn decode(
+        &mut self,
+        packet: BytesMut,
+        wire: &mut Wire<'_>,
+    ) -> Result<Option<Self::Message>, Rejection>;
 
-    /// Appends the wire form of `msg` to `dst`.
-    fn encode(&mut self, msg: Self::Output, dst: &mut BytesMut) -> Result<(), Rejection>;
+    /// Writes the wire form of `msg`.
+    fn encode(&mut self, msg: Self::Output, wire: &mut Wire<'_>) -> Result<(), Rejection>;
 
     /// How bytes sent from another process (`bus::send_to_client`, `send_to_uid`, group and
     /// broadcast sends) become a message of this protocol. `None` (the default) means the
@@ -96,24 +174,33 @@ pub(crate) fn next_message<P: Protocol>(
     proto: &mut P,
     buf: &mut BytesMut,
     max_package_size: usize,
+    wire: &mut Wire<'_>,
 ) -> Result<Option<P::Message>, Rejection> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    match proto.input(buf)? {
-        Input::NeedMore if buf.len() >= max_package_size => Err(Rejection::new(format!(
-            "package exceeds max_package_size ({} bytes buffered, no complete package, limit {max_package_size})",
-            buf.len()
-        ))),
-        Input::NeedMore => Ok(None),
-        Input::Packet(0) => Err(Rejection::new("protocol announced a zero-length package")),
-        Input::Packet(n) if n > max_package_size => Err(Rejection::new(format!(
-            "package of {n} bytes exceeds max_package_size ({max_package_size})"
-        ))),
-        Input::Packet(n) if n > buf.len() => Ok(None),
-        Input::Packet(n) => {
-            let packet = buf.split_to(n);
-            proto.decode(packet).map(Some)
+    loop {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let packet = match proto.input(buf, wire)? {
+            Input::NeedMore if buf.len() >= max_package_size => {
+                return Err(Rejection::new(format!(
+                    "package exceeds max_package_size ({} bytes buffered, no complete package, limit {max_package_size})",
+                    buf.len()
+                )))
+            }
+            Input::NeedMore => return Ok(None),
+            Input::Packet(0) => {
+                return Err(Rejection::new("protocol announced a zero-length package"))
+            }
+            Input::Packet(n) if n > max_package_size => {
+                return Err(Rejection::new(format!(
+                    "package of {n} bytes exceeds max_package_size ({max_package_size})"
+                )))
+            }
+            Input::Packet(n) if n > buf.len() => return Ok(None),
+            Input::Packet(n) => buf.split_to(n),
+        };
+        if let Some(msg) = proto.decode(packet, wire)? {
+            return Ok(Some(msg));
         }
     }
 }
@@ -130,10 +217,11 @@ pub(crate) mod testing {
     ) -> (Result<Vec<P::Message>, Rejection>, BytesMut) {
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
+        let mut sink = BytesMut::new();
         for chunk in chunks {
             buf.extend_from_slice(&chunk);
             loop {
-                match next_message(proto, &mut buf, max) {
+                match next_message(proto, &mut buf, max, &mut Wire::new(&mut sink)) {
                     Ok(Some(m)) => out.push(m),
                     Ok(None) => break,
                     Err(e) => return (Err(e), buf),

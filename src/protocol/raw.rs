@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Input, Payload, Protocol, Rejection};
+use super::{Input, Payload, Protocol, Rejection, Wire};
 
 /// No framing: each read is one message, as in Workerman's plain `tcp://`.
 ///
@@ -19,7 +19,7 @@ impl Protocol for Raw {
         Some(payload)
     }
 
-    fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
+    fn input(&mut self, buf: &[u8], _wire: &mut Wire<'_>) -> Result<Input, Rejection> {
         Ok(if buf.is_empty() {
             Input::NeedMore
         } else {
@@ -27,11 +27,16 @@ impl Protocol for Raw {
         })
     }
 
-    fn decode(&mut self, packet: BytesMut) -> Result<Bytes, Rejection> {
-        Ok(packet.freeze())
+    fn decode(
+        &mut self,
+        packet: BytesMut,
+        _wire: &mut Wire<'_>,
+    ) -> Result<Option<Bytes>, Rejection> {
+        Ok(Some(packet.freeze()))
     }
 
-    fn encode(&mut self, msg: Payload, dst: &mut BytesMut) -> Result<(), Rejection> {
+    fn encode(&mut self, msg: Payload, wire: &mut Wire<'_>) -> Result<(), Rejection> {
+        let dst = wire.buf();
         dst.put_slice(&msg.0);
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{Input, Payload, Protocol, Rejection};
+use super::{Input, Payload, Protocol, Rejection, Wire};
 
 /// Newline-delimited text, Workerman's `Text` protocol.
 ///
@@ -25,7 +25,7 @@ impl Protocol for Text {
         Some(payload)
     }
 
-    fn input(&mut self, buf: &[u8]) -> Result<Input, Rejection> {
+    fn input(&mut self, buf: &[u8], _wire: &mut Wire<'_>) -> Result<Input, Rejection> {
         let start = self.scanned.min(buf.len());
         match memchr::memchr(b'\n', &buf[start..]) {
             Some(i) => {
@@ -39,7 +39,11 @@ impl Protocol for Text {
         }
     }
 
-    fn decode(&mut self, mut packet: BytesMut) -> Result<String, Rejection> {
+    fn decode(
+        &mut self,
+        mut packet: BytesMut,
+        _wire: &mut Wire<'_>,
+    ) -> Result<Option<String>, Rejection> {
         if packet.last() == Some(&b'\n') {
             packet.truncate(packet.len() - 1);
             if packet.last() == Some(&b'\r') {
@@ -47,10 +51,12 @@ impl Protocol for Text {
             }
         }
         String::from_utf8(packet.to_vec())
+            .map(Some)
             .map_err(|_| Rejection::new("text message is not valid UTF-8"))
     }
 
-    fn encode(&mut self, msg: Payload, dst: &mut BytesMut) -> Result<(), Rejection> {
+    fn encode(&mut self, msg: Payload, wire: &mut Wire<'_>) -> Result<(), Rejection> {
+        let dst = wire.buf();
         dst.reserve(msg.0.len() + 1);
         dst.put_slice(&msg.0);
         dst.put_u8(b'\n');
@@ -109,7 +115,7 @@ mod tests {
     fn encode_appends_newline() {
         let mut dst = BytesMut::new();
         Text::default()
-            .encode(Payload::from("Hello, x!"), &mut dst)
+            .encode(Payload::from("Hello, x!"), &mut Wire::new(&mut dst))
             .expect("encode");
         assert_eq!(&dst[..], b"Hello, x!\n");
     }
