@@ -31,6 +31,7 @@ mod connection;
 mod driver;
 mod error;
 mod guard;
+pub mod http;
 mod listener;
 mod process;
 mod protocol;

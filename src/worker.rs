@@ -161,6 +161,20 @@ impl Worker<Dynamic> {
         Ok(Worker::declare(Some(parsed), proto))
     }
 
+    /// An HTTP/1.1 worker on `url` (`http://host:port`): `on_message` receives
+    /// [`http::Request`](crate::http::Request)s and `send` takes
+    /// [`http::Response`](crate::http::Response)s.
+    pub fn http(url: &str) -> Result<Worker<crate::http::Http>> {
+        let parsed = SocketUrl::parse(url)?;
+        if parsed.protocol != "http" {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::InvalidUrl,
+                format!("{url}: Worker::http takes an http:// address"),
+            ));
+        }
+        Ok(Worker::declare(Some(parsed), crate::http::Http::default()))
+    }
+
     /// A worker with no listening address: its processes run code only (timers, outbound
     /// connections, bus messages), like Workerman's `new Worker()`.
     pub fn without_address() -> Worker<Dynamic> {

@@ -95,6 +95,18 @@ impl Dynamic {
             "text" => Builtin::Text(Text::default()),
             "frame" => Builtin::Frame(Frame),
             "tcp" | "udp" | "unix" | "raw" => Builtin::Raw(Raw),
+            "http" | "https" => {
+                return Err(Error::new(
+                    ErrorKind::InvalidUrl,
+                    "http:// is typed: declare it with Worker::http(url)",
+                ))
+            }
+            "websocket" | "ws" | "wss" => {
+                return Err(Error::new(
+                    ErrorKind::InvalidUrl,
+                    "websocket:// is typed: declare it with Worker::websocket(url)",
+                ))
+            }
             other => {
                 return Err(Error::new(
                     ErrorKind::InvalidUrl,

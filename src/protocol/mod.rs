@@ -153,6 +153,12 @@ pub trait Protocol: 'static {
     /// Writes the wire form of `msg`.
     fn encode(&mut self, msg: Self::Output, wire: &mut Wire<'_>) -> Result<(), Rejection>;
 
+    /// The rejection for input over `max_package_size` (`why` says by how much). The default is
+    /// `why` itself; HTTP answers `413`.
+    fn oversize(&mut self, why: Rejection) -> Rejection {
+        why
+    }
+
     /// How bytes sent from another process (`bus::send_to_client`, `send_to_uid`, group and
     /// broadcast sends) become a message of this protocol. `None` (the default) means the
     /// protocol's connections cannot be reached that way.
@@ -182,19 +188,19 @@ pub(crate) fn next_message<P: Protocol>(
         }
         let packet = match proto.input(buf, wire)? {
             Input::NeedMore if buf.len() >= max_package_size => {
-                return Err(Rejection::new(format!(
+                return Err(proto.oversize(Rejection::new(format!(
                     "package exceeds max_package_size ({} bytes buffered, no complete package, limit {max_package_size})",
                     buf.len()
-                )))
+                ))))
             }
             Input::NeedMore => return Ok(None),
             Input::Packet(0) => {
                 return Err(Rejection::new("protocol announced a zero-length package"))
             }
             Input::Packet(n) if n > max_package_size => {
-                return Err(Rejection::new(format!(
+                return Err(proto.oversize(Rejection::new(format!(
                     "package of {n} bytes exceeds max_package_size ({max_package_size})"
-                )))
+                ))))
             }
             Input::Packet(n) if n > buf.len() => return Ok(None),
             Input::Packet(n) => buf.split_to(n),

@@ -1,0 +1,72 @@
+//! HTTP: `GET /` answers `Hello World` as text/plain on port 8080; `/file` streams a file (with
+//! ranges); `/upload` takes a multipart upload; `/chunked` streams chunks; `/events` streams
+//! Server-Sent Events; `/echo` answers the request's method, query, cookies and body as JSON.
+//!
+//! Run: `cargo run --example http_hello -- start`, then `curl http://127.0.0.1:8080/`.
+//! `HTTP_LISTEN` moves it; `HTTP_FILE` picks the file `/file` serves (default: this source).
+
+use std::time::Duration;
+
+use oxwork::http::{chunk, HttpOutput, Response, SseEvent};
+use oxwork::{run_all, Timer, Worker};
+use serde_json::json;
+
+fn main() -> oxwork::Result<()> {
+    let listen = std::env::var("HTTP_LISTEN").unwrap_or_else(|_| "http://0.0.0.0:8080".into());
+    let file = std::env::var("HTTP_FILE")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/examples/http_hello.rs").into());
+    let mut w = Worker::http(&listen)?;
+    w.name("http_hello").count(2);
+    w.on_message(move |c, req| match (req.method().as_str(), req.path()) {
+        (_, "/") => {
+            c.send(Response::text("Hello World"));
+        }
+        (_, "/file") => {
+            c.send(Response::file(&file));
+        }
+        ("POST", "/upload") => {
+            let files: Vec<_> = req
+                .files()
+                .iter()
+                .map(|f| json!({"field": f.field, "filename": f.filename, "size": f.size, "on_disk": f.temp_path().is_some()}))
+                .collect();
+            c.send(Response::json(&json!({"fields": req.form_pairs(), "files": files})));
+        }
+        (_, "/echo") => {
+            c.send(Response::json(&json!({
+                "method": req.method().as_str(),
+                "query": req.query_pairs(),
+                "cookies": req.cookies(),
+                "body": req.text(),
+            })).cookie("visited", "yes"));
+        }
+        (_, "/chunked") => {
+            c.send(Response::chunked().content_type("text/plain"));
+            for i in 0..3 {
+                c.send(chunk(format!("part {i}\n")));
+            }
+            c.send(HttpOutput::End);
+        }
+        (_, "/events") => {
+            c.send(Response::event_stream());
+            let c = c.clone();
+            let mut n = 0;
+            let id = std::rc::Rc::new(std::cell::Cell::new(None));
+            let timer_id = id.clone();
+            id.set(Some(Timer::add(Duration::from_millis(50), true, move || {
+                n += 1;
+                c.send(SseEvent::data(format!("tick {n}")).event("tick"));
+                if n == 3 {
+                    c.send(HttpOutput::End);
+                    if let Some(t) = timer_id.get() {
+                        Timer::del(t);
+                    }
+                }
+            })));
+        }
+        _ => {
+            c.send(Response::new(404).body("Not Found\n"));
+        }
+    });
+    run_all()
+}

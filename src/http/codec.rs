@@ -1,0 +1,752 @@
+//! The HTTP/1.1 server protocol: request framing (Content-Length and chunked bodies, pipelining
+//! answered in order, `Expect: 100-continue`), limits with the right statuses, and response
+//! encoding (keep-alive, HEAD, files with ranges, chunked streams, Server-Sent Events).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+use super::multipart;
+use super::request::{keep_alive, Request};
+use super::response::{parse_range, Body, FileSource, HttpOutput, Response};
+use crate::protocol::{Input, Protocol, Rejection, Wire};
+
+/// Limits on a request's head.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Request line and headers together, in bytes (default 16 KiB; over it: 431).
+    pub max_head: usize,
+    /// The request line alone (default 8 KiB; over it: 414).
+    pub max_request_line: usize,
+    /// Header count (default 100; over it: 431).
+    pub max_headers: usize,
+    /// Uploaded files larger than this go to a temporary file (default 256 KiB).
+    pub spill_over: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_head: 16 * 1024,
+            max_request_line: 8 * 1024,
+            max_headers: 100,
+            spill_over: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    len: usize,
+    framing: Framing,
+    expect_continue: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Meta {
+    head_only: bool,
+    keep_alive: bool,
+    range: Option<String>,
+    http10: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Chunked,
+    /// HTTP/1.0 has no chunked encoding: the body ends when the connection closes.
+    UntilClose,
+    /// A HEAD request's stream: nothing is sent.
+    Discard,
+}
+
+/// HTTP/1.1 server protocol, one value per connection (`Worker::http`).
+#[derive(Debug, Clone, Default)]
+pub struct Http {
+    limits: HttpLimits,
+    head: Option<Head>,
+    chunk_scan: usize,
+    continue_sent: bool,
+    current: Option<Meta>,
+    stream: Option<Stream>,
+}
+
+impl Http {
+    /// With limits of your choice.
+    pub fn with_limits(limits: HttpLimits) -> Http {
+        Http {
+            limits,
+            ..Http::default()
+        }
+    }
+}
+
+/// A complete error response that closes the connection.
+pub(crate) fn error_reply(status: StatusCode) -> Bytes {
+    let body = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    Bytes::from(format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        body
+    ))
+}
+
+fn reject(status: StatusCode, why: impl Into<String>) -> Rejection {
+    let why = why.into();
+    let reply = error_reply(status);
+    Rejection::with_reply(format!("HTTP {}: {why}", status.as_u16()), reply)
+}
+
+impl Http {
+    fn parse_head(&mut self, buf: &[u8]) -> Result<Option<Head>, Rejection> {
+        let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Partial) => {
+                let line_end = memchr::memmem::find(buf, b"\r\n");
+                if line_end.is_none() && buf.len() > self.limits.max_request_line {
+                    return Err(reject(StatusCode::URI_TOO_LONG, "request line too long"));
+                }
+                if line_end.is_some_and(|e| e > self.limits.max_request_line) {
+                    return Err(reject(StatusCode::URI_TOO_LONG, "request line too long"));
+                }
+                if buf.len() > self.limits.max_head {
+                    return Err(reject(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request head too large",
+                    ));
+                }
+                return Ok(None);
+            }
+            Ok(httparse::Status::Complete(n)) => n,
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(reject(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too many headers",
+                ))
+            }
+            Err(httparse::Error::Version) => {
+                return Err(reject(
+                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                    "only HTTP/1.0 and 1.1",
+                ))
+            }
+            Err(e) => {
+                return Err(reject(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed request: {e}"),
+                ))
+            }
+        };
+        if len > self.limits.max_head {
+            return Err(reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+            ));
+        }
+        if req
+            .path
+            .is_some_and(|p| p.len() > self.limits.max_request_line)
+        {
+            return Err(reject(StatusCode::URI_TOO_LONG, "request target too long"));
+        }
+        let mut length: Option<usize> = None;
+        let mut chunked = false;
+        let mut expect_continue = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .ok_or_else(|| reject(StatusCode::BAD_REQUEST, "bad Content-Length"))?;
+                if length.is_some_and(|l| l != v) {
+                    return Err(reject(
+                        StatusCode::BAD_REQUEST,
+                        "conflicting Content-Length",
+                    ));
+                }
+                length = Some(v);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                if v.split(',').next_back().map(str::trim) != Some("chunked") {
+                    return Err(reject(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "unsupported Transfer-Encoding",
+                    ));
+                }
+                chunked = true;
+            } else if h.name.eq_ignore_ascii_case("expect") {
+                expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        if chunked && length.is_some() {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "both Content-Length and chunked",
+            ));
+        }
+        let framing = match (chunked, length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(0)) | (false, None) => Framing::None,
+            (false, Some(n)) => Framing::Length(n),
+        };
+        Ok(Some(Head {
+            len,
+            framing,
+            expect_continue,
+        }))
+    }
+
+    /// Scans a chunked body from `self.chunk_scan`; the whole message's length once complete.
+    fn scan_chunks(&mut self, buf: &[u8], head: &Head) -> Result<Option<usize>, Rejection> {
+        let mut p = self.chunk_scan.max(head.len);
+        loop {
+            let Some(eol) = memchr::memmem::find(&buf[p..], b"\r\n") else {
+                if buf.len() - p > 1024 {
+                    return Err(reject(StatusCode::BAD_REQUEST, "chunk size line too long"));
+                }
+                return Ok(None);
+            };
+            let line = &buf[p..p + eol];
+            let size_text = line.split(|&b| b == b';').next().unwrap_or(line);
+            let size_text = std::str::from_utf8(size_text)
+                .map_err(|_| reject(StatusCode::BAD_REQUEST, "malformed chunk size"))?;
+            let size = u64::from_str_radix(size_text.trim(), 16)
+                .map_err(|_| reject(StatusCode::BAD_REQUEST, "malformed chunk size"))?;
+            let data_start = p + eol + 2;
+            if size == 0 {
+                // Trailers end with an empty line.
+                let rest = &buf[data_start..];
+                if rest.starts_with(b"\r\n") {
+                    return Ok(Some(data_start + 2));
+                }
+                return match memchr::memmem::find(rest, b"\r\n\r\n") {
+                    Some(i) => Ok(Some(data_start + i + 4)),
+                    None => Ok(None),
+                };
+            }
+            let size = usize::try_from(size)
+                .map_err(|_| reject(StatusCode::PAYLOAD_TOO_LARGE, "chunk too large"))?;
+            let Some(next) = data_start.checked_add(size).and_then(|v| v.checked_add(2)) else {
+                return Err(reject(StatusCode::PAYLOAD_TOO_LARGE, "chunk too large"));
+            };
+            if buf.len() < next {
+                return Ok(None);
+            }
+            if &buf[next - 2..next] != b"\r\n" {
+                return Err(reject(
+                    StatusCode::BAD_REQUEST,
+                    "chunk data not followed by CRLF",
+                ));
+            }
+            p = next;
+            self.chunk_scan = p;
+        }
+    }
+}
+
+fn dechunk(body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len());
+    let mut p = 0;
+    while let Some(eol) = memchr::memmem::find(&body[p..], b"\r\n") {
+        let line = &body[p..p + eol];
+        let size_text = line.split(|&b| b == b';').next().unwrap_or(line);
+        let size = std::str::from_utf8(size_text)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = p + eol + 2;
+        out.extend_from_slice(&body[start..start + size]);
+        p = start + size + 2;
+    }
+    out.freeze()
+}
+
+impl Protocol for Http {
+    type Message = Request;
+    type Output = HttpOutput;
+
+    fn input(&mut self, buf: &[u8], wire: &mut Wire<'_>) -> Result<Input, Rejection> {
+        if self.current.is_some() {
+            // Pipelined requests wait until the one before has its response, so that
+            // responses leave in request order whatever the handlers do.
+            return Ok(Input::NeedMore);
+        }
+        let head = match self.head {
+            Some(h) => h,
+            None => match self.parse_head(buf)? {
+                Some(h) => {
+                    self.head = Some(h);
+                    h
+                }
+                None => return Ok(Input::NeedMore),
+            },
+        };
+        let complete = match head.framing {
+            Framing::None => return Ok(Input::Packet(head.len)),
+            Framing::Length(n) => {
+                let total = head
+                    .len
+                    .checked_add(n)
+                    .ok_or_else(|| reject(StatusCode::PAYLOAD_TOO_LARGE, "body too large"))?;
+                if buf.len() >= total {
+                    return Ok(Input::Packet(total));
+                }
+                Some(total)
+            }
+            Framing::Chunked => match self.scan_chunks(buf, &head)? {
+                Some(total) => return Ok(Input::Packet(total)),
+                None => None,
+            },
+        };
+        if head.expect_continue && !self.continue_sent {
+            self.continue_sent = true;
+            wire.buf()
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        Ok(match complete {
+            Some(total) => Input::Packet(total),
+            None => Input::NeedMore,
+        })
+    }
+
+    fn decode(
+        &mut self,
+        packet: BytesMut,
+        _wire: &mut Wire<'_>,
+    ) -> Result<Option<Request>, Rejection> {
+        let head = self
+            .head
+            .take()
+            .ok_or_else(|| reject(StatusCode::BAD_REQUEST, "no request head"))?;
+        self.chunk_scan = 0;
+        self.continue_sent = false;
+        let packet = packet.freeze();
+        let mut raw = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
+        let mut req = httparse::Request::new(&mut raw);
+        req.parse(&packet[..head.len])
+            .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+            .map_err(|_| reject(StatusCode::BAD_REQUEST, "bad method"))?;
+        let target = req.path.unwrap_or("/");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let version = if req.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut headers = HeaderMap::with_capacity(req.headers.len());
+        for h in req.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| reject(StatusCode::BAD_REQUEST, "bad header name"))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| reject(StatusCode::BAD_REQUEST, "bad header value"))?;
+            headers.append(name, value);
+        }
+        let body = match head.framing {
+            Framing::None => Bytes::new(),
+            Framing::Length(_) => packet.slice(head.len..),
+            Framing::Chunked => dechunk(&packet[head.len..]),
+        };
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut form = Vec::new();
+        let mut files = Vec::new();
+        if content_type
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+        {
+            form = form_urlencoded::parse(&body).into_owned().collect();
+        } else if let Some(boundary) = multipart::boundary(&content_type) {
+            let (f, uploads) = multipart::parse(&body, &boundary, self.limits.spill_over)
+                .map_err(|e| reject(StatusCode::BAD_REQUEST, e))?;
+            form = f;
+            files = uploads;
+        }
+        self.current = Some(Meta {
+            head_only: method == Method::HEAD,
+            keep_alive: keep_alive(version, &headers),
+            range: headers
+                .get(http::header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            http10: version == Version::HTTP_10,
+        });
+        Ok(Some(Request {
+            method,
+            path: path.to_string(),
+            query: query.to_string(),
+            version,
+            headers,
+            body,
+            form,
+            files,
+        }))
+    }
+
+    fn encode(&mut self, msg: HttpOutput, wire: &mut Wire<'_>) -> Result<(), Rejection> {
+        match msg {
+            HttpOutput::Response(r) => self.write_response(r, wire),
+            HttpOutput::Chunk(data) => self.write_stream(&data, wire),
+            HttpOutput::Event(e) => self.write_stream(&e.to_bytes(), wire),
+            HttpOutput::End => {
+                let stream = self.stream.take();
+                match stream {
+                    Some(Stream::Chunked) => wire.buf().extend_from_slice(b"0\r\n\r\n"),
+                    Some(_) => {}
+                    None => {
+                        return Err(Rejection::new(
+                            "End without a chunked response or event stream",
+                        ))
+                    }
+                }
+                self.finish(wire, stream == Some(Stream::UntilClose));
+                Ok(())
+            }
+        }
+    }
+
+    fn oversize(&mut self, why: Rejection) -> Rejection {
+        reject(StatusCode::PAYLOAD_TOO_LARGE, why.reason().to_string())
+    }
+}
+
+thread_local! {
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
+/// The `Date` header value, formatted once per second.
+fn http_date() -> String {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs || d.1.is_empty() {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        d.1.clone()
+    })
+}
+
+impl Http {
+    fn finish(&mut self, wire: &mut Wire<'_>, force_close: bool) {
+        let keep = self.current.take().map(|m| m.keep_alive).unwrap_or(true);
+        if !keep || force_close {
+            wire.close_after_write();
+        }
+    }
+
+    fn write_stream(&mut self, data: &[u8], wire: &mut Wire<'_>) -> Result<(), Rejection> {
+        match self.stream {
+            Some(Stream::Chunked) if !data.is_empty() => {
+                let out = wire.buf();
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+            }
+            Some(Stream::UntilClose) => wire.buf().extend_from_slice(data),
+            Some(_) => {}
+            None => {
+                return Err(Rejection::new(
+                    "chunk without a chunked response or event stream",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn write_response(&mut self, mut r: Response, wire: &mut Wire<'_>) -> Result<(), Rejection> {
+        if self.stream.is_some() {
+            return Err(Rejection::new(
+                "a new response while a stream is still open",
+            ));
+        }
+        let meta = self.current.clone().unwrap_or(Meta {
+            keep_alive: true,
+            ..Meta::default()
+        });
+        let mut body: Option<Bytes> = None;
+        let mut source: Option<FileSource> = None;
+        let mut length: Option<u64> = None;
+        let mut streaming = None;
+        match std::mem::replace(&mut r.body, Body::Bytes(Bytes::new())) {
+            Body::Bytes(b) => {
+                length = Some(b.len() as u64);
+                body = Some(b);
+            }
+            Body::File(path) => match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    let len = m.len();
+                    if !r.has_header("content-type") {
+                        let mime = mime_guess::from_path(&path).first_or_octet_stream();
+                        r = r.content_type(mime.as_ref());
+                    }
+                    r = r.header("Accept-Ranges", "bytes");
+                    let (start, end) = match parse_range(meta.range.as_deref(), len) {
+                        Ok(None) => (0, len.saturating_sub(1)),
+                        Ok(Some((s, e))) => {
+                            r.status = StatusCode::PARTIAL_CONTENT;
+                            r = r.header("Content-Range", &format!("bytes {s}-{e}/{len}"));
+                            (s, e)
+                        }
+                        Err(()) => {
+                            r.status = StatusCode::RANGE_NOT_SATISFIABLE;
+                            r = r.header("Content-Range", &format!("bytes */{len}"));
+                            (1, 0)
+                        }
+                    };
+                    let n = if end >= start && len > 0 {
+                        end - start + 1
+                    } else {
+                        0
+                    };
+                    length = Some(n);
+                    if n > 0 && !meta.head_only {
+                        source = Some(FileSource::open(&path, start, n).map_err(|e| {
+                            Rejection::new(format!("cannot read {}: {e}", path.display()))
+                        })?);
+                    }
+                }
+                _ => {
+                    r = Response::text("404 Not Found\n").status(404);
+                    let b = Bytes::from_static(b"404 Not Found\n");
+                    length = Some(b.len() as u64);
+                    body = Some(b);
+                }
+            },
+            Body::Chunked | Body::EventStream => {
+                streaming = Some(if meta.head_only {
+                    Stream::Discard
+                } else if meta.http10 {
+                    Stream::UntilClose
+                } else {
+                    Stream::Chunked
+                });
+            }
+        }
+        let status = r.status;
+        let no_body = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let close_after = !meta.keep_alive || streaming == Some(Stream::UntilClose);
+        let out = wire.buf();
+        out.reserve(256 + body.as_ref().map_or(0, |b| b.len()));
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut put = |k: &str, v: &str| {
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        };
+        for (k, v) in &r.headers {
+            if !k.eq_ignore_ascii_case("content-length")
+                && !k.eq_ignore_ascii_case("transfer-encoding")
+            {
+                put(k, v);
+            }
+        }
+        if !r.has_header("server") {
+            put("Server", "oxwork");
+        }
+        put("Date", &http_date());
+        match (streaming, no_body) {
+            (Some(Stream::Chunked), _) => put("Transfer-Encoding", "chunked"),
+            (Some(_), _) => {}
+            (None, true) => {}
+            (None, false) => put("Content-Length", &length.unwrap_or(0).to_string()),
+        }
+        if close_after {
+            put("Connection", "close");
+        } else if meta.http10 {
+            put("Connection", "keep-alive");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !meta.head_only && !no_body {
+            if let Some(b) = body {
+                out.extend_from_slice(&b);
+            }
+            if let Some(src) = source {
+                wire.stream_body(Box::new(src));
+            }
+        }
+        match streaming {
+            Some(s) => self.stream = Some(s),
+            None => self.finish(wire, false),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::testing::decode_all;
+
+    fn parse_all(input: &[u8]) -> (Result<Vec<Request>, Rejection>, BytesMut) {
+        let mut p = Http::default();
+        // Each request's response is "sent" at once, so pipelined ones follow.
+        let mut all = Vec::new();
+        let mut buf = BytesMut::from(input);
+        let mut sink = BytesMut::new();
+        loop {
+            let r =
+                crate::protocol::next_message(&mut p, &mut buf, 1 << 20, &mut Wire::new(&mut sink));
+            match r {
+                Ok(Some(req)) => {
+                    all.push(req);
+                    p.encode(Response::text("ok").into(), &mut Wire::new(&mut sink))
+                        .expect("encode");
+                }
+                Ok(None) => return (Ok(all), sink),
+                Err(e) => return (Err(e), sink),
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_come_out_in_order() {
+        let (reqs, out) = parse_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b?x=1 HTTP/1.1\r\nHost: x\r\n\r\nHEAD /c HTTP/1.1\r\n\r\n");
+        let reqs = reqs.expect("valid");
+        assert_eq!(
+            reqs.iter()
+                .map(|r| r.path().to_string())
+                .collect::<Vec<_>>(),
+            ["/a", "/b", "/c"]
+        );
+        assert_eq!(reqs[1].query("x").as_deref(), Some("1"));
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3);
+        assert!(
+            text.ends_with("Content-Length: 2\r\n\r\n"),
+            "HEAD got a body: {text}"
+        );
+    }
+
+    #[test]
+    fn chunked_body_split_into_single_bytes() {
+        let raw = b"POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
+        let mut p = Http::default();
+        let (msgs, _) = decode_all(&mut p, raw.iter().map(|b| vec![*b]), 1 << 20);
+        let msgs = msgs.expect("valid");
+        assert_eq!(&msgs[0].body()[..], b"hello world");
+    }
+
+    #[test]
+    fn malformed_chunk_size_is_a_400() {
+        let (r, _) = parse_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+        let e = r.expect_err("bad chunk");
+        assert!(String::from_utf8_lossy(e.reply().expect("reply")).starts_with("HTTP/1.1 400"));
+    }
+
+    #[test]
+    fn limits_give_their_statuses() {
+        let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(10_000));
+        let (r, _) = parse_all(long_line.as_bytes());
+        assert!(
+            String::from_utf8_lossy(r.expect_err("414").reply().expect("reply"))
+                .starts_with("HTTP/1.1 414")
+        );
+        let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
+        let (r, _) = parse_all(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
+        assert!(
+            String::from_utf8_lossy(r.expect_err("431").reply().expect("reply"))
+                .starts_with("HTTP/1.1 431")
+        );
+        let (r, _) = parse_all(b"GET / HTTP/2.0\r\n\r\n");
+        assert!(
+            String::from_utf8_lossy(r.expect_err("505").reply().expect("reply"))
+                .starts_with("HTTP/1.1 505")
+        );
+        let (r, _) = parse_all(b"\x16\x03\x01garbage\r\n\r\n");
+        assert!(
+            String::from_utf8_lossy(r.expect_err("400").reply().expect("reply"))
+                .starts_with("HTTP/1.1 400")
+        );
+    }
+
+    #[test]
+    fn oversized_bodies_are_a_413_with_or_without_length() {
+        let mut p = Http::default();
+        let mut sink = BytesMut::new();
+        let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"[..]);
+        let e = crate::protocol::next_message(&mut p, &mut buf, 1000, &mut Wire::new(&mut sink))
+            .expect_err("413");
+        assert!(String::from_utf8_lossy(e.reply().expect("reply")).starts_with("HTTP/1.1 413"));
+        let mut p = Http::default();
+        let mut chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..50 {
+            chunked.extend_from_slice(b"40\r\n");
+            chunked.extend(std::iter::repeat_n(b'x', 64));
+            chunked.extend_from_slice(b"\r\n");
+        }
+        let mut buf = BytesMut::from(&chunked[..]);
+        let e = crate::protocol::next_message(&mut p, &mut buf, 1000, &mut Wire::new(&mut sink))
+            .expect_err("413");
+        assert!(String::from_utf8_lossy(e.reply().expect("reply")).starts_with("HTTP/1.1 413"));
+    }
+
+    #[test]
+    fn expect_continue_is_answered_before_the_body() {
+        let mut p = Http::default();
+        let mut sink = BytesMut::new();
+        let mut buf = BytesMut::from(
+            &b"PUT /x HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"[..],
+        );
+        assert!(crate::protocol::next_message(
+            &mut p,
+            &mut buf,
+            1 << 20,
+            &mut Wire::new(&mut sink)
+        )
+        .expect("ok")
+        .is_none());
+        assert_eq!(&sink[..], b"HTTP/1.1 100 Continue\r\n\r\n");
+        buf.extend_from_slice(b"abc");
+        let req =
+            crate::protocol::next_message(&mut p, &mut buf, 1 << 20, &mut Wire::new(&mut sink))
+                .expect("ok")
+                .expect("request");
+        assert_eq!(&req.body()[..], b"abc");
+    }
+
+    #[test]
+    fn connection_close_and_http10_close_after_the_response() {
+        let (_, out) = parse_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
+        let (_, out) = parse_all(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
+    }
+
+    #[test]
+    fn form_fields_and_cookies() {
+        let (r, _) = parse_all(b"POST /f HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nCookie: a=1; b=\"two\"\r\nContent-Length: 14\r\n\r\nname=x+y&n=%41");
+        let r = r.expect("valid");
+        assert_eq!(r[0].form("name"), Some("x y"));
+        assert_eq!(r[0].form("n"), Some("A"));
+        assert_eq!(r[0].cookie("b").as_deref(), Some("two"));
+    }
+}
