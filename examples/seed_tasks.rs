@@ -70,9 +70,15 @@ fn main() -> oxwork::Result<()> {
     upload.on_worker_start(|w| {
         let me = w.id();
         let mut n = 0u64;
+        // Random ids, dealt from a shuffled deck so that every task process gets its turn.
+        let mut deck: Vec<u32> = Vec::new();
         Timer::add(1, true, move || {
             n += 1;
-            let task_id = fastrand::u32(0..TASK_WORKERS);
+            if deck.is_empty() {
+                deck = (0..TASK_WORKERS).collect();
+                fastrand::shuffle(&mut deck);
+            }
+            let task_id = deck.pop().unwrap_or(0);
             bus::spawn(async move {
                 match bus::ask_worker("task", task_id, "Upload message", Duration::from_secs(2))
                     .await
