@@ -3,7 +3,8 @@
 //! Server-Sent Events; `/echo` answers the request's method, query, cookies and body as JSON.
 //!
 //! Run: `cargo run --example http_hello -- start`, then `curl http://127.0.0.1:8080/`.
-//! `HTTP_LISTEN` moves it; `HTTP_FILE` picks the file `/file` serves (default: this source).
+//! `HTTP_LISTEN` moves it; `HTTP_FILE` picks the file `/file` serves (default: this source);
+//! `HTTP_MAX_BODY` sets `max_package_size` (the largest request).
 
 use std::time::Duration;
 
@@ -17,6 +18,12 @@ fn main() -> oxwork::Result<()> {
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/examples/http_hello.rs").into());
     let mut w = Worker::http(&listen)?;
     w.name("http_hello").count(2);
+    if let Some(n) = std::env::var("HTTP_MAX_BODY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        w.max_package_size(n);
+    }
     w.on_message(move |c, req| match (req.method().as_str(), req.path()) {
         (_, "/") => {
             c.send(Response::text("Hello World"));

@@ -149,17 +149,17 @@ impl Http {
                 ))
             }
         };
-        if len > self.limits.max_head {
-            return Err(reject(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request head too large",
-            ));
-        }
         if req
             .path
             .is_some_and(|p| p.len() > self.limits.max_request_line)
         {
             return Err(reject(StatusCode::URI_TOO_LONG, "request target too long"));
+        }
+        if len > self.limits.max_head {
+            return Err(reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+            ));
         }
         let mut length: Option<usize> = None;
         let mut chunked = false;

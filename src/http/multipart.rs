@@ -9,11 +9,7 @@ use super::request::UploadedFile;
 pub(crate) type Parts = (Vec<(String, String)>, Vec<UploadedFile>);
 
 /// Fields and files of a multipart body, or why it is malformed.
-pub(crate) fn parse(
-    body: &Bytes,
-    boundary: &str,
-    spill_over: usize,
-) -> Result<Parts, String> {
+pub(crate) fn parse(body: &Bytes, boundary: &str, spill_over: usize) -> Result<Parts, String> {
     let delimiter = format!("--{boundary}");
     let finder = memmem::Finder::new(delimiter.as_bytes());
     let mut fields = Vec::new();

@@ -1,0 +1,228 @@
+//! HTTP/1.1 against real clients: curl, a Rust client (ureq), and raw sockets for pipelining
+//! and hostile input.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+fn http_server(extra: &[(&str, String)]) -> (Server, String) {
+    let port = free_port();
+    let mut env = vec![("HTTP_LISTEN", format!("http://127.0.0.1:{port}"))];
+    env.extend(extra.iter().cloned());
+    let mut s = Server::start("http_hello", &env, 2);
+    s.port = port;
+    (s, format!("http://127.0.0.1:{port}"))
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn raw_exchange(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn curl_gets_hello_world_as_text_plain() {
+    let (_s, base) = http_server(&[]);
+    let (out, _) = curl(&["-i", &format!("{base}/")]);
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert!(out.contains("Content-Type: text/plain"), "{out}");
+    assert!(out.ends_with("Hello World"), "{out}");
+}
+
+#[test]
+fn curl_reuses_one_keep_alive_connection() {
+    let (_s, base) = http_server(&[]);
+    let (_, err) = curl(&["-v", &format!("{base}/"), &format!("{base}/echo")]);
+    assert!(err.contains("Re-using existing connection"), "{err}");
+}
+
+#[test]
+fn curl_head_gets_headers_only() {
+    let (_s, base) = http_server(&[]);
+    let (out, _) = curl(&["-I", &format!("{base}/")]);
+    assert!(out.contains("Content-Length: 11"), "{out}");
+    assert!(!out.contains("Hello World"), "{out}");
+}
+
+#[test]
+fn curl_range_request_gets_206_with_the_slice() {
+    let (_s, base) = http_server(&[]);
+    let (out, _) = curl(&["-i", "-r", "4-9", &format!("{base}/file")]);
+    assert!(out.starts_with("HTTP/1.1 206"), "{out}");
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/http_hello.rs"
+    ))
+    .expect("source");
+    assert!(out.ends_with(&src[4..10]), "{out}");
+    assert!(
+        out.contains(&format!("Content-Range: bytes 4-9/{}", src.len())),
+        "{out}"
+    );
+    let (out, _) = curl(&["-i", "-r", "999999-", &format!("{base}/file")]);
+    assert!(out.starts_with("HTTP/1.1 416"), "{out}");
+}
+
+#[test]
+fn curl_chunked_upload_and_multipart_upload() {
+    let (_s, base) = http_server(&[]);
+    let (out, _) = curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "streamed body",
+        &format!("{base}/echo"),
+    ]);
+    assert!(out.contains(r#""body":"streamed body""#), "{out}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 600_000]).expect("write");
+    let (out, _) = curl(&[
+        "-F",
+        "title=holiday",
+        "-F",
+        &format!("photo=@{}", big.display()),
+        &format!("{base}/upload"),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["fields"][0], serde_json::json!(["title", "holiday"]));
+    assert_eq!(v["files"][0]["size"], 600_000);
+    assert_eq!(
+        v["files"][0]["on_disk"], true,
+        "a large upload should spill to a temporary file"
+    );
+}
+
+#[test]
+fn a_rust_client_gets_json_and_cookies() {
+    let (_s, base) = http_server(&[]);
+    let mut resp = ureq::get(&format!("{base}/echo?x=1&y=two%20words"))
+        .header("Cookie", "session=abc")
+        .call()
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let set_cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(set_cookie.starts_with("visited=yes"), "{set_cookie}");
+    let text = resp.body_mut().read_to_string().expect("body");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        v["query"],
+        serde_json::json!([["x", "1"], ["y", "two words"]])
+    );
+    assert_eq!(v["cookies"], serde_json::json!([["session", "abc"]]));
+}
+
+#[test]
+fn three_pipelined_requests_in_one_write_get_three_responses_in_order() {
+    let (s, _) = http_server(&[]);
+    let out = raw_exchange(
+        s.port,
+        b"GET /echo?n=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo?n=2 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
+    let (a, b, c) = (
+        out.find(r#"["n","1"]"#),
+        out.find(r#"["n","2"]"#),
+        out.find(r#"["n","3"]"#),
+    );
+    assert!(a < b && b < c && a.is_some(), "out of order: {out}");
+}
+
+#[test]
+fn server_sent_events_and_chunked_streams_arrive_whole() {
+    let (_s, base) = http_server(&[]);
+    let (out, _) = curl(&["-N", &format!("{base}/events")]);
+    assert_eq!(out.matches("event: tick").count(), 3, "{out}");
+    assert!(out.contains("data: tick 3"));
+    let (out, _) = curl(&[&format!("{base}/chunked")]);
+    assert_eq!(out, "part 0\npart 1\npart 2\n");
+}
+
+fn status_of(reply: &str) -> &str {
+    reply.get(9..12).unwrap_or("")
+}
+
+#[test]
+fn hostile_requests_get_their_status_and_only_their_connection_closes() {
+    let (s, base) = http_server(&[("HTTP_MAX_BODY", "100000".into())]);
+    let huge_header = format!(
+        "GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    assert_eq!(
+        status_of(&raw_exchange(s.port, huge_header.as_bytes())),
+        "431"
+    );
+    let many: String = (0..10_000).map(|i| format!("X-{i}: v\r\n")).collect();
+    assert_eq!(
+        status_of(&raw_exchange(
+            s.port,
+            format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()
+        )),
+        "431"
+    );
+    assert_eq!(
+        status_of(&raw_exchange(
+            s.port,
+            b"POST /echo HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n"
+        )),
+        "413"
+    );
+    let mut chunked = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..200 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend(std::iter::repeat_n(b'z', 1024));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(status_of(&raw_exchange(s.port, &chunked)), "413");
+    assert_eq!(
+        status_of(&raw_exchange(
+            s.port,
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nnot-hex\r\n"
+        )),
+        "400"
+    );
+    assert_eq!(
+        status_of(&raw_exchange(
+            s.port,
+            b"\x00\x01\x02 garbage garbage\r\n\r\n"
+        )),
+        "400"
+    );
+    let long_uri = format!("GET /{} HTTP/1.1\r\n\r\n", "u".repeat(20_000));
+    assert_eq!(status_of(&raw_exchange(s.port, long_uri.as_bytes())), "414");
+    assert_eq!(
+        status_of(&raw_exchange(s.port, b"GET / HTTP/3.0\r\n\r\n")),
+        "505"
+    );
+    // Everyone else is served as before, and nothing panicked.
+    let (out, _) = curl(&[&format!("{base}/")]);
+    assert_eq!(out, "Hello World");
+    assert_eq!(s.status()["processes"][0]["stats"]["panics"], 0);
+}
