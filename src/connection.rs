@@ -178,13 +178,14 @@ pub(crate) struct ConnSettings {
 
 impl<P: Protocol> Connection<P> {
     pub(crate) fn new(
-        proto: P,
+        mut proto: P,
         peer: PeerAddr,
         local: Option<SocketAddr>,
         handlers: Rc<Handlers<P>>,
         settings: &ConnSettings,
         sink: Sink,
     ) -> Self {
+        proto.configure(settings.max_package_size);
         let id = NEXT_ID.with(|n| {
             let id = n.get();
             n.set(id + 1);

@@ -49,6 +49,7 @@ const KEEP_OUT_CAPACITY: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 
 enum Event {
+    HandshakeDeadline,
     Read,
     Eof,
     Failed(io::Error),
@@ -83,6 +84,11 @@ where
     // True while `rbuf` holds the process's shared buffer rather than this connection's own.
     let mut rbuf_is_scratch = false;
     let mut idle: Option<Pin<Box<Sleep>>> = opts.idle_timeout.map(|d| Box::pin(sleep(d)));
+    let mut handshake: Option<Pin<Box<Sleep>>> = inner
+        .proto
+        .borrow()
+        .handshake_deadline()
+        .map(|d| Box::pin(sleep(d)));
     let mut woken = false;
 
     loop {
@@ -153,6 +159,11 @@ where
                     return Poll::Ready(Event::Idle);
                 }
             }
+            if let Some(deadline) = handshake.as_mut() {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::HandshakeDeadline);
+                }
+            }
             let mut slot = inner.waker.borrow_mut();
             if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *slot = Some(cx.waker().clone());
@@ -202,6 +213,14 @@ where
                 );
                 conn.close();
                 idle = None;
+            }
+            Event::HandshakeDeadline => {
+                handshake = None;
+                if !inner.proto.borrow().handshake_done() {
+                    conn.reject(&crate::protocol::Rejection::new(
+                        "opening handshake not completed in time",
+                    ));
+                }
             }
             Event::Drained => {
                 inner.buffer_full.set(false);

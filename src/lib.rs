@@ -40,6 +40,7 @@ mod server;
 mod stats;
 mod timer;
 mod url;
+pub mod websocket;
 mod worker;
 
 pub use bus::state;

@@ -103,6 +103,8 @@ pub(crate) struct WorkerShared<P: Protocol> {
     on_worker_reload: RefCell<Option<WorkerFn<P>>>,
     on_worker_message: RefCell<Option<WorkerMessageFn<P>>>,
     on_task: RefCell<Option<TaskFn>>,
+    /// Set-up oxwork itself runs in each process at start (a WebSocket ping timer).
+    internal_start: RefCell<Vec<WorkerFn<P>>>,
     id: Cell<u32>,
     running: RefCell<Option<Running<P>>>,
 }
@@ -175,6 +177,23 @@ impl Worker<Dynamic> {
         Ok(Worker::declare(Some(parsed), crate::http::Http::default()))
     }
 
+    /// A WebSocket worker on `url` (`websocket://host:port`): `on_message` receives whole
+    /// [`WsMessage`](crate::websocket::WsMessage)s; `send` takes text, bytes or
+    /// [`WsOutput`](crate::websocket::WsOutput).
+    pub fn websocket(url: &str) -> Result<Worker<crate::websocket::WebSocket>> {
+        let parsed = SocketUrl::parse(url)?;
+        if !matches!(parsed.protocol.as_str(), "websocket" | "ws") {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::InvalidUrl,
+                format!("{url}: Worker::websocket takes a websocket:// address"),
+            ));
+        }
+        Ok(Worker::declare(
+            Some(parsed),
+            crate::websocket::WebSocket::default(),
+        ))
+    }
+
     /// A worker with no listening address: its processes run code only (timers, outbound
     /// connections, bus messages), like Workerman's `new Worker()`.
     pub fn without_address() -> Worker<Dynamic> {
@@ -221,6 +240,7 @@ impl<P: Protocol + Clone> Worker<P> {
             on_worker_reload: RefCell::new(None),
             on_worker_message: RefCell::new(None),
             on_task: RefCell::new(None),
+            internal_start: RefCell::new(Vec::new()),
             id: Cell::new(0),
             running: RefCell::new(None),
         });
@@ -464,6 +484,10 @@ impl<P: Protocol> Worker<P> {
             .unwrap_or_default()
     }
 
+    fn on_start_internal(&mut self, f: impl Fn(&Worker<P>) + 'static) {
+        self.shared.internal_start.borrow_mut().push(Box::new(f));
+    }
+
     /// Subscribes this process to its worker messages and joins its task pool, if it has
     /// handlers for them; connects the bus now so that nothing sent to it is missed.
     fn join_bus(&self) {
@@ -554,6 +578,66 @@ fn run_task(bus: &bus::Bus, f: &TaskFn, d: TaskDelivery) {
     }
 }
 
+impl Worker<crate::websocket::WebSocket> {
+    /// Runs on each opening handshake with the upgrade request (path, query, headers,
+    /// cookies); returning `Err(response)` refuses the connection with that response
+    /// (Workerman's `onWebSocketConnect`, for authentication).
+    pub fn on_websocket_connect(
+        &mut self,
+        f: impl Fn(&crate::http::Request) -> std::result::Result<(), crate::http::Response> + 'static,
+    ) -> &mut Self {
+        *self.shared.proto.hook.borrow_mut() = Some(Rc::new(f));
+        self
+    }
+
+    /// Answers plain HTTP requests that arrive on the WebSocket port (the page that opens the
+    /// socket, say); each gets its response and its connection closes. Without it they get 400.
+    pub fn on_http_request(
+        &mut self,
+        f: impl Fn(&crate::http::Request) -> crate::http::Response + 'static,
+    ) -> &mut Self {
+        *self.shared.proto.plain_http.borrow_mut() = Some(Rc::new(f));
+        self
+    }
+
+    /// How long a client has to complete its opening handshake (default 10 s).
+    pub fn handshake_timeout(&mut self, t: impl IntoInterval) -> &mut Self {
+        self.shared.proto.handshake_timeout.set(t.into_interval());
+        self
+    }
+
+    /// Sends a ping to every connection of the process this often, so that live but quiet
+    /// clients answer (with a pong) and are not closed by `idle_timeout`.
+    pub fn ping_interval(&mut self, every: impl IntoInterval) -> &mut Self {
+        let every = every.into_interval();
+        self.on_start_internal(move |w| {
+            let w = w.clone();
+            crate::timer::Timer::add(every, true, move || {
+                for c in w.connections() {
+                    if c.inner.proto.borrow().handshake_done() {
+                        c.send(crate::websocket::WsOutput::Ping(Bytes::new()));
+                    }
+                }
+            });
+        });
+        self
+    }
+}
+
+impl<P: Protocol> Connection<P> {
+    /// Runs `f` with this connection's protocol state (for protocol-specific views).
+    pub(crate) fn with_protocol<R>(&self, f: impl FnOnce(&P) -> R) -> R {
+        f(&self.inner.proto.borrow())
+    }
+}
+
+impl Connection<crate::websocket::WebSocket> {
+    /// The WebSocket handshake's request (path, query, headers), once the connection is open.
+    pub fn handshake(&self) -> Option<crate::websocket::HandshakeInfo> {
+        self.with_protocol(|ws| ws.handshake().cloned())
+    }
+}
+
 /// What the process runtime needs of a worker, whatever its protocol.
 pub(crate) trait AnyWorker {
     fn config(&self) -> WorkerConfig;
@@ -630,6 +714,9 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
             shared: self.clone(),
         };
         worker.join_bus();
+        for f in self.internal_start.borrow().iter() {
+            f(&worker);
+        }
         worker.call_worker_fn("on_worker_start", &self.on_worker_start);
         if let Some(listener) = listener {
             let config = self.config.borrow().clone();

@@ -428,6 +428,20 @@ impl Protocol for Http {
     }
 }
 
+/// Encodes `r` as a complete response outside any request (a refused WebSocket handshake),
+/// closing the connection after it.
+pub(crate) fn encode_standalone(r: Response, dst: &mut BytesMut) {
+    let mut http = Http {
+        current: Some(Meta {
+            keep_alive: false,
+            ..Meta::default()
+        }),
+        ..Http::default()
+    };
+    let mut wire = Wire::new(dst);
+    let _ = http.write_response(r, &mut wire);
+}
+
 thread_local! {
     static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
 }

@@ -24,6 +24,8 @@ mod multipart;
 mod request;
 mod response;
 
+pub(crate) use codec::{encode_standalone, error_reply};
 pub use codec::{Http, HttpLimits};
+pub(crate) use request::request_from_handshake;
 pub use request::{Request, UploadedFile};
 pub use response::{chunk, HttpOutput, Response, SseEvent};

@@ -214,3 +214,26 @@ pub(crate) fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
         !conn.iter().any(|t| t == "close")
     }
 }
+
+/// The upgrade request of a WebSocket handshake, as a [`Request`] for the handshake hook.
+pub(crate) fn request_from_handshake(info: &crate::websocket::HandshakeInfo) -> Request {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &info.headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    Request {
+        method: Method::GET,
+        path: info.path.clone(),
+        query: info.query.clone(),
+        version: Version::HTTP_11,
+        headers,
+        body: Bytes::new(),
+        form: Vec::new(),
+        files: Vec::new(),
+    }
+}

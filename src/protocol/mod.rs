@@ -153,6 +153,23 @@ pub trait Protocol: 'static {
     /// Writes the wire form of `msg`.
     fn encode(&mut self, msg: Self::Output, wire: &mut Wire<'_>) -> Result<(), Rejection>;
 
+    /// Called once per connection with the worker's `max_package_size` (a WebSocket limits
+    /// whole messages, not only frames, with it).
+    fn configure(&mut self, max_package_size: usize) {
+        let _ = max_package_size;
+    }
+
+    /// How long the peer has to complete an opening handshake, for protocols that have one;
+    /// a connection still in its handshake then is closed.
+    fn handshake_deadline(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Whether the opening handshake is complete (always, for protocols without one).
+    fn handshake_done(&self) -> bool {
+        true
+    }
+
     /// The rejection for input over `max_package_size` (`why` says by how much). The default is
     /// `why` itself; HTTP answers `413`.
     fn oversize(&mut self, why: Rejection) -> Rejection {

@@ -1,0 +1,64 @@
+//! A WebSocket chat on port 8081: `GET /` serves a browser chat page, `/ws` is the WebSocket
+//! endpoint, and every text message a client sends reaches every connected client, whichever of
+//! the 4 processes holds it (through the bus's `broadcast`).
+//!
+//! Run: `cargo run --example ws_chat -- start`, open http://127.0.0.1:8081/ in two browsers.
+//! `WS_CHAT_LISTEN` moves it; `WS_CHAT_MAX_MESSAGE` sets the largest message (bytes) and
+//! `WS_CHAT_HANDSHAKE_TIMEOUT` the handshake deadline (seconds).
+
+use oxwork::bus;
+use oxwork::http::Response;
+use oxwork::{run_all, Worker};
+
+const PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8"><title>oxwork chat</title>
+<style>body{font-family:sans-serif;max-width:40em;margin:2em auto}#log{height:20em;overflow:auto;border:1px solid #ccc;padding:.5em}</style>
+<h1>oxwork chat</h1>
+<div id="log"></div>
+<form id="f"><input id="m" autocomplete="off" size="50" autofocus> <button>Send</button></form>
+<script>
+const log = document.getElementById('log');
+const ws = new WebSocket(`ws://${location.host}/ws`);
+ws.onmessage = e => { const p = document.createElement('div'); p.textContent = e.data; log.append(p); log.scrollTop = 1e9; };
+document.getElementById('f').onsubmit = e => { e.preventDefault(); const m = document.getElementById('m'); ws.send(m.value); m.value = ''; };
+</script>
+"#;
+
+fn main() -> oxwork::Result<()> {
+    let listen =
+        std::env::var("WS_CHAT_LISTEN").unwrap_or_else(|_| "websocket://0.0.0.0:8081".into());
+    let mut chat = Worker::websocket(&listen)?;
+    chat.name("ws_chat").count(4).gateway(true).reuse_port(true);
+    if let Some(n) = std::env::var("WS_CHAT_MAX_MESSAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        chat.max_package_size(n);
+    }
+    if let Some(s) = std::env::var("WS_CHAT_HANDSHAKE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        chat.handshake_timeout(s);
+    }
+    chat.on_http_request(|req| match req.path() {
+        "/" => Response::html(PAGE),
+        _ => Response::new(404).body("Not Found\n"),
+    });
+    chat.on_websocket_connect(|req| {
+        if req.path() == "/ws" {
+            Ok(())
+        } else {
+            Err(Response::new(404).body("the chat socket is at /ws\n"))
+        }
+    });
+    chat.on_message(|c, msg| {
+        if let Some(text) = msg.as_str() {
+            let line = format!("{}: {text}", c.client_id());
+            if let Err(e) = bus::broadcast(line, &[]) {
+                c.send(format!("not delivered: {e}"));
+            }
+        }
+    });
+    run_all()
+}

@@ -1,0 +1,654 @@
+//! The WebSocket server protocol: handshake, then frames.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::StatusCode;
+use sha1::{Digest, Sha1};
+
+use crate::http::{Request, Response};
+use crate::protocol::{Input, Payload, Protocol, Rejection, Wire};
+
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/// How long a client has to complete its opening handshake.
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HANDSHAKE: usize = 16 * 1024;
+
+/// A whole WebSocket message from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsMessage {
+    /// A text message (valid UTF-8).
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl WsMessage {
+    /// The message's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            WsMessage::Text(s) => s.as_bytes(),
+            WsMessage::Binary(b) => b,
+        }
+    }
+
+    /// The text, for a text message.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            WsMessage::Text(s) => Some(s),
+            WsMessage::Binary(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for WsMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// What a WebSocket connection's `send` takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WsOutput {
+    /// A text message.
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
+    /// A ping (the peer answers with a pong).
+    Ping(Bytes),
+    /// Closes with a status code and reason; the connection ends after it is written.
+    Close(u16, String),
+}
+
+impl From<&str> for WsOutput {
+    fn from(s: &str) -> Self {
+        WsOutput::Text(s.to_string())
+    }
+}
+impl From<String> for WsOutput {
+    fn from(s: String) -> Self {
+        WsOutput::Text(s)
+    }
+}
+impl From<Bytes> for WsOutput {
+    fn from(b: Bytes) -> Self {
+        WsOutput::Binary(b)
+    }
+}
+impl From<Vec<u8>> for WsOutput {
+    fn from(b: Vec<u8>) -> Self {
+        WsOutput::Binary(Bytes::from(b))
+    }
+}
+impl From<WsMessage> for WsOutput {
+    fn from(m: WsMessage) -> Self {
+        match m {
+            WsMessage::Text(s) => WsOutput::Text(s),
+            WsMessage::Binary(b) => WsOutput::Binary(b),
+        }
+    }
+}
+
+/// What the opening handshake asked for, kept for the connection's life.
+#[derive(Debug, Clone, Default)]
+pub struct HandshakeInfo {
+    /// The request path.
+    pub path: String,
+    /// The query string.
+    pub query: String,
+    /// Request headers as `(name, value)` pairs.
+    pub headers: Vec<(String, String)>,
+}
+
+pub(crate) type HandshakeHook = Rc<dyn Fn(&Request) -> Result<(), Response>>;
+pub(crate) type PlainHttpHook = Rc<dyn Fn(&Request) -> Response>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    Open,
+    Closing,
+}
+
+/// The WebSocket server protocol, one value per connection.
+#[derive(Clone)]
+pub struct WebSocket {
+    phase: Phase,
+    /// The message being assembled from fragments: its kind and bytes so far.
+    fragments: Option<(u8, BytesMut)>,
+    max_message: usize,
+    pub(crate) hook: Rc<RefCell<Option<HandshakeHook>>>,
+    /// Answers plain HTTP requests on the WebSocket port (a page that opens the socket).
+    pub(crate) plain_http: Rc<RefCell<Option<PlainHttpHook>>>,
+    pub(crate) handshake_timeout: Rc<std::cell::Cell<Duration>>,
+    info: Option<HandshakeInfo>,
+}
+
+impl std::fmt::Debug for WebSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            phase: Phase::Handshake,
+            fragments: None,
+            max_message: usize::MAX,
+            hook: Rc::default(),
+            plain_http: Rc::default(),
+            handshake_timeout: Rc::new(std::cell::Cell::new(DEFAULT_HANDSHAKE_TIMEOUT)),
+            info: None,
+        }
+    }
+}
+
+impl WebSocket {
+    /// The handshake's request, once open.
+    pub fn handshake(&self) -> Option<&HandshakeInfo> {
+        self.info.as_ref()
+    }
+}
+
+fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut f = BytesMut::new();
+    let mut payload = BytesMut::new();
+    payload.put_u16(code);
+    payload.put_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    write_frame(&mut f, 0x8, &payload);
+    f.freeze()
+}
+
+/// A protocol error: close with `code`, then end the connection.
+fn fail(code: u16, why: &str) -> Rejection {
+    Rejection::with_reply(format!("websocket {code}: {why}"), close_frame(code, why))
+}
+
+fn http_refusal(status: StatusCode, why: &str) -> Rejection {
+    Rejection::with_reply(
+        format!("websocket handshake refused: {why}"),
+        crate::http::error_reply(status),
+    )
+}
+
+fn write_frame(dst: &mut BytesMut, opcode: u8, payload: &[u8]) {
+    dst.reserve(payload.len() + 10);
+    dst.put_u8(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => dst.put_u8(n as u8),
+        n if n <= u16::MAX as usize => {
+            dst.put_u8(126);
+            dst.put_u16(n as u16);
+        }
+        n => {
+            dst.put_u8(127);
+            dst.put_u64(n as u64);
+        }
+    }
+    dst.put_slice(payload);
+}
+
+/// The `Sec-WebSocket-Accept` for a client's key.
+pub(crate) fn accept_key(key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(key.trim().as_bytes());
+    h.update(GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+impl WebSocket {
+    fn handshake_decode(&mut self, packet: &[u8], wire: &mut Wire<'_>) -> Result<(), Rejection> {
+        let mut raw = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut raw);
+        match req.parse(packet) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return Err(http_refusal(StatusCode::BAD_REQUEST, "malformed handshake")),
+        }
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        let upgrade_ok = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+        let plain = self.plain_http.borrow().clone();
+        if let (false, Some(plain)) = (upgrade_ok, plain) {
+            let target = req.path.unwrap_or("/");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let info = HandshakeInfo {
+                path: path.to_string(),
+                query: query.to_string(),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+            };
+            let mut request = crate::http::request_from_handshake(&info);
+            if let Some(m) = req
+                .method
+                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            {
+                request.method = m;
+            }
+            let response = crate::guard::guarded("on_http_request", || plain(&request))
+                .unwrap_or_else(|| Response::new(500).body("Internal Server Error\n"));
+            crate::http::encode_standalone(response, wire.buf());
+            self.phase = Phase::Closing;
+            wire.close_after_write();
+            return Ok(());
+        }
+        if req.method != Some("GET") {
+            return Err(http_refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the handshake must be a GET",
+            ));
+        }
+        let connection_ok = header("connection").is_some_and(|c| {
+            c.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+        if !upgrade_ok || !connection_ok {
+            return Err(http_refusal(
+                StatusCode::BAD_REQUEST,
+                "not a websocket upgrade",
+            ));
+        }
+        if header("sec-websocket-version").as_deref().map(str::trim) != Some("13") {
+            return Err(Rejection::with_reply(
+                "websocket handshake refused: version",
+                Bytes::from_static(b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            ));
+        }
+        let Some(key) = header("sec-websocket-key").filter(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k.trim())
+                .map(|d| d.len() == 16)
+                .unwrap_or(false)
+        }) else {
+            return Err(http_refusal(
+                StatusCode::BAD_REQUEST,
+                "bad Sec-WebSocket-Key",
+            ));
+        };
+        let target = req.path.unwrap_or("/");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let info = HandshakeInfo {
+            path: path.to_string(),
+            query: query.to_string(),
+            headers: req
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+        };
+        let hook = self.hook.borrow().clone();
+        if let Some(hook) = hook {
+            let request = crate::http::request_from_handshake(&info);
+            if let Some(Err(refusal)) =
+                crate::guard::guarded("on_websocket_connect", || hook(&request))
+            {
+                let mut out = BytesMut::new();
+                crate::http::encode_standalone(refusal, &mut out);
+                return Err(Rejection::with_reply(
+                    "websocket handshake refused by the application",
+                    out.freeze(),
+                ));
+            }
+        }
+        let out = wire.buf();
+        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+        out.extend_from_slice(accept_key(&key).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        self.info = Some(info);
+        self.phase = Phase::Open;
+        Ok(())
+    }
+
+    fn frame(
+        &mut self,
+        mut packet: BytesMut,
+        wire: &mut Wire<'_>,
+    ) -> Result<Option<WsMessage>, Rejection> {
+        let b0 = packet[0];
+        let b1 = packet[1];
+        let opcode = b0 & 0x0F;
+        let fin = b0 & 0x80 != 0;
+        let len7 = (b1 & 0x7F) as usize;
+        let header = 2 + match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = [
+            packet[header],
+            packet[header + 1],
+            packet[header + 2],
+            packet[header + 3],
+        ];
+        packet.advance(header + 4);
+        for (i, byte) in packet.iter_mut().enumerate() {
+            *byte ^= mask[i & 3];
+        }
+        match opcode {
+            0x1 | 0x2 => {
+                if self.fragments.is_some() {
+                    return Err(fail(1002, "new message inside a fragmented one"));
+                }
+                if fin {
+                    return message(opcode, packet).map(Some);
+                }
+                self.fragments = Some((opcode, packet));
+                Ok(None)
+            }
+            0x0 => {
+                let Some((kind, mut so_far)) = self.fragments.take() else {
+                    return Err(fail(1002, "continuation without a message"));
+                };
+                if so_far.len() + packet.len() > self.max_message {
+                    return Err(fail(1009, "message too big"));
+                }
+                so_far.extend_from_slice(&packet);
+                if fin {
+                    return message(kind, so_far).map(Some);
+                }
+                self.fragments = Some((kind, so_far));
+                Ok(None)
+            }
+            0x8 => {
+                let code = match packet.len() {
+                    0 => 1000,
+                    1 => return Err(fail(1002, "close frame with a 1-byte body")),
+                    _ => {
+                        let code = u16::from_be_bytes([packet[0], packet[1]]);
+                        if std::str::from_utf8(&packet[2..]).is_err() {
+                            return Err(fail(1007, "close reason is not UTF-8"));
+                        }
+                        if !valid_close_code(code) {
+                            return Err(fail(1002, "invalid close code"));
+                        }
+                        code
+                    }
+                };
+                if self.phase == Phase::Open {
+                    wire.buf().extend_from_slice(&close_frame(code, ""));
+                }
+                self.phase = Phase::Closing;
+                wire.close_after_write();
+                Ok(None)
+            }
+            0x9 => {
+                write_frame(wire.buf(), 0xA, &packet);
+                Ok(None)
+            }
+            0xA => Ok(None),
+            _ => Err(fail(1002, "unknown opcode")),
+        }
+    }
+}
+
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+fn message(kind: u8, payload: BytesMut) -> Result<WsMessage, Rejection> {
+    if kind == 0x1 {
+        String::from_utf8(payload.to_vec())
+            .map(WsMessage::Text)
+            .map_err(|_| fail(1007, "text message is not valid UTF-8"))
+    } else {
+        Ok(WsMessage::Binary(payload.freeze()))
+    }
+}
+
+impl Protocol for WebSocket {
+    type Message = WsMessage;
+    type Output = WsOutput;
+
+    fn input(&mut self, buf: &[u8], _wire: &mut Wire<'_>) -> Result<Input, Rejection> {
+        match self.phase {
+            Phase::Handshake => match memchr::memmem::find(buf, b"\r\n\r\n") {
+                Some(i) => Ok(Input::Packet(i + 4)),
+                None if buf.len() > MAX_HANDSHAKE => Err(http_refusal(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "handshake too large",
+                )),
+                None => Ok(Input::NeedMore),
+            },
+            Phase::Closing => Ok(Input::NeedMore),
+            Phase::Open => {
+                if buf.len() < 2 {
+                    return Ok(Input::NeedMore);
+                }
+                let (b0, b1) = (buf[0], buf[1]);
+                if b0 & 0x70 != 0 {
+                    return Err(fail(
+                        1002,
+                        "reserved bits set (no extension was negotiated)",
+                    ));
+                }
+                if b1 & 0x80 == 0 {
+                    return Err(fail(1002, "client frames must be masked"));
+                }
+                let opcode = b0 & 0x0F;
+                let len7 = (b1 & 0x7F) as u64;
+                if opcode >= 0x8 && (len7 > 125 || b0 & 0x80 == 0) {
+                    return Err(fail(
+                        1002,
+                        "control frames must be whole and at most 125 bytes",
+                    ));
+                }
+                let (ext, len) = match len7 {
+                    126 if buf.len() < 4 => return Ok(Input::NeedMore),
+                    126 => (2, u64::from(u16::from_be_bytes([buf[2], buf[3]]))),
+                    127 if buf.len() < 10 => return Ok(Input::NeedMore),
+                    127 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&buf[2..10]);
+                        (8, u64::from_be_bytes(b))
+                    }
+                    n => (0, n),
+                };
+                let so_far = self.fragments.as_ref().map_or(0, |(_, b)| b.len() as u64);
+                if so_far + len > self.max_message as u64 {
+                    return Err(fail(1009, "message too big"));
+                }
+                let total = 2 + ext + 4 + len;
+                Ok(Input::Packet(
+                    usize::try_from(total).map_err(|_| fail(1009, "message too big"))?,
+                ))
+            }
+        }
+    }
+
+    fn decode(
+        &mut self,
+        packet: BytesMut,
+        wire: &mut Wire<'_>,
+    ) -> Result<Option<WsMessage>, Rejection> {
+        match self.phase {
+            Phase::Handshake => {
+                self.handshake_decode(&packet, wire)?;
+                Ok(None)
+            }
+            Phase::Open => self.frame(packet, wire),
+            Phase::Closing => Ok(None),
+        }
+    }
+
+    fn encode(&mut self, msg: WsOutput, wire: &mut Wire<'_>) -> Result<(), Rejection> {
+        if self.phase != Phase::Open {
+            return Err(Rejection::new("the websocket is not open"));
+        }
+        match msg {
+            WsOutput::Text(s) => write_frame(wire.buf(), 0x1, s.as_bytes()),
+            WsOutput::Binary(b) => write_frame(wire.buf(), 0x2, &b),
+            WsOutput::Ping(b) => write_frame(wire.buf(), 0x9, &b[..b.len().min(125)]),
+            WsOutput::Close(code, reason) => {
+                wire.buf().extend_from_slice(&close_frame(code, &reason));
+                self.phase = Phase::Closing;
+                wire.close_after_write();
+            }
+        }
+        Ok(())
+    }
+
+    fn oversize(&mut self, _why: Rejection) -> Rejection {
+        if self.phase == Phase::Handshake {
+            http_refusal(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "handshake too large",
+            )
+        } else {
+            fail(1009, "message too big")
+        }
+    }
+
+    fn output_from_payload(payload: Payload) -> Option<WsOutput> {
+        Some(match String::from_utf8(payload.0.to_vec()) {
+            Ok(s) => WsOutput::Text(s),
+            Err(_) => WsOutput::Binary(payload.0),
+        })
+    }
+
+    fn configure(&mut self, max_package_size: usize) {
+        self.max_message = max_package_size;
+    }
+
+    fn handshake_deadline(&self) -> Option<Duration> {
+        Some(self.handshake_timeout.get())
+    }
+
+    fn handshake_done(&self) -> bool {
+        self.phase != Phase::Handshake
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::testing::decode_all;
+
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            n if n < 126 => v.push(0x80 | n as u8),
+            n => {
+                v.push(0x80 | 126);
+                v.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        v
+    }
+
+    fn open() -> WebSocket {
+        let mut ws = WebSocket {
+            phase: Phase::Open,
+            ..WebSocket::default()
+        };
+        ws.configure(1024);
+        ws
+    }
+
+    #[test]
+    fn accept_key_matches_the_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn fragments_join_into_one_message_split_into_single_bytes() {
+        let mut bytes = client_frame(0x1, false, b"hel");
+        bytes.extend(client_frame(0x9, true, b"ping in between"));
+        bytes.extend(client_frame(0x0, true, b"lo"));
+        let mut ws = open();
+        let (msgs, _) = decode_all(&mut ws, bytes.iter().map(|b| vec![*b]), 1024);
+        assert_eq!(msgs.expect("valid"), vec![WsMessage::Text("hello".into())]);
+    }
+
+    #[test]
+    fn unmasked_frames_are_refused_with_1002() {
+        let mut ws = open();
+        let (msgs, _) = decode_all(&mut ws, [vec![0x81, 0x02, b'h', b'i']], 1024);
+        let e = msgs.expect_err("unmasked");
+        assert_eq!(
+            &e.reply().expect("close frame")[2..4],
+            &1002u16.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_refused_with_1007() {
+        let mut ws = open();
+        let (msgs, _) = decode_all(&mut ws, [client_frame(0x1, true, b"\xff\xfe")], 1024);
+        assert_eq!(
+            &msgs.expect_err("utf8").reply().expect("close")[2..4],
+            &1007u16.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn big_control_frames_and_oversized_fragmented_messages_are_refused() {
+        let mut ws = open();
+        let mut ping = vec![0x89, 0x80 | 126, 0, 200, 0, 0, 0, 0];
+        ping.extend(vec![0u8; 200]);
+        let (msgs, _) = decode_all(&mut ws, [ping], 4096);
+        assert_eq!(
+            &msgs.expect_err("big ping").reply().expect("close")[2..4],
+            &1002u16.to_be_bytes()
+        );
+        let mut ws = open();
+        let mut frames = Vec::new();
+        for _ in 0..20 {
+            frames.extend(client_frame(
+                if frames.is_empty() { 0x2 } else { 0x0 },
+                false,
+                &[0u8; 100],
+            ));
+        }
+        let (msgs, _) = decode_all(&mut ws, [frames], 1 << 20);
+        assert_eq!(
+            &msgs.expect_err("too big").reply().expect("close")[2..4],
+            &1009u16.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn close_is_answered_and_ping_gets_a_pong() {
+        let mut ws = open();
+        let mut out = BytesMut::new();
+        let mut buf = BytesMut::from(&client_frame(0x9, true, b"p")[..]);
+        let r = crate::protocol::next_message(&mut ws, &mut buf, 1024, &mut Wire::new(&mut out));
+        assert!(matches!(r, Ok(None)));
+        assert_eq!(&out[..], &[0x8A, 0x01, b'p']);
+        let mut out = BytesMut::new();
+        let mut buf = BytesMut::from(&client_frame(0x8, true, &1000u16.to_be_bytes())[..]);
+        let mut wire = Wire::new(&mut out);
+        let _ = crate::protocol::next_message(&mut ws, &mut buf, 1024, &mut wire);
+        let (close, _) = wire.into_parts();
+        assert!(close);
+        assert_eq!(&out[..4], &[0x88, 0x02, 0x03, 0xE8]);
+    }
+}

@@ -1,0 +1,233 @@
+//! WebSocket against a client crate we do not serve with (tokio-tungstenite) and raw sockets.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn chat(extra: &[(&str, String)]) -> Server {
+    let port = free_port();
+    let mut env = vec![("WS_CHAT_LISTEN", format!("websocket://127.0.0.1:{port}"))];
+    env.extend(extra.iter().cloned());
+    let mut s = Server::start("ws_chat", &env, 5);
+    s.port = port;
+    s
+}
+
+const HANDSHAKE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A raw client past its handshake.
+fn raw_open(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(HANDSHAKE).expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("handshake reply");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{head}"
+    );
+    s
+}
+
+fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [9u8, 8, 7, 6];
+    let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    if payload.len() < 126 {
+        v.push(0x80 | payload.len() as u8);
+    } else {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    v
+}
+
+/// Reads until the server's close frame; returns its status code.
+fn close_code(s: &mut TcpStream) -> Option<u16> {
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let i = all.iter().position(|&b| b == 0x88)?;
+    Some(u16::from_be_bytes([*all.get(i + 2)?, *all.get(i + 3)?]))
+}
+
+#[test]
+fn every_message_reaches_every_client_across_processes() {
+    let s = chat(&[]);
+    let url = format!("ws://127.0.0.1:{}/ws", s.port);
+    let rt = local_runtime();
+    let _clients = rt.block_on(async move {
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            let (ws, _) = tokio_tungstenite::connect_async(&url)
+                .await
+                .expect("connect");
+            clients.push(ws);
+        }
+        // Every process must have subscribed its routing before the first broadcast.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        clients[0]
+            .send(Message::Text("hello everyone".into()))
+            .await
+            .expect("send");
+        for (i, c) in clients.iter_mut().enumerate() {
+            let got = tokio::time::timeout(Duration::from_secs(5), c.next())
+                .await
+                .unwrap_or_else(|_| panic!("client {i} got nothing"))
+                .expect("message")
+                .expect("ok");
+            assert!(
+                got.to_text().expect("text").ends_with(": hello everyone"),
+                "{got:?}"
+            );
+        }
+        clients
+    });
+    let conns = s.connections();
+    let mut pids: Vec<u64> = conns
+        .iter()
+        .map(|c| c["pid"].as_u64().expect("pid"))
+        .collect();
+    pids.sort();
+    pids.dedup();
+    assert!(
+        pids.len() > 1,
+        "all clients on one process; the relay was not tested: {pids:?}"
+    );
+}
+
+#[test]
+fn the_chat_page_is_served_on_the_same_port_and_other_paths_are_refused() {
+    let s = chat(&[]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut page = String::new();
+    c.read_to_string(&mut page).expect("read");
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("new WebSocket"),
+        "{page}"
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+    c.write_all(&HANDSHAKE.to_vec().replace_path())
+        .expect("write");
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+}
+
+trait ReplacePath {
+    fn replace_path(self) -> Vec<u8>;
+}
+
+impl ReplacePath for Vec<u8> {
+    fn replace_path(self) -> Vec<u8> {
+        String::from_utf8_lossy(&self)
+            .replacen("GET /ws ", "GET /elsewhere ", 1)
+            .into_bytes()
+    }
+}
+
+#[test]
+fn pings_are_answered_with_pongs() {
+    let s = chat(&[]);
+    let mut c = raw_open(s.port);
+    c.write_all(&masked(0x9, true, b"are you there"))
+        .expect("ping");
+    let mut head = [0u8; 2];
+    c.read_exact(&mut head).expect("pong");
+    assert_eq!(head, [0x8A, 13]);
+    let mut body = [0u8; 13];
+    c.read_exact(&mut body).expect("pong body");
+    assert_eq!(&body, b"are you there");
+}
+
+#[test]
+fn an_unmasked_client_frame_is_closed_with_1002() {
+    let s = chat(&[]);
+    let mut c = raw_open(s.port);
+    c.write_all(&[0x81, 0x02, b'h', b'i']).expect("write");
+    assert_eq!(close_code(&mut c), Some(1002));
+}
+
+#[test]
+fn invalid_utf8_in_a_text_frame_is_closed_with_1007() {
+    let s = chat(&[]);
+    let mut c = raw_open(s.port);
+    c.write_all(&masked(0x1, true, b"\xc3\x28")).expect("write");
+    assert_eq!(close_code(&mut c), Some(1007));
+}
+
+#[test]
+fn a_control_frame_over_125_bytes_is_closed_with_1002() {
+    let s = chat(&[]);
+    let mut c = raw_open(s.port);
+    c.write_all(&masked(0x9, true, &[0u8; 200])).expect("write");
+    assert_eq!(close_code(&mut c), Some(1002));
+}
+
+#[test]
+fn a_fragmented_message_over_the_limit_is_closed_with_1009() {
+    let s = chat(&[("WS_CHAT_MAX_MESSAGE", "4096".into())]);
+    let mut c = raw_open(s.port);
+    let mut frames = masked(0x2, false, &[1u8; 1000]);
+    for _ in 0..10 {
+        frames.extend(masked(0x0, false, &[1u8; 1000]));
+    }
+    let _ = c.write_all(&frames);
+    assert_eq!(close_code(&mut c), Some(1009));
+}
+
+#[test]
+fn a_handshake_sent_one_byte_per_100_ms_is_cut_at_the_deadline() {
+    let s = chat(&[("WS_CHAT_HANDSHAKE_TIMEOUT", "1".into())]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut closed = false;
+    for b in HANDSHAKE {
+        if c.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(closed, "the slow handshake was never cut");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut late: {:?}",
+        started.elapsed()
+    );
+    assert!(eventually(Duration::from_secs(2), || s
+        .stderr()
+        .contains("handshake not completed in time")));
+}
