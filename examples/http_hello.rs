@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo run --example http_hello -- start`, then `curl http://127.0.0.1:8080/`.
 //! `HTTP_LISTEN` moves it; `HTTP_FILE` picks the file `/file` serves (default: this source);
-//! `HTTP_MAX_BODY` sets `max_package_size` (the largest request).
+//! `HTTP_MAX_BODY` sets `max_package_size` (the largest request); `HTTP_TLS_CERT` and
+//! `HTTP_TLS_KEY` (PEM files) serve it over TLS (`HTTP_LISTEN=https://0.0.0.0:8443`).
 
 use std::time::Duration;
 
@@ -23,6 +24,12 @@ fn main() -> oxwork::Result<()> {
         .and_then(|v| v.parse().ok())
     {
         w.max_package_size(n);
+    }
+    if let (Ok(cert), Ok(key)) = (
+        std::env::var("HTTP_TLS_CERT"),
+        std::env::var("HTTP_TLS_KEY"),
+    ) {
+        w.tls(cert, key);
     }
     w.on_message(move |c, req| match (req.method().as_str(), req.path()) {
         (_, "/") => {

@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo run --example ws_chat -- start`, open http://127.0.0.1:8081/ in two browsers.
 //! `WS_CHAT_LISTEN` moves it; `WS_CHAT_MAX_MESSAGE` sets the largest message (bytes) and
-//! `WS_CHAT_HANDSHAKE_TIMEOUT` the handshake deadline (seconds).
+//! `WS_CHAT_HANDSHAKE_TIMEOUT` the handshake deadline (seconds); `WS_CHAT_TLS_CERT` and
+//! `WS_CHAT_TLS_KEY` (PEM files) serve it over TLS (`wss://`, the page at `https://`).
 
 use oxwork::bus;
 use oxwork::http::Response;
@@ -18,7 +19,7 @@ const PAGE: &str = r#"<!doctype html>
 <form id="f"><input id="m" autocomplete="off" size="50" autofocus> <button>Send</button></form>
 <script>
 const log = document.getElementById('log');
-const ws = new WebSocket(`ws://${location.host}/ws`);
+const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
 ws.onmessage = e => { const p = document.createElement('div'); p.textContent = e.data; log.append(p); log.scrollTop = 1e9; };
 document.getElementById('f').onsubmit = e => { e.preventDefault(); const m = document.getElementById('m'); ws.send(m.value); m.value = ''; };
 </script>
@@ -40,6 +41,12 @@ fn main() -> oxwork::Result<()> {
         .and_then(|v| v.parse::<f64>().ok())
     {
         chat.handshake_timeout(s);
+    }
+    if let (Ok(cert), Ok(key)) = (
+        std::env::var("WS_CHAT_TLS_CERT"),
+        std::env::var("WS_CHAT_TLS_KEY"),
+    ) {
+        chat.tls(cert, key);
     }
     chat.on_http_request(|req| match req.path() {
         "/" => Response::html(PAGE),

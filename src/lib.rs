@@ -39,6 +39,7 @@ mod registry;
 mod server;
 mod stats;
 mod timer;
+mod tls;
 mod url;
 pub mod websocket;
 mod worker;

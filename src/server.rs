@@ -38,6 +38,7 @@ impl AcceptControl {
 pub(crate) type ConnectionMap<P> = Rc<RefCell<BTreeMap<u64, Connection<P>>>>;
 
 struct ServeCtx<P: Protocol> {
+    tls: Option<tokio_rustls::TlsAcceptor>,
     proto: P,
     handlers: Rc<Handlers<P>>,
     connections: ConnectionMap<P>,
@@ -57,7 +58,12 @@ pub(crate) fn serve<P: Protocol + Clone>(
     let fail = |e| Error::io("cannot use the inherited listening socket", e);
     listener.set_nonblocking().map_err(fail)?;
     let stop = Rc::new(Notify::new());
+    let tls = match &config.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(files.load()?)),
+        None => None,
+    };
     let ctx = Rc::new(ServeCtx {
+        tls,
         proto,
         handlers,
         connections,
@@ -168,12 +174,31 @@ where
     ctx.connections.borrow_mut().insert(id, conn.clone());
     let connections = ctx.connections.clone();
     let opts = ctx.opts;
+    let tls = ctx.tls.clone();
     spawn_local(async move {
-        drive(conn, a.stream, opts).await;
+        match tls {
+            None => drive(conn, a.stream, opts).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(a.stream)).await;
+                match handshake {
+                    Ok(Ok(stream)) => drive(conn, stream, opts).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!("TLS handshake with {} failed: {e}", conn.remote_addr())
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake with {} timed out", conn.remote_addr())
+                    }
+                }
+            }
+        }
         connections.borrow_mut().remove(&id);
         crate::bus::routing::forget(id);
     });
 }
+
+/// How long a client has to complete a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;

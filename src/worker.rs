@@ -56,6 +56,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) gateway: bool,
     /// Tasks the pool queues before refusing more.
     pub(crate) task_queue_limit: u32,
+    /// TLS on this worker's listener.
+    pub(crate) tls: Option<crate::tls::TlsFiles>,
 }
 
 impl WorkerConfig {
@@ -168,7 +170,7 @@ impl Worker<Dynamic> {
     /// [`http::Response`](crate::http::Response)s.
     pub fn http(url: &str) -> Result<Worker<crate::http::Http>> {
         let parsed = SocketUrl::parse(url)?;
-        if parsed.protocol != "http" {
+        if !matches!(parsed.protocol.as_str(), "http" | "https") {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::InvalidUrl,
                 format!("{url}: Worker::http takes an http:// address"),
@@ -182,7 +184,7 @@ impl Worker<Dynamic> {
     /// [`WsOutput`](crate::websocket::WsOutput).
     pub fn websocket(url: &str) -> Result<Worker<crate::websocket::WebSocket>> {
         let parsed = SocketUrl::parse(url)?;
-        if !matches!(parsed.protocol.as_str(), "websocket" | "ws") {
+        if !matches!(parsed.protocol.as_str(), "websocket" | "ws" | "wss") {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::InvalidUrl,
                 format!("{url}: Worker::websocket takes a websocket:// address"),
@@ -229,6 +231,7 @@ impl<P: Protocol + Clone> Worker<P> {
             task_concurrency: 1,
             gateway: false,
             task_queue_limit: 100_000,
+            tls: None,
         };
         let shared = Rc::new(WorkerShared {
             config: RefCell::new(config),
@@ -296,6 +299,27 @@ impl<P: Protocol> Worker<P> {
     /// How long a graceful stop or reload lets open connections finish (default 2 s).
     pub fn stop_timeout(&mut self, t: impl IntoInterval) -> &mut Self {
         self.shared.config.borrow_mut().stop_timeout = t.into_interval();
+        self
+    }
+
+    /// Serves this worker's address over TLS with the certificate chain and private key in
+    /// these PEM files (any protocol: `https://` is `Worker::http` with this, `wss://` is
+    /// `Worker::websocket` with this). The files are checked at `start`; every process reads
+    /// them as it starts, so `reload` picks up renewed certificates.
+    pub fn tls(
+        &mut self,
+        cert_pem: impl Into<std::path::PathBuf>,
+        key_pem: impl Into<std::path::PathBuf>,
+    ) -> &mut Self {
+        let alpn = match self.shared.url.as_ref().map(|u| u.protocol.as_str()) {
+            Some("http" | "https" | "websocket" | "ws" | "wss") => vec!["http/1.1".to_string()],
+            _ => Vec::new(),
+        };
+        self.shared.config.borrow_mut().tls = Some(crate::tls::TlsFiles {
+            cert: cert_pem.into(),
+            key: key_pem.into(),
+            alpn,
+        });
         self
     }
 

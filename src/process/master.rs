@@ -119,6 +119,30 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
     let span = tracing::info_span!("master");
     let _entered = span.enter();
 
+    for c in &configs {
+        let url = c.url();
+        let secure_scheme = url
+            .as_ref()
+            .is_some_and(|u| matches!(u.protocol.as_str(), "https" | "wss"));
+        match &c.tls {
+            Some(files) => {
+                files.load().map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("worker {}: {e}", c.name))
+                })?;
+            }
+            None if secure_scheme => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "worker {}: {} needs a certificate: call .tls(cert, key)",
+                        c.name,
+                        c.listen.as_deref().unwrap_or("")
+                    ),
+                ))
+            }
+            None => {}
+        }
+    }
     let mut group_listeners = Vec::new();
     let mut slot_listeners = Vec::new();
     for c in &configs {

@@ -1,0 +1,158 @@
+//! TLS: https and wss with a certificate made in the test, and clear errors at start.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+struct Certs {
+    _dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    der: Vec<u8>,
+}
+
+fn certs() -> Certs {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("cert");
+    let dir = tempfile::tempdir().expect("tmp");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).expect("write");
+    std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write");
+    Certs {
+        der: ck.cert.der().to_vec(),
+        _dir: dir,
+        cert,
+        key,
+    }
+}
+
+#[test]
+fn https_serves_with_a_certificate_made_in_the_test() {
+    let c = certs();
+    let port = free_port();
+    let _s = Server::start(
+        "http_hello",
+        &[
+            ("HTTP_LISTEN", format!("https://127.0.0.1:{port}")),
+            ("HTTP_TLS_CERT", c.cert.display().to_string()),
+            ("HTTP_TLS_KEY", c.key.display().to_string()),
+        ],
+        2,
+    );
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            &c.cert.display().to_string(),
+        ])
+        .arg(format!("https://localhost:{port}/"))
+        .args([
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            "-w",
+            " %{http_version}",
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "Hello World 1.1",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Plain HTTP on the TLS port is refused, and the server carries on.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = plain.write_all(b"GET / HTTP/1.1\r\n\r\n");
+    let mut sink = Vec::new();
+    let _ = plain.read_to_end(&mut sink);
+    assert!(!String::from_utf8_lossy(&sink).contains("Hello World"));
+}
+
+#[test]
+fn wss_carries_websocket_messages() {
+    let c = certs();
+    let port = free_port();
+    let _s = Server::start(
+        "ws_chat",
+        &[
+            ("WS_CHAT_LISTEN", format!("websocket://127.0.0.1:{port}")),
+            ("WS_CHAT_TLS_CERT", c.cert.display().to_string()),
+            ("WS_CHAT_TLS_KEY", c.key.display().to_string()),
+        ],
+        5,
+    );
+    let der = c.der.clone();
+    local_runtime().block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(der)).expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
+        tls.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.expect("handshake");
+        let mut buf = vec![0u8; 4096];
+        let n = tls.read(&mut buf).await.expect("reply");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | 6];
+        frame.extend_from_slice(&mask);
+        frame.extend(b"secret".iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        tls.write_all(&frame).await.expect("frame");
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.expect("in time").expect("read");
+        let text = String::from_utf8_lossy(&buf[2..n]).into_owned();
+        assert!(text.ends_with(": secret"), "{text}");
+    });
+}
+
+#[test]
+fn a_missing_key_file_is_one_clear_error_at_start() {
+    let c = certs();
+    let run = tempfile::tempdir().expect("tmp");
+    let out = Command::new(example_bin("http_hello"))
+        .arg("start")
+        .env("OXWORK_RUN_DIR", run.path())
+        .env("HTTP_LISTEN", format!("https://127.0.0.1:{}", free_port()))
+        .env("HTTP_TLS_CERT", &c.cert)
+        .env("HTTP_TLS_KEY", "/nonexistent/key.pem")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot load the TLS key /nonexistent/key.pem"),
+        "{err}"
+    );
+}
+
+#[test]
+fn https_without_a_certificate_is_refused_at_start() {
+    let run = tempfile::tempdir().expect("tmp");
+    let out = Command::new(example_bin("http_hello"))
+        .arg("start")
+        .env("OXWORK_RUN_DIR", run.path())
+        .env("HTTP_LISTEN", format!("https://127.0.0.1:{}", free_port()))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a certificate"));
+}
