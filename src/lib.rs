@@ -30,6 +30,8 @@ mod client;
 mod connection;
 mod driver;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod guard;
 pub mod http;
 mod listener;

@@ -15,9 +15,20 @@ fn python_websockets_client_chats_through_ws_chat() {
         return;
     };
     let port = free_port();
-    let _s = Server::start("ws_chat", &[("WS_CHAT_LISTEN", format!("websocket://127.0.0.1:{port}"))], 5);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/ws_chat_client.py");
-    let out = Command::new(python).arg(script).arg(port.to_string()).output().expect("python runs");
+    let _s = Server::start(
+        "ws_chat",
+        &[("WS_CHAT_LISTEN", format!("websocket://127.0.0.1:{port}"))],
+        5,
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/ws_chat_client.py"
+    );
+    let out = Command::new(python)
+        .arg(script)
+        .arg(port.to_string())
+        .output()
+        .expect("python runs");
     assert!(
         out.status.success(),
         "stdout:\n{}\nstderr:\n{}",

@@ -1,0 +1,5 @@
+#![no_main]
+//! Fuzzes oxwork's http decoder: any input must give messages, "need more" or a rejection.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| oxwork::fuzzing::http(data));
