@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::{spawn_local, AbortHandle};
@@ -18,8 +19,15 @@ use crate::worker::defaults;
 /// Messages `send` may queue while the connection is still being established.
 const MAX_QUEUED_BEFORE_CONNECT: usize = 1024;
 
+/// TLS towards the server: its name for certificate checks, and the client configuration.
+struct ClientTls {
+    name: rustls::pki_types::ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
+}
+
 struct ClientShared<P: Protocol> {
     url: SocketUrl,
+    tls: RefCell<Option<ClientTls>>,
     proto: P,
     handlers: RefCell<Handlers<P>>,
     frozen: RefCell<Option<Rc<Handlers<P>>>>,
@@ -78,6 +86,96 @@ impl AsyncConnection<Dynamic> {
     }
 }
 
+impl AsyncConnection<crate::websocket::WebSocket> {
+    /// A WebSocket connection to `url` (`ws://host:port/path` or `wss://...`), with the same
+    /// callbacks as any connection; `send` takes text, bytes or `WsOutput`. Server certificates
+    /// are checked against the usual public roots (`tls_root_pem` replaces them).
+    pub fn websocket(url: &str) -> Result<AsyncConnection<crate::websocket::WebSocket>> {
+        let bad =
+            |why: &str| Error::new(ErrorKind::InvalidUrl, format!("invalid URL {url:?}: {why}"));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected ws:// or wss://"))?;
+        let secure = match scheme.to_ascii_lowercase().as_str() {
+            "ws" => false,
+            "wss" => true,
+            _ => return Err(bad("expected ws:// or wss://")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let default_port = if secure { 443 } else { 80 };
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:{default_port}")
+        };
+        let target = SocketUrl::parse(&format!("tcp://{with_port}"))?;
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .trim_matches(['[', ']']);
+        let conn = AsyncConnection::with_protocol_url(
+            target,
+            crate::websocket::WebSocket::client(authority, path),
+        )?;
+        if secure {
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|_| bad("bad host name"))?;
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            *conn.shared.tls.borrow_mut() = Some(ClientTls {
+                name,
+                config: client_config(roots)?,
+            });
+        }
+        Ok(conn)
+    }
+
+    /// Trusts only the certificates in this PEM file for `wss://` (a private CA, a test
+    /// certificate).
+    pub fn tls_root_pem(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        use rustls::pki_types::pem::PemObject;
+        let path = path.as_ref();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", path.display())))?
+        {
+            let cert = cert
+                .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", path.display())))?;
+        }
+        let mut tls = self.shared.tls.borrow_mut();
+        match tls.as_mut() {
+            Some(t) => t.config = client_config(roots)?,
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "tls_root_pem is for wss:// connections",
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::new(ErrorKind::Config, format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 impl<P: Protocol + Clone> AsyncConnection<P> {
     /// A connection speaking a protocol of your own over `url`'s transport.
     pub fn with_protocol(url: &str, proto: P) -> Result<AsyncConnection<P>> {
@@ -94,6 +192,7 @@ impl<P: Protocol + Clone> AsyncConnection<P> {
         Ok(AsyncConnection {
             shared: Rc::new(ClientShared {
                 url,
+                tls: RefCell::new(None),
                 proto,
                 handlers: RefCell::new(Handlers::default()),
                 frozen: RefCell::new(None),
@@ -164,10 +263,34 @@ impl<P: Protocol + Clone> AsyncConnection<P> {
             Endpoint::Inet(addr) => match tokio::net::TcpStream::connect(addr).await {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    let conn = make(s.local_addr().ok());
-                    self.attach(&conn);
-                    drive(conn, s, opts).await;
-                    Ok(())
+                    let local = s.local_addr().ok();
+                    let tls = shared
+                        .tls
+                        .borrow()
+                        .as_ref()
+                        .map(|t| (t.name.clone(), t.config.clone()));
+                    match tls {
+                        None => {
+                            let conn = make(local);
+                            self.attach(&conn);
+                            drive(conn, s, opts).await;
+                            Ok(())
+                        }
+                        Some((name, config)) => {
+                            match tokio_rustls::TlsConnector::from(config)
+                                .connect(name, s)
+                                .await
+                            {
+                                Ok(stream) => {
+                                    let conn = make(local);
+                                    self.attach(&conn);
+                                    drive(conn, stream, opts).await;
+                                    Ok(())
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                    }
                 }
                 Err(e) => Err(e),
             },

@@ -78,6 +78,7 @@ where
         stats::bump(&c.connections);
         stats::bump(&c.total_connections);
     });
+    conn.with_wire(|wire| inner.proto.borrow_mut().opening(wire));
     conn.call("on_connect", inner.handlers.on_connect.as_ref());
 
     let mut rbuf = BytesMut::new();

@@ -156,3 +156,43 @@ fn https_without_a_certificate_is_refused_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a certificate"));
 }
+
+#[test]
+fn an_outbound_wss_connection_checks_the_certificate_and_relays() {
+    let c = certs();
+    let chat_port = free_port();
+    let _chat = Server::start(
+        "ws_chat",
+        &[
+            (
+                "WS_CHAT_LISTEN",
+                format!("websocket://127.0.0.1:{chat_port}"),
+            ),
+            ("WS_CHAT_TLS_CERT", c.cert.display().to_string()),
+            ("WS_CHAT_TLS_KEY", c.key.display().to_string()),
+        ],
+        5,
+    );
+    let port = free_port();
+    let bridge = Server::start(
+        "ws_bridge",
+        &[
+            ("WS_BRIDGE_LISTEN", format!("text://127.0.0.1:{port}")),
+            (
+                "WS_BRIDGE_UPSTREAM",
+                format!("wss://localhost:{chat_port}/ws"),
+            ),
+            ("WS_BRIDGE_ROOT", c.cert.display().to_string()),
+        ],
+        1,
+    );
+    let mut client = LineClient::connect(port).expect("connect");
+    assert!(
+        eventually(Duration::from_secs(5), || client
+            .ask("encrypted hello")
+            .map(|r| r.ends_with(": encrypted hello"))
+            .unwrap_or(false)),
+        "bridge stderr:\n{}",
+        bridge.stderr()
+    );
+}

@@ -231,3 +231,39 @@ fn a_handshake_sent_one_byte_per_100_ms_is_cut_at_the_deadline() {
         .stderr()
         .contains("handshake not completed in time")));
 }
+
+fn bridge(upstream: String, extra: &[(&str, String)]) -> (Server, u16) {
+    let port = free_port();
+    let mut env = vec![
+        ("WS_BRIDGE_LISTEN", format!("text://127.0.0.1:{port}")),
+        ("WS_BRIDGE_UPSTREAM", upstream),
+    ];
+    env.extend(extra.iter().cloned());
+    (Server::start("ws_bridge", &env, 1), port)
+}
+
+#[test]
+fn an_outbound_ws_connection_relays_both_ways_and_reconnects() {
+    let chat_server = chat(&[]);
+    let (b, port) = bridge(format!("ws://127.0.0.1:{}/ws", chat_server.port), &[]);
+    let mut c = LineClient::connect(port).expect("connect");
+    assert!(
+        eventually(Duration::from_secs(5), || c
+            .ask("over the bridge")
+            .map(|r| r.ends_with(": over the bridge"))
+            .unwrap_or(false)),
+        "bridge stderr:\n{}",
+        b.stderr()
+    );
+    // The chat process holding the bridge's socket dies; the bridge reconnects by itself.
+    let holder = chat_server.connections()[0]["pid"].as_u64().expect("pid") as u32;
+    kill9(holder);
+    assert!(
+        eventually(Duration::from_secs(8), || c
+            .ask("after reconnect")
+            .map(|r| r.ends_with(": after reconnect"))
+            .unwrap_or(false)),
+        "bridge stderr:\n{}",
+        b.stderr()
+    );
+}

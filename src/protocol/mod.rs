@@ -153,6 +153,12 @@ pub trait Protocol: 'static {
     /// Writes the wire form of `msg`.
     fn encode(&mut self, msg: Self::Output, wire: &mut Wire<'_>) -> Result<(), Rejection>;
 
+    /// Writes what this end sends first, as the connection opens (a WebSocket client's upgrade
+    /// request). Nothing, by default.
+    fn opening(&mut self, wire: &mut Wire<'_>) {
+        let _ = wire;
+    }
+
     /// Called once per connection with the worker's `max_package_size` (a WebSocket limits
     /// whole messages, not only frames, with it).
     fn configure(&mut self, max_package_size: usize) {

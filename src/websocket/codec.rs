@@ -126,6 +126,33 @@ pub struct WebSocket {
     pub(crate) plain_http: Rc<RefCell<Option<PlainHttpHook>>>,
     pub(crate) handshake_timeout: Rc<std::cell::Cell<Duration>>,
     info: Option<HandshakeInfo>,
+    /// Set when this end is the client (an outbound connection).
+    client: Option<ClientSide>,
+}
+
+/// The client end's handshake and masking state.
+#[derive(Debug, Clone)]
+struct ClientSide {
+    host: String,
+    path: String,
+    key: String,
+    rng: u64,
+}
+
+impl ClientSide {
+    fn mask(&mut self) -> [u8; 4] {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng as u32).to_be_bytes()
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5eed);
+    h.finish() | 1
 }
 
 impl std::fmt::Debug for WebSocket {
@@ -146,11 +173,72 @@ impl Default for WebSocket {
             plain_http: Rc::default(),
             handshake_timeout: Rc::new(std::cell::Cell::new(DEFAULT_HANDSHAKE_TIMEOUT)),
             info: None,
+            client: None,
         }
     }
 }
 
 impl WebSocket {
+    /// The client end of a connection to `host` (as the `Host` header says it) and `path`.
+    pub(crate) fn client(host: &str, path: &str) -> WebSocket {
+        let mut seed = random_seed();
+        let mut key = [0u8; 16];
+        for chunk in key.chunks_mut(8) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            chunk.copy_from_slice(&seed.to_be_bytes()[..chunk.len()]);
+        }
+        WebSocket {
+            client: Some(ClientSide {
+                host: host.to_string(),
+                path: if path.is_empty() {
+                    "/".into()
+                } else {
+                    path.to_string()
+                },
+                key: base64::engine::general_purpose::STANDARD.encode(key),
+                rng: seed,
+            }),
+            ..WebSocket::default()
+        }
+    }
+
+    fn out_mask(&mut self) -> Option<[u8; 4]> {
+        self.client.as_mut().map(ClientSide::mask)
+    }
+
+    fn client_handshake_decode(&mut self, packet: &[u8]) -> Result<(), Rejection> {
+        let mut raw = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut raw);
+        if !matches!(resp.parse(packet), Ok(httparse::Status::Complete(_))) {
+            return Err(Rejection::new("malformed websocket handshake response"));
+        }
+        if resp.code != Some(101) {
+            return Err(Rejection::new(format!(
+                "websocket handshake refused with status {}",
+                resp.code.unwrap_or(0)
+            )));
+        }
+        let expected = self
+            .client
+            .as_ref()
+            .map(|c| accept_key(&c.key))
+            .unwrap_or_default();
+        let accept = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string());
+        if accept.as_deref() != Some(expected.as_str()) {
+            return Err(Rejection::new(
+                "websocket handshake: wrong Sec-WebSocket-Accept",
+            ));
+        }
+        self.phase = Phase::Open;
+        Ok(())
+    }
+
     /// The handshake's request, once open.
     pub fn handshake(&self) -> Option<&HandshakeInfo> {
         self.info.as_ref()
@@ -162,7 +250,7 @@ fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut payload = BytesMut::new();
     payload.put_u16(code);
     payload.put_slice(&reason.as_bytes()[..reason.len().min(123)]);
-    write_frame(&mut f, 0x8, &payload);
+    write_frame(&mut f, 0x8, &payload, None);
     f.freeze()
 }
 
@@ -178,21 +266,29 @@ fn http_refusal(status: StatusCode, why: &str) -> Rejection {
     )
 }
 
-fn write_frame(dst: &mut BytesMut, opcode: u8, payload: &[u8]) {
-    dst.reserve(payload.len() + 10);
+/// Writes one whole frame; clients mask theirs (RFC 6455 5.3), servers never do.
+fn write_frame(dst: &mut BytesMut, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    dst.reserve(payload.len() + 14);
     dst.put_u8(0x80 | opcode);
+    let bit = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {
-        n if n < 126 => dst.put_u8(n as u8),
+        n if n < 126 => dst.put_u8(bit | n as u8),
         n if n <= u16::MAX as usize => {
-            dst.put_u8(126);
+            dst.put_u8(bit | 126);
             dst.put_u16(n as u16);
         }
         n => {
-            dst.put_u8(127);
+            dst.put_u8(bit | 127);
             dst.put_u64(n as u64);
         }
     }
-    dst.put_slice(payload);
+    match mask {
+        None => dst.put_slice(payload),
+        Some(m) => {
+            dst.put_slice(&m);
+            dst.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i & 3]));
+        }
+    }
 }
 
 /// The `Sec-WebSocket-Accept` for a client's key.
@@ -337,15 +433,19 @@ impl WebSocket {
             127 => 8,
             _ => 0,
         };
-        let mask = [
-            packet[header],
-            packet[header + 1],
-            packet[header + 2],
-            packet[header + 3],
-        ];
-        packet.advance(header + 4);
-        for (i, byte) in packet.iter_mut().enumerate() {
-            *byte ^= mask[i & 3];
+        if b1 & 0x80 != 0 {
+            let mask = [
+                packet[header],
+                packet[header + 1],
+                packet[header + 2],
+                packet[header + 3],
+            ];
+            packet.advance(header + 4);
+            for (i, byte) in packet.iter_mut().enumerate() {
+                *byte ^= mask[i & 3];
+            }
+        } else {
+            packet.advance(header);
         }
         match opcode {
             0x1 | 0x2 => {
@@ -388,14 +488,18 @@ impl WebSocket {
                     }
                 };
                 if self.phase == Phase::Open {
-                    wire.buf().extend_from_slice(&close_frame(code, ""));
+                    let mut payload = BytesMut::new();
+                    payload.put_u16(code);
+                    let mask = self.out_mask();
+                    write_frame(wire.buf(), 0x8, &payload, mask);
                 }
                 self.phase = Phase::Closing;
                 wire.close_after_write();
                 Ok(None)
             }
             0x9 => {
-                write_frame(wire.buf(), 0xA, &packet);
+                let mask = self.out_mask();
+                write_frame(wire.buf(), 0xA, &packet, mask);
                 Ok(None)
             }
             0xA => Ok(None),
@@ -444,8 +548,12 @@ impl Protocol for WebSocket {
                         "reserved bits set (no extension was negotiated)",
                     ));
                 }
-                if b1 & 0x80 == 0 {
+                let masked = b1 & 0x80 != 0;
+                if self.client.is_none() && !masked {
                     return Err(fail(1002, "client frames must be masked"));
+                }
+                if self.client.is_some() && masked {
+                    return Err(Rejection::new("websocket: the server sent a masked frame"));
                 }
                 let opcode = b0 & 0x0F;
                 let len7 = (b1 & 0x7F) as u64;
@@ -470,7 +578,7 @@ impl Protocol for WebSocket {
                 if so_far + len > self.max_message as u64 {
                     return Err(fail(1009, "message too big"));
                 }
-                let total = 2 + ext + 4 + len;
+                let total = 2 + ext + if masked { 4 } else { 0 } + len;
                 Ok(Input::Packet(
                     usize::try_from(total).map_err(|_| fail(1009, "message too big"))?,
                 ))
@@ -484,6 +592,10 @@ impl Protocol for WebSocket {
         wire: &mut Wire<'_>,
     ) -> Result<Option<WsMessage>, Rejection> {
         match self.phase {
+            Phase::Handshake if self.client.is_some() => {
+                self.client_handshake_decode(&packet)?;
+                Ok(None)
+            }
             Phase::Handshake => {
                 self.handshake_decode(&packet, wire)?;
                 Ok(None)
@@ -494,15 +606,22 @@ impl Protocol for WebSocket {
     }
 
     fn encode(&mut self, msg: WsOutput, wire: &mut Wire<'_>) -> Result<(), Rejection> {
-        if self.phase != Phase::Open {
+        // A client may queue messages behind its upgrade request; a server speaks once open.
+        let ready =
+            self.phase == Phase::Open || (self.client.is_some() && self.phase == Phase::Handshake);
+        if !ready {
             return Err(Rejection::new("the websocket is not open"));
         }
+        let mask = self.out_mask();
         match msg {
-            WsOutput::Text(s) => write_frame(wire.buf(), 0x1, s.as_bytes()),
-            WsOutput::Binary(b) => write_frame(wire.buf(), 0x2, &b),
-            WsOutput::Ping(b) => write_frame(wire.buf(), 0x9, &b[..b.len().min(125)]),
+            WsOutput::Text(s) => write_frame(wire.buf(), 0x1, s.as_bytes(), mask),
+            WsOutput::Binary(b) => write_frame(wire.buf(), 0x2, &b, mask),
+            WsOutput::Ping(b) => write_frame(wire.buf(), 0x9, &b[..b.len().min(125)], mask),
             WsOutput::Close(code, reason) => {
-                wire.buf().extend_from_slice(&close_frame(code, &reason));
+                let mut payload = BytesMut::new();
+                payload.put_u16(code);
+                payload.put_slice(&reason.as_bytes()[..reason.len().min(123)]);
+                write_frame(wire.buf(), 0x8, &payload, mask);
                 self.phase = Phase::Closing;
                 wire.close_after_write();
             }
@@ -530,6 +649,16 @@ impl Protocol for WebSocket {
 
     fn configure(&mut self, max_package_size: usize) {
         self.max_message = max_package_size;
+    }
+
+    fn opening(&mut self, wire: &mut Wire<'_>) {
+        if let Some(c) = &self.client {
+            let request = format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                c.path, c.host, c.key
+            );
+            wire.buf().extend_from_slice(request.as_bytes());
+        }
     }
 
     fn handshake_deadline(&self) -> Option<Duration> {
