@@ -1,6 +1,6 @@
 //! HTTP: `GET /` answers `Hello World` as text/plain on port 8080; `/file` streams a file (with
 //! ranges); `/upload` takes a multipart upload; `/chunked` streams chunks; `/events` streams
-//! Server-Sent Events; `/echo` answers the request's method, query, cookies and body as JSON.
+//! Server-Sent Events; `/ws` is a WebSocket echo on the same port; `/echo` answers the request's method, query, cookies and body as JSON.
 //!
 //! Run: `cargo run --example http_hello -- start`, then `curl http://127.0.0.1:8080/`.
 //! `HTTP_LISTEN` moves it; `HTTP_FILE` picks the file `/file` serves (default: this source);
@@ -31,6 +31,12 @@ fn main() -> oxwork::Result<()> {
     ) {
         w.tls(cert, key);
     }
+    // WebSocket on the same port: upgrades on /ws are served by this route (an echo).
+    let mut echo = Worker::websocket_route();
+    echo.on_message(|c, msg| {
+        c.send(msg);
+    });
+    w.websocket_path("/ws", &echo);
     w.on_message(move |c, req| match (req.method().as_str(), req.path()) {
         (_, "/") => {
             c.send(Response::text("Hello World"));

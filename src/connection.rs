@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use crate::guard::guarded;
-use crate::protocol::{BodySource, Dynamic, Protocol, Rejection, Wire};
+use crate::protocol::{BodySource, Dynamic, HandOver, Protocol, Rejection, Wire};
 use crate::stats;
 
 /// Why a connection reported an error to `on_error`.
@@ -123,6 +123,8 @@ pub(crate) struct ConnInner<P: Protocol> {
     pub(crate) out: RefCell<BytesMut>,
     /// Streamed bodies and what was sent after them; the driver moves it into `out` in order.
     pub(crate) pending: RefCell<std::collections::VecDeque<Pending>>,
+    /// Set when the protocol hands the socket to another (an upgrade).
+    pub(crate) hand_over: RefCell<Option<Rc<dyn HandOver>>>,
     pub(crate) state: Cell<State>,
     pub(crate) paused: Cell<bool>,
     pub(crate) buffer_full: Cell<bool>,
@@ -199,6 +201,7 @@ impl<P: Protocol> Connection<P> {
                 proto: RefCell::new(proto),
                 out: RefCell::new(BytesMut::new()),
                 pending: RefCell::new(std::collections::VecDeque::new()),
+                hand_over: RefCell::new(None),
                 state: Cell::new(State::Open),
                 paused: Cell::new(false),
                 buffer_full: Cell::new(false),
@@ -479,22 +482,25 @@ impl<P: Protocol> Connection<P> {
     pub(crate) fn with_wire<R>(&self, f: impl FnOnce(&mut Wire<'_>) -> R) -> R {
         let inner = &self.inner;
         let behind = !inner.pending.borrow().is_empty();
-        let (result, close, source) = if behind {
+        let (result, req) = if behind {
             let mut tmp = BytesMut::new();
             let mut wire = Wire::new(&mut tmp);
             let r = f(&mut wire);
-            let (close, source) = wire.into_parts();
+            let req = wire.into_requests();
             if !tmp.is_empty() {
                 inner.pending.borrow_mut().push_back(Pending::Bytes(tmp));
             }
-            (r, close, source)
+            (r, req)
         } else {
             let mut out = inner.out.borrow_mut();
             let mut wire = Wire::new(&mut out);
             let r = f(&mut wire);
-            let (close, source) = wire.into_parts();
-            (r, close, source)
+            (r, wire.into_requests())
         };
+        let (close, source) = (req.close, req.source);
+        if let Some(h) = req.hand_over {
+            *inner.hand_over.borrow_mut() = Some(h);
+        }
         if let Some(source) = source {
             inner
                 .pending

@@ -68,10 +68,23 @@ pub(crate) struct DriveOptions {
 }
 
 /// Runs `conn` over `stream` until it closes; `on_close` has run when this returns.
-pub(crate) async fn drive<P, S>(conn: Connection<P>, mut stream: S, opts: DriveOptions)
+pub(crate) async fn drive<P, S>(conn: Connection<P>, stream: S, opts: DriveOptions)
 where
     P: Protocol,
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    drive_from(conn, stream, BytesMut::new(), opts).await
+}
+
+/// [`drive`] starting with bytes already read from the socket (a taken-over connection).
+pub(crate) async fn drive_from<P, S>(
+    conn: Connection<P>,
+    mut stream: S,
+    initial: BytesMut,
+    opts: DriveOptions,
+) where
+    P: Protocol,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let inner = conn.inner.clone();
     stats::with(|c| {
@@ -81,7 +94,7 @@ where
     conn.with_wire(|wire| inner.proto.borrow_mut().opening(wire));
     conn.call("on_connect", inner.handlers.on_connect.as_ref());
 
-    let mut rbuf = BytesMut::new();
+    let mut rbuf = initial;
     // True while `rbuf` holds the process's shared buffer rather than this connection's own.
     let mut rbuf_is_scratch = false;
     let mut idle: Option<Pin<Box<Sleep>>> = opts.idle_timeout.map(|d| Box::pin(sleep(d)));
@@ -90,7 +103,8 @@ where
         .borrow()
         .handshake_deadline()
         .map(|d| Box::pin(sleep(d)));
-    let mut woken = false;
+    // Bytes handed over with the socket are dispatched at once.
+    let mut woken = !rbuf.is_empty();
 
     loop {
         let event = poll_fn(|cx| {
@@ -191,6 +205,9 @@ where
                     // Idle connections keep no receive buffer of their own.
                     rbuf = BytesMut::new();
                 }
+                if inner.hand_over.borrow().is_some() {
+                    break;
+                }
                 let mut out = inner.out.borrow_mut();
                 if out.is_empty() && out.capacity() > KEEP_OUT_CAPACITY {
                     *out = BytesMut::new();
@@ -236,9 +253,22 @@ where
     }
 
     inner.state.set(State::Closed);
-    inner.out.borrow_mut().clear();
     inner.waker.borrow_mut().take();
     stats::with(|c| stats::drop_one(&c.connections));
+    let hand_over = inner.hand_over.borrow_mut().take();
+    if let Some(to) = hand_over {
+        // The socket lives on under another protocol; what is queued goes first.
+        let queued = std::mem::take(&mut *inner.out.borrow_mut());
+        if !queued.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            if stream.write_all(&queued).await.is_err() {
+                return;
+            }
+        }
+        to.take_over(Box::new(stream), rbuf, inner.peer.clone(), inner.local);
+        return;
+    }
+    inner.out.borrow_mut().clear();
     drop(stream);
     conn.call("on_close", inner.handlers.on_close.as_ref());
 }

@@ -261,3 +261,33 @@ async fn datagram_loop<P: Protocol + Clone>(
         }
     }
 }
+
+/// Serves a socket another connection handed over (an HTTP connection upgraded to one of its
+/// WebSocket routes), starting with the bytes it had read.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adopt<P: Protocol + Clone>(
+    proto: P,
+    handlers: Rc<Handlers<P>>,
+    connections: ConnectionMap<P>,
+    config: &WorkerConfig,
+    stream: Box<dyn crate::protocol::Stream>,
+    unread: BytesMut,
+    peer: PeerAddr,
+    local: Option<SocketAddr>,
+) {
+    let settings = ConnSettings {
+        max_package_size: config.max_package_size,
+        max_send_buffer_size: config.max_send_buffer_size,
+    };
+    let conn = Connection::new(proto, peer, local, handlers, &settings, Sink::Stream);
+    let id = conn.id();
+    connections.borrow_mut().insert(id, conn.clone());
+    let opts = DriveOptions {
+        idle_timeout: config.idle_timeout,
+    };
+    spawn_local(async move {
+        crate::driver::drive_from(conn, stream, unread, opts).await;
+        connections.borrow_mut().remove(&id);
+        crate::bus::routing::forget(id);
+    });
+}

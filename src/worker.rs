@@ -114,6 +114,7 @@ pub(crate) struct WorkerShared<P: Protocol> {
 struct Running<P: Protocol> {
     connections: Rc<RefCell<BTreeMap<u64, Connection<P>>>>,
     accept: Option<AcceptControl>,
+    handlers: Rc<Handlers<P>>,
 }
 
 /// A group of `count` identical processes serving one address (Workerman's `Worker`).
@@ -196,6 +197,15 @@ impl Worker<Dynamic> {
         ))
     }
 
+    /// WebSocket callbacks for paths of an HTTP worker: declare the callbacks on it, then
+    /// attach it with [`Worker::websocket_path`]. It has no port and no processes of its own;
+    /// its connections live in the HTTP worker's processes.
+    pub fn websocket_route() -> Worker<crate::websocket::WebSocket> {
+        let w = Worker::unregistered(None, crate::websocket::WebSocket::default());
+        w.shared.config.borrow_mut().name = "websocket-route".into();
+        w
+    }
+
     /// A worker with no listening address: its processes run code only (timers, outbound
     /// connections, bus messages), like Workerman's `new Worker()`.
     pub fn without_address() -> Worker<Dynamic> {
@@ -214,6 +224,14 @@ impl<P: Protocol + Clone> Worker<P> {
     }
 
     fn declare(url: Option<SocketUrl>, proto: P) -> Worker<P> {
+        let w = Worker::unregistered(url, proto);
+        crate::registry::register(w.shared.clone());
+        w
+    }
+
+    /// A worker that runs inside others' processes (a WebSocket route of an HTTP worker),
+    /// so the master starts no processes for it.
+    fn unregistered(url: Option<SocketUrl>, proto: P) -> Worker<P> {
         let n = crate::registry::len();
         let config = WorkerConfig {
             name: format!("worker{n}"),
@@ -247,7 +265,6 @@ impl<P: Protocol + Clone> Worker<P> {
             id: Cell::new(0),
             running: RefCell::new(None),
         });
-        crate::registry::register(shared.clone());
         Worker { shared }
     }
 }
@@ -602,6 +619,68 @@ fn run_task(bus: &bus::Bus, f: &TaskFn, d: TaskDelivery) {
     }
 }
 
+impl Worker<crate::http::Http> {
+    /// Accepts WebSocket upgrades on `path` and serves them with `route`'s callbacks (made
+    /// with [`Worker::websocket_route`]), on this worker's own port: HTTP and WebSocket on one
+    /// port. Other requests, and upgrades on other paths, stay HTTP.
+    pub fn websocket_path(
+        &mut self,
+        path: &str,
+        route: &Worker<crate::websocket::WebSocket>,
+    ) -> &mut Self {
+        let upgrader: Rc<dyn crate::protocol::HandOver> = Rc::new(RouteUpgrade {
+            route: route.shared.clone(),
+        });
+        self.shared
+            .proto
+            .ws_routes
+            .borrow_mut()
+            .push((path.to_string(), upgrader));
+        let route = route.shared.clone();
+        self.on_start_internal(move |w| {
+            if route.running.borrow().is_none() {
+                if let Err(e) = route.clone().start(w.id(), None) {
+                    tracing::error!("cannot start the websocket route: {e}");
+                }
+                crate::registry::add_running(route.clone());
+            }
+        });
+        self
+    }
+}
+
+/// Takes an upgraded HTTP connection into a WebSocket route.
+struct RouteUpgrade {
+    route: Rc<WorkerShared<crate::websocket::WebSocket>>,
+}
+
+impl crate::protocol::HandOver for RouteUpgrade {
+    fn take_over(
+        &self,
+        stream: Box<dyn crate::protocol::Stream>,
+        unread: bytes::BytesMut,
+        peer: crate::connection::PeerAddr,
+        local: Option<std::net::SocketAddr>,
+    ) {
+        let running = self.route.running.borrow();
+        let Some(r) = running.as_ref() else {
+            tracing::error!("a websocket upgrade arrived before its route started");
+            return;
+        };
+        let config = self.route.config.borrow();
+        server::adopt(
+            self.route.proto.clone(),
+            r.handlers.clone(),
+            r.connections.clone(),
+            &config,
+            stream,
+            unread,
+            peer,
+            local,
+        );
+    }
+}
+
 impl Worker<crate::websocket::WebSocket> {
     /// Runs on each opening handshake with the upgrade request (path, query, headers,
     /// cookies); returning `Err(response)` refuses the connection with that response
@@ -733,6 +812,7 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
         *self.running.borrow_mut() = Some(Running {
             connections: connections.clone(),
             accept: None,
+            handlers: handlers.clone(),
         });
         let worker = Worker {
             shared: self.clone(),

@@ -267,3 +267,37 @@ fn an_outbound_ws_connection_relays_both_ways_and_reconnects() {
         b.stderr()
     );
 }
+
+#[test]
+fn an_http_worker_accepts_websocket_upgrades_on_its_chosen_path() {
+    let port = free_port();
+    let _s = Server::start(
+        "http_hello",
+        &[("HTTP_LISTEN", format!("http://127.0.0.1:{port}"))],
+        2,
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut page = String::new();
+    c.read_to_string(&mut page).expect("read");
+    assert!(page.ends_with("Hello World"), "{page}");
+    local_runtime().block_on(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+            .await
+            .expect("upgrade on /ws");
+        ws.send(Message::Text("echo me".into()))
+            .await
+            .expect("send");
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("in time")
+            .expect("msg")
+            .expect("ok");
+        assert_eq!(got.to_text().expect("text"), "echo me");
+        // An upgrade on a path without a route stays HTTP.
+        let refused =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/not-a-socket")).await;
+        assert!(refused.is_err(), "upgraded on a path without a route");
+    });
+}

@@ -65,15 +65,29 @@ enum Stream {
     Discard,
 }
 
+/// WebSocket routes of an HTTP worker: path, and who takes an upgraded connection.
+pub(crate) type WsRoutes =
+    std::rc::Rc<std::cell::RefCell<Vec<(String, std::rc::Rc<dyn crate::protocol::HandOver>)>>>;
+
 /// HTTP/1.1 server protocol, one value per connection (`Worker::http`).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Http {
+    pub(crate) ws_routes: WsRoutes,
+    upgrade_to: Option<std::rc::Rc<dyn crate::protocol::HandOver>>,
     limits: HttpLimits,
     head: Option<Head>,
     chunk_scan: usize,
     continue_sent: bool,
     current: Option<Meta>,
     stream: Option<Stream>,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 impl Http {
@@ -190,6 +204,20 @@ impl Http {
                 expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
             }
         }
+        let upgrade = req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("upgrade") && h.value.eq_ignore_ascii_case(b"websocket")
+        });
+        if upgrade {
+            let path = req.path.unwrap_or("/");
+            let path = path.split_once('?').map_or(path, |(p, _)| p);
+            let route = self
+                .ws_routes
+                .borrow()
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, h)| h.clone());
+            self.upgrade_to = route;
+        }
         if chunked && length.is_some() {
             return Err(reject(
                 StatusCode::BAD_REQUEST,
@@ -290,6 +318,11 @@ impl Protocol for Http {
             Some(h) => h,
             None => match self.parse_head(buf)? {
                 Some(h) => {
+                    if let Some(to) = self.upgrade_to.take() {
+                        // The whole connection, this request included, goes to the route.
+                        wire.hand_over(to);
+                        return Ok(Input::NeedMore);
+                    }
                     self.head = Some(h);
                     h
                 }

@@ -82,11 +82,35 @@ pub trait BodySource {
     fn fill(&mut self, dst: &mut BytesMut, max: usize) -> std::io::Result<bool>;
 }
 
+/// A byte stream a connection can hand to another protocol (boxed, whatever the transport).
+pub(crate) trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Stream for T {}
+
+/// Takes over a connection's socket, with the bytes it has read but not consumed (an HTTP
+/// connection upgraded to a WebSocket on one of its paths).
+pub(crate) trait HandOver {
+    fn take_over(
+        &self,
+        stream: Box<dyn Stream>,
+        unread: BytesMut,
+        peer: crate::connection::PeerAddr,
+        local: Option<std::net::SocketAddr>,
+    );
+}
+
+/// What a protocol asked of its connection while writing.
+pub(crate) struct WireRequests {
+    pub(crate) close: bool,
+    pub(crate) source: Option<Box<dyn BodySource>>,
+    pub(crate) hand_over: Option<std::rc::Rc<dyn HandOver>>,
+}
+
 /// Where a protocol writes, and what it may ask of its connection besides bytes.
 pub struct Wire<'a> {
     out: &'a mut BytesMut,
     close: bool,
     source: Option<Box<dyn BodySource>>,
+    hand_over: Option<std::rc::Rc<dyn HandOver>>,
 }
 
 impl fmt::Debug for Wire<'_> {
@@ -104,6 +128,7 @@ impl<'a> Wire<'a> {
             out,
             close: false,
             source: None,
+            hand_over: None,
         }
     }
 
@@ -122,8 +147,17 @@ impl<'a> Wire<'a> {
         self.source = Some(source);
     }
 
-    pub(crate) fn into_parts(self) -> (bool, Option<Box<dyn BodySource>>) {
-        (self.close, self.source)
+    /// Stop reading: the connection (and the bytes not consumed yet) goes to `to`.
+    pub(crate) fn hand_over(&mut self, to: std::rc::Rc<dyn HandOver>) {
+        self.hand_over = Some(to);
+    }
+
+    pub(crate) fn into_requests(self) -> WireRequests {
+        WireRequests {
+            close: self.close,
+            source: self.source,
+            hand_over: self.hand_over,
+        }
     }
 }
 

@@ -776,8 +776,7 @@ mod tests {
         let mut buf = BytesMut::from(&client_frame(0x8, true, &1000u16.to_be_bytes())[..]);
         let mut wire = Wire::new(&mut out);
         let _ = crate::protocol::next_message(&mut ws, &mut buf, 1024, &mut wire);
-        let (close, _) = wire.into_parts();
-        assert!(close);
+        assert!(wire.into_requests().close);
         assert_eq!(&out[..4], &[0x88, 0x02, 0x03, 0xE8]);
     }
 }
