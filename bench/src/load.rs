@@ -15,6 +15,7 @@ pub enum Proto {
     Text,
     Frame,
     Http,
+    WebSocket,
 }
 
 impl Proto {
@@ -23,6 +24,7 @@ impl Proto {
             Proto::Text => "text",
             Proto::Frame => "frame",
             Proto::Http => "http",
+            Proto::WebSocket => "websocket",
         }
     }
 
@@ -39,6 +41,28 @@ impl Proto {
                 v
             }
             Proto::Http => b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec(),
+            Proto::WebSocket => {
+                let mask = [0x12u8, 0x34, 0x56, 0x78];
+                let mut v = vec![0x81];
+                if size < 126 {
+                    v.push(0x80 | size as u8);
+                } else {
+                    v.push(0x80 | 126);
+                    v.extend_from_slice(&(size as u16).to_be_bytes());
+                }
+                v.extend_from_slice(&mask);
+                v.extend((0..size).map(|i| b'x' ^ mask[i & 3]));
+                v
+            }
+        }
+    }
+
+    /// What a connection sends once before its requests (a WebSocket upgrade), and how the
+    /// answer to it ends.
+    fn opening(&self) -> Option<&'static [u8]> {
+        match self {
+            Proto::WebSocket => Some(b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            _ => None,
         }
     }
 
@@ -56,6 +80,20 @@ impl Proto {
                     } else {
                         let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
                         (rest.len() >= len).then_some(len)
+                    }
+                }
+                Proto::WebSocket => {
+                    if rest.len() < 2 {
+                        None
+                    } else {
+                        match rest[1] & 0x7F {
+                            126 if rest.len() >= 4 => {
+                                let len = 4 + u16::from_be_bytes([rest[2], rest[3]]) as usize;
+                                (rest.len() >= len).then_some(len)
+                            }
+                            126 | 127 => None,
+                            n => (rest.len() >= 2 + n as usize).then_some(2 + n as usize),
+                        }
                     }
                 }
                 Proto::Http => {
@@ -158,6 +196,7 @@ async fn one_connection(
 ) -> Result<(), String> {
     let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
+    open_session(&mut s, spec.proto).await?;
     let one = spec.proto.request(spec.size);
     let batch: Vec<u8> = one
         .iter()
@@ -200,12 +239,36 @@ async fn one_connection(
     }
 }
 
+/// Sends the protocol's opening (a WebSocket upgrade) and reads its answer to the end.
+async fn open_session(s: &mut TcpStream, proto: Proto) -> Result<(), String> {
+    let Some(opening) = proto.opening() else {
+        return Ok(());
+    };
+    s.write_all(opening).await.map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed during the handshake".into());
+        }
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(format!(
+            "handshake refused: {}",
+            String::from_utf8_lossy(&head)
+        ));
+    }
+    Ok(())
+}
+
 /// Opens `n` connections (at most `parallel` connecting at once), has each exchange one
 /// message, and keeps them open; returns them and how long that took.
 pub fn open_idle(
     addr: SocketAddr,
     n: usize,
     parallel: usize,
+    proto: Proto,
 ) -> (Vec<std::net::TcpStream>, Duration, u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -223,8 +286,10 @@ pub fn open_idle(
                     tasks.push(tokio::task::spawn_local(async move {
                         let _permit = sem.acquire().await.ok()?;
                         let mut s = TcpStream::connect(addr).await.ok()?;
-                        s.write_all(b"hi\n").await.ok()?;
-                        let mut b = [0u8; 3];
+                        open_session(&mut s, proto).await.ok()?;
+                        let hello = proto.request(2);
+                        s.write_all(&hello).await.ok()?;
+                        let mut b = vec![0u8; if proto == Proto::WebSocket { 4 } else { 3 }];
                         s.read_exact(&mut b).await.ok()?;
                         s.into_std().ok()
                     }));

@@ -114,7 +114,6 @@ fn main() {
         }
     );
     let mut rows = Vec::new();
-    let mut pending = Vec::new();
     let mut failed = Vec::new();
     for s in selected {
         eprintln!("== {}: {}", s.name, s.what);
@@ -131,11 +130,10 @@ fn main() {
                 }
                 rows.extend(r);
             }
-            Err(e) if e.starts_with("pending") => pending.push((s.name.to_string(), e)),
             Err(e) => failed.push(format!("{}: {e}", s.name)),
         }
     }
-    let table = report::markdown(&rows, &pending);
+    let table = report::markdown(&rows);
     println!("{table}");
     if let Err(e) = write_outputs(&args, &rows, &table) {
         eprintln!("cannot write results: {e}");

@@ -14,7 +14,7 @@ fn ratio(v: f64, reference: f64) -> String {
 
 /// One table for throughput scenarios, one for the rest; ratios are against the tokio floor of
 /// the same scenario in the same run.
-pub fn markdown(rows: &[Row], pending: &[(String, String)]) -> String {
+pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| scenario | server | req/s | vs floor | p50 us | p90 us | p99 us | p99.9 us | user us/req | vs floor | sys us/req | syscalls/req | peak RSS MB | errors |");
     let _ = writeln!(
@@ -60,12 +60,6 @@ pub fn markdown(rows: &[Row], pending: &[(String, String)]) -> String {
                 r.server,
                 figures.join(", ")
             );
-        }
-    }
-    if !pending.is_empty() {
-        let _ = writeln!(out, "\nNot measured yet:\n");
-        for (name, why) in pending {
-            let _ = writeln!(out, "- `{name}`: {why}");
         }
     }
     out

@@ -46,7 +46,6 @@ pub enum Plan {
     },
     Reload,
     Bus,
-    Pending(&'static str),
 }
 
 pub struct Scenario {
@@ -75,22 +74,22 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "http-hello",
-            what: "b. HTTP hello world, 100 keep-alive connections (oxwork joins when its http protocol lands)",
-            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 1, size: 0, servers: vec![Tokio, Hyper] },
+            what: "b. HTTP hello world, 100 keep-alive connections",
+            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 1, size: 0, servers: vec![Oxwork(1), Tokio, Hyper] },
         },
         Scenario {
             name: "http-pipelined",
             what: "c. HTTP hello world pipelined, depth 16",
-            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 16, size: 0, servers: vec![Tokio, Hyper] },
+            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 16, size: 0, servers: vec![Oxwork(1), Tokio, Hyper] },
         },
         Scenario {
             name: "websocket-echo",
             what: "d. websocket echo, 50 connections",
-            plan: Plan::Pending("needs the websocket protocol (HTTP/WebSocket/TLS issue)"),
+            plan: Plan::Throughput { proto: Proto::WebSocket, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio] },
         },
         Scenario {
             name: "idle-10k",
-            what: "e. 10,000 idle connections held (text until websocket lands): memory per connection and time to accept",
+            what: "e. 10,000 idle websocket connections held: memory per connection and time to accept them",
             plan: Plan::Idle { connections: 10_000, servers: vec![Oxwork(1), Tokio] },
         },
         Scenario {
@@ -159,7 +158,6 @@ fn median_row(rows: &[Row]) -> Row {
 /// Runs one scenario: every server, `reps` times, alternating; returns the median per server.
 pub fn run(s: &Scenario, effort: Effort) -> Result<Vec<Row>, String> {
     match &s.plan {
-        Plan::Pending(why) => Err(format!("pending: {why}")),
         Plan::Throughput {
             proto,
             connections,
@@ -258,11 +256,11 @@ fn throughput(scenario: &str, kind: Kind, spec: Spec) -> Result<Row, String> {
 }
 
 fn idle(scenario: &str, kind: Kind, n: usize) -> Result<Row, String> {
-    let server = Running::start(kind, "text")?;
+    let server = Running::start(kind, "websocket")?;
     let pids = server.pids.clone();
     std::thread::sleep(Duration::from_millis(200));
     let baseline = procstat::rss_bytes(&pids);
-    let (conns, took, errors) = load::open_idle(server.addr(), n, 256);
+    let (conns, took, errors) = load::open_idle(server.addr(), n, 256, Proto::WebSocket);
     std::thread::sleep(Duration::from_millis(300));
     let held = procstat::rss_bytes(&pids);
     let opened = conns.len();

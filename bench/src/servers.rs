@@ -204,12 +204,91 @@ impl Drop for Running {
 /// `__serve-oxwork PROTO COUNT PORT CMD...`: the oxwork server under test.
 pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
     let (proto, count, port) = (&args[0], args[1].parse().unwrap_or(1), &args[2]);
-    let mut w = oxwork::Worker::new(&format!("{proto}://127.0.0.1:{port}"))?;
-    w.name("bench").count(count);
-    w.on_message(|c, data| {
-        c.send(data);
-    });
+    match proto.as_str() {
+        "http" => {
+            let mut w = oxwork::Worker::http(&format!("http://127.0.0.1:{port}"))?;
+            w.name("bench").count(count);
+            w.on_message(|c, _req| {
+                c.send(oxwork::http::Response::text("Hello World"));
+            });
+        }
+        "websocket" => {
+            let mut w = oxwork::Worker::websocket(&format!("websocket://127.0.0.1:{port}"))?;
+            w.name("bench").count(count);
+            w.on_message(|c, msg| {
+                c.send(msg);
+            });
+        }
+        _ => {
+            let mut w = oxwork::Worker::new(&format!("{proto}://127.0.0.1:{port}"))?;
+            w.name("bench").count(count);
+            w.on_message(|c, data| {
+                c.send(data);
+            });
+        }
+    }
     oxwork::run_all_from(args[3..].iter().cloned())
+}
+
+/// The floor's WebSocket: answers the handshake, then echoes masked client frames unmasked.
+/// Returns bytes consumed; flips `open` once the handshake is done.
+fn websocket_floor(buf: &[u8], out: &mut Vec<u8>, open: &mut bool) -> usize {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut used = 0;
+    if !*open {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return 0;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]);
+        let key = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        let mut h = sha1::Sha1::new();
+        h.update(key.as_bytes());
+        h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+        let accept = base64::engine::general_purpose::STANDARD.encode(h.finalize());
+        out.extend_from_slice(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes());
+        *open = true;
+        used = end + 4;
+    }
+    loop {
+        let rest = &buf[used..];
+        if rest.len() < 2 {
+            return used;
+        }
+        let len7 = (rest[1] & 0x7F) as usize;
+        let (ext, len) = match len7 {
+            126 if rest.len() >= 4 => (2, u16::from_be_bytes([rest[2], rest[3]]) as usize),
+            126 => return used,
+            127 => return used,
+            n => (0, n),
+        };
+        let total = 2 + ext + 4 + len;
+        if rest.len() < total {
+            return used;
+        }
+        let mask = &rest[2 + ext..2 + ext + 4];
+        out.push(rest[0]);
+        if len < 126 {
+            out.push(len as u8);
+        } else {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        out.extend(
+            rest[2 + ext + 4..total]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i & 3]),
+        );
+        used += total;
+    }
 }
 
 /// `__serve-tokio PROTO PORT`: the floor. One thread, one task per connection, one read and
@@ -235,6 +314,7 @@ pub fn serve_tokio(args: &[String]) {
             tokio::task::spawn_local(async move {
                 let mut buf = Vec::with_capacity(16 * 1024);
                 let mut out = Vec::with_capacity(16 * 1024);
+                let mut ws_open = false;
                 loop {
                     let mut chunk = [0u8; 16 * 1024];
                     let n = match s.read(&mut chunk).await {
@@ -245,6 +325,7 @@ pub fn serve_tokio(args: &[String]) {
                     let used = match proto.as_str() {
                         "text" => echo_lines(&buf, &mut out),
                         "frame" => echo_frames(&buf, &mut out),
+                        "websocket" => websocket_floor(&buf, &mut out, &mut ws_open),
                         _ => answer_http(&buf, &mut out),
                     };
                     buf.drain(..used);
