@@ -208,6 +208,10 @@ pub(crate) async fn drive_from<P, S>(
                 if inner.hand_over.borrow().is_some() {
                     break;
                 }
+                if handshake.is_some() && inner.proto.borrow().handshake_done() {
+                    // The deadline's timer entry is not kept for the connection's whole life.
+                    handshake = None;
+                }
                 let mut out = inner.out.borrow_mut();
                 if out.is_empty() && out.capacity() > KEEP_OUT_CAPACITY {
                     *out = BytesMut::new();
