@@ -372,7 +372,8 @@ impl<P: Protocol> Connection<P> {
     }
 
     /// Binds this connection to `uid` (one uid may have many connections), for
-    /// `bus::send_to_uid`. Ends when the connection closes.
+    /// `bus::send_to_uid`. Ends when the connection closes. It takes effect once the hub has
+    /// the subscription, a moment later: a send from another process in that moment misses it.
     pub fn bind_uid(&self, uid: &str) -> Result<(), crate::bus::BusError> {
         crate::bus::routing::bind_uid(self.inner.id, uid)
     }
@@ -382,7 +383,8 @@ impl<P: Protocol> Connection<P> {
         crate::bus::routing::unbind_uid(self.inner.id, uid)
     }
 
-    /// Adds this connection to `group`, for `bus::send_to_group`. Ends when it closes.
+    /// Adds this connection to `group`, for `bus::send_to_group`. Ends when it closes. Like
+    /// [`bind_uid`](Self::bind_uid), it takes effect a moment later, once the hub has it.
     pub fn join_group(&self, group: &str) -> Result<(), crate::bus::BusError> {
         crate::bus::routing::join_group(self.inner.id, group)
     }

@@ -88,6 +88,11 @@ fn a_hub_client_sending_garbage_is_disconnected_and_others_are_unharmed() {
     );
 
     let mut b = LineClient::connect(s.port).expect("connect");
+    // Binding subscribes a's process at the hub; b's send may race ahead of it by a moment.
+    assert!(eventually(Duration::from_secs(3), || b
+        .ask("uid-online:erin")
+        .expect("answer")
+        == "true"));
     assert_eq!(b.ask("to-uid:erin:still routed").expect("sent"), "sent");
     assert_eq!(a.recv().expect("delivered"), "still routed");
     assert!(s.stderr().contains("bad frame"), "{}", s.stderr());
