@@ -7,6 +7,7 @@
 
 mod bus;
 mod load;
+mod nats;
 mod pin;
 mod procstat;
 mod report;
@@ -29,6 +30,15 @@ struct Args {
     /// Seconds measured per repetition (after a one-second warm-up).
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Connections per throughput scenario, instead of the scenario's own.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Requests in flight per connection (pipelining depth), instead of the scenario's own.
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Message size in bytes (text, frame, websocket), instead of the scenario's own.
+    #[arg(long)]
+    size: Option<usize>,
     /// Directory for results.json, results.md and latency.svg.
     #[arg(long, default_value = "target/oxbench")]
     out: PathBuf,
@@ -61,6 +71,9 @@ fn main() {
             }
             return;
         }
+        Some(role @ ("__nats-responder" | "__nats-sink" | "__nats-queue")) => {
+            return nats::helper(role, raw.get(1).map(String::as_str).unwrap_or(""));
+        }
         Some("__serve-tokio") => return servers::serve_tokio(&raw[1..]),
         Some("__serve-hyper") => return servers::serve_hyper(&raw[1..]),
         _ => {}
@@ -82,6 +95,9 @@ fn main() {
             duration: Duration::from_millis(500),
             max_connections: 8,
             idle_connections: Some(200),
+            connections: None,
+            depth: None,
+            size: None,
         }
     } else {
         scenarios::Effort {
@@ -90,7 +106,16 @@ fn main() {
             duration: Duration::from_secs_f64(args.duration),
             max_connections: usize::MAX,
             idle_connections: None,
+            connections: None,
+            depth: None,
+            size: None,
         }
+    };
+    let effort = scenarios::Effort {
+        connections: args.connections,
+        depth: args.depth,
+        size: args.size,
+        ..effort
     };
     let selected: Vec<_> = all
         .iter()

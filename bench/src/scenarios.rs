@@ -74,7 +74,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "http-hello",
-            what: "b. HTTP hello world, 100 keep-alive connections",
+            what: "b. HTTP hello world, 100 keep-alive connections (and wrk, when installed)",
             plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 1, size: 0, servers: vec![Oxwork(1), Tokio, Hyper] },
         },
         Scenario {
@@ -94,7 +94,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "bus",
-            what: "f. bus: ask round trip (against a raw TCP ping-pong), one-way 16-byte messages, task pool of 4 with 2 submitters",
+            what: "f. bus: ask round trip (against a raw TCP ping-pong), one-way 16-byte messages, task pool of 4 with 2 submitters; the same patterns through nats-server",
             plan: Plan::Bus,
         },
         Scenario {
@@ -113,6 +113,10 @@ pub struct Effort {
     pub duration: Duration,
     pub max_connections: usize,
     pub idle_connections: Option<usize>,
+    /// Overrides of the scenarios' own connection count, depth and message size.
+    pub connections: Option<usize>,
+    pub depth: Option<usize>,
+    pub size: Option<usize>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -167,9 +171,12 @@ pub fn run(s: &Scenario, effort: Effort) -> Result<Vec<Row>, String> {
         } => {
             let spec = Spec {
                 proto: *proto,
-                connections: (*connections).min(effort.max_connections),
-                depth: *depth,
-                size: *size,
+                connections: effort
+                    .connections
+                    .unwrap_or(*connections)
+                    .min(effort.max_connections),
+                depth: effort.depth.unwrap_or(*depth).max(1),
+                size: effort.size.unwrap_or(*size),
                 warmup: effort.warmup,
                 duration: effort.duration,
             };
@@ -234,6 +241,12 @@ fn throughput(scenario: &str, kind: Kind, spec: Spec) -> Result<Row, String> {
     });
     let used = procstat::sample(&pids) - before.get();
     let syscalls = counter.into_inner().and_then(|c| c.finish());
+    let mut extra = BTreeMap::new();
+    if spec.proto == Proto::Http && spec.depth == 1 {
+        if let Some(rps) = wrk(server.addr(), spec.connections, spec.duration) {
+            extra.insert("wrk_rps".into(), rps);
+        }
+    }
     let peak = procstat::peak_rss_bytes(&pids);
     drop(server);
     let reqs = outcome.requests.max(1) as f64;
@@ -251,8 +264,31 @@ fn throughput(scenario: &str, kind: Kind, spec: Spec) -> Result<Row, String> {
         sys_us_per_req: used.sys_secs * 1e6 / reqs,
         syscalls_per_req: syscalls.map(|n| n as f64 / reqs).unwrap_or(-1.0),
         peak_rss_mb: peak as f64 / 1048576.0,
-        extra: BTreeMap::new(),
+        extra,
     })
+}
+
+/// Requests per second `wrk` (an outside client) measures, when it is installed.
+fn wrk(addr: std::net::SocketAddr, connections: usize, duration: Duration) -> Option<f64> {
+    let secs = duration.as_secs().max(1).to_string();
+    let url = format!("http://{addr}/");
+    let conns = connections.to_string();
+    let mut cmd = match crate::pin::server_cpu() {
+        Some(_) => {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", "1", "wrk"]);
+            c
+        }
+        None => std::process::Command::new("wrk"),
+    };
+    let out = cmd
+        .args(["-t1", "-c", &conns, "-d", &secs, &url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn idle(scenario: &str, kind: Kind, n: usize) -> Result<Row, String> {
@@ -332,7 +368,36 @@ fn bus_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
         peak_rss_mb: peak as f64 / 1048576.0,
         extra,
     };
-    Ok(vec![floor, ask])
+    let mut rows = vec![floor, ask];
+    match nats_row(scenario, effort, count) {
+        Ok(r) => rows.push(r),
+        Err(e) => eprintln!("nats-server comparison skipped: {e}"),
+    }
+    Ok(rows)
+}
+
+/// The same three patterns through nats-server with async-nats.
+fn nats_row(scenario: &str, effort: Effort, count: u64) -> Result<Row, String> {
+    let tree = crate::nats::NatsTree::start()?;
+    let (n, h) = crate::nats::request_latency(&tree.url, effort.warmup, effort.duration)?;
+    let (one_way, dropped) = crate::nats::one_way(&tree.url, count)?;
+    let queue = crate::nats::queue_throughput(&tree.url, 128, effort.duration)?;
+    let mut extra = BTreeMap::new();
+    extra.insert("one_way_msgs_per_sec".into(), one_way);
+    extra.insert("queue_group_msgs_per_sec".into(), queue);
+    extra.insert("one_way_dropped".into(), dropped as f64);
+    Ok(Row {
+        scenario: scenario.into(),
+        server: "nats-server request/reply".into(),
+        rps: n as f64 / effort.duration.as_secs_f64(),
+        p50_us: h.value_at_quantile(0.5) as f64,
+        p90_us: h.value_at_quantile(0.9) as f64,
+        p99_us: h.value_at_quantile(0.99) as f64,
+        p999_us: h.value_at_quantile(0.999) as f64,
+        syscalls_per_req: -1.0,
+        extra,
+        ..Row::default()
+    })
 }
 
 fn reload(scenario: &str, effort: Effort) -> Result<Row, String> {
