@@ -446,6 +446,23 @@ impl<P: Protocol> Connection<P> {
         }
     }
 
+    /// Acts on what `next_message` found: delivers a message, or closes on a rejection.
+    /// Returns whether to look for another.
+    pub(crate) fn handle_next(&self, next: Result<Option<P::Message>, Rejection>) -> bool {
+        match next {
+            Ok(Some(msg)) => {
+                stats::with(|c| stats::bump(&c.messages));
+                self.deliver(msg);
+                true
+            }
+            Ok(None) => false,
+            Err(why) => {
+                self.reject(&why);
+                false
+            }
+        }
+    }
+
     pub(crate) fn reject(&self, why: &Rejection) {
         stats::with(|c| stats::bump(&c.rejected));
         tracing::warn!(

@@ -316,16 +316,8 @@ fn dispatch<P: Protocol>(conn: &Connection<P>, rbuf: &mut BytesMut) {
             let mut proto = inner.proto.borrow_mut();
             next_message(&mut *proto, rbuf, inner.max_package_size, wire)
         });
-        match next {
-            Ok(Some(msg)) => {
-                stats::with(|c| stats::bump(&c.messages));
-                conn.deliver(msg);
-            }
-            Ok(None) => break,
-            Err(why) => {
-                conn.reject(&why);
-                break;
-            }
+        if !conn.handle_next(next) {
+            break;
         }
     }
     inner.in_dispatch.set(false);

@@ -19,7 +19,6 @@ use crate::driver::{drive, DriveOptions};
 use crate::error::{Error, Result};
 use crate::listener::Listener;
 use crate::protocol::{next_message, Protocol, Wire};
-use crate::stats;
 use crate::url::Transport;
 use crate::worker::WorkerConfig;
 
@@ -254,16 +253,8 @@ async fn datagram_loop<P: Protocol + Clone>(
                     &mut Wire::new(&mut sink),
                 )
             };
-            match next {
-                Ok(Some(msg)) => {
-                    stats::with(|c| stats::bump(&c.messages));
-                    conn.deliver(msg);
-                }
-                Ok(None) => break,
-                Err(why) => {
-                    conn.reject(&why);
-                    break;
-                }
+            if !conn.handle_next(next) {
+                break;
             }
         }
     }

@@ -7,21 +7,9 @@ use std::time::Duration;
 
 use support::*;
 
-fn echo(extra: &[(&str, String)]) -> Server {
-    let port = free_port();
-    let mut env = vec![
-        ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
-        ("ECHO_COUNT", "1".to_string()),
-    ];
-    env.extend(extra.iter().cloned());
-    let mut s = Server::start("echo", &env, 1);
-    s.port = port;
-    s
-}
-
 #[test]
 fn a_line_longer_than_max_package_size_disconnects_only_its_client() {
-    let s = echo(&[("ECHO_MAX_PACKAGE", "1024".into())]);
+    let s = echo(1, &[("ECHO_MAX_PACKAGE", "1024".into())]);
     let mut good = LineClient::connect(s.port).expect("connect");
     assert_eq!(good.ask("before").expect("reply"), "before");
     let mut bad = LineClient::connect(s.port).expect("connect");
@@ -39,7 +27,7 @@ fn a_line_longer_than_max_package_size_disconnects_only_its_client() {
 
 #[test]
 fn a_client_that_resets_mid_message_causes_no_panic() {
-    let s = echo(&[]);
+    let s = echo(1, &[]);
     for _ in 0..20 {
         let mut c = LineClient::connect(s.port).expect("connect");
         c.raw().write_all(b"half a mess").expect("write");
@@ -58,7 +46,7 @@ fn a_client_that_resets_mid_message_causes_no_panic() {
 
 #[test]
 fn a_panicking_handler_closes_its_connection_and_the_others_keep_getting_replies() {
-    let s = echo(&[]);
+    let s = echo(1, &[]);
     let mut a = LineClient::connect(s.port).expect("connect");
     let mut b = LineClient::connect(s.port).expect("connect");
     assert_eq!(a.ask("a").expect("reply"), "a");
@@ -81,7 +69,7 @@ fn a_panicking_handler_closes_its_connection_and_the_others_keep_getting_replies
 
 #[test]
 fn invalid_utf8_on_the_text_protocol_closes_with_a_reason() {
-    let s = echo(&[]);
+    let s = echo(1, &[]);
     let mut c = LineClient::connect(s.port).expect("connect");
     c.raw().write_all(b"\xff\xfe\n").expect("write");
     assert!(c.is_closed_by_peer());
@@ -92,7 +80,7 @@ fn invalid_utf8_on_the_text_protocol_closes_with_a_reason() {
 
 #[test]
 fn on_close_runs_exactly_once_per_connection() {
-    let s = echo(&[]);
+    let s = echo(1, &[]);
     let mut ids = Vec::new();
     for i in 0..6 {
         let mut c = LineClient::connect(s.port).expect("connect");

@@ -4,23 +4,9 @@ mod support;
 
 use support::*;
 
-fn echo(count: usize) -> Server {
-    let port = free_port();
-    let mut s = Server::start(
-        "echo",
-        &[
-            ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
-            ("ECHO_COUNT", count.to_string()),
-        ],
-        count,
-    );
-    s.port = port;
-    s
-}
-
 #[test]
 fn status_reports_live_processes_with_their_counters() {
-    let s = echo(2);
+    let s = echo(2, &[]);
     let mut c = LineClient::connect(s.port).expect("connect");
     let pid: u64 = c.ask("pid").expect("pid").parse().expect("n");
     for i in 0..9 {
@@ -54,7 +40,7 @@ fn status_reports_live_processes_with_their_counters() {
 
 #[test]
 fn connections_lists_each_open_connection_with_its_peer_and_bytes() {
-    let s = echo(2);
+    let s = echo(2, &[]);
     let mut clients: Vec<LineClient> = (0..3)
         .map(|_| LineClient::connect(s.port).expect("connect"))
         .collect();
@@ -79,7 +65,7 @@ fn connections_lists_each_open_connection_with_its_peer_and_bytes() {
 
 #[test]
 fn a_process_stuck_in_a_callback_shows_as_busy() {
-    let s = echo(1);
+    let s = echo(1, &[]);
     let mut c = LineClient::connect(s.port).expect("connect");
     c.send("block:2500").expect("send");
     std::thread::sleep(std::time::Duration::from_millis(200));

@@ -6,23 +6,9 @@ use std::time::Duration;
 
 use support::*;
 
-fn echo(count: usize) -> Server {
-    let port = free_port();
-    let mut s = Server::start(
-        "echo",
-        &[
-            ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
-            ("ECHO_COUNT", count.to_string()),
-        ],
-        count,
-    );
-    s.port = port;
-    s
-}
-
 #[test]
 fn graceful_stop_lets_an_in_flight_exchange_finish_then_the_master_exits() {
-    let mut s = echo(2);
+    let mut s = echo(2, &[]);
     let mut c = LineClient::connect(s.port).expect("connect");
     assert_eq!(c.ask("ready").expect("reply"), "ready");
     c.send("slow:800").expect("send");
@@ -36,7 +22,7 @@ fn graceful_stop_lets_an_in_flight_exchange_finish_then_the_master_exits() {
 
 #[test]
 fn stop_closes_connections_and_the_whole_tree_exits() {
-    let mut s = echo(2);
+    let mut s = echo(2, &[]);
     let pids = s.worker_pids();
     let mut c = LineClient::connect(s.port).expect("connect");
     assert_eq!(c.ask("x").expect("reply"), "x");
@@ -55,7 +41,7 @@ fn stop_closes_connections_and_the_whole_tree_exits() {
 
 #[test]
 fn a_second_start_says_already_running_and_fails() {
-    let s = echo(1);
+    let s = echo(1, &[]);
     let out = s.run(&["start"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

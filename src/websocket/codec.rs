@@ -254,6 +254,26 @@ fn close_frame(code: u16, reason: &str) -> Bytes {
     f.freeze()
 }
 
+/// The path, query and headers of a parsed upgrade request.
+fn handshake_info(req: &httparse::Request<'_, '_>) -> HandshakeInfo {
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    HandshakeInfo {
+        path: path.to_string(),
+        query: query.to_string(),
+        headers: req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+    }
+}
+
 /// A protocol error: close with `code`, then end the connection.
 fn fail(code: u16, why: &str) -> Rejection {
     Rejection::with_reply(format!("websocket {code}: {why}"), close_frame(code, why))
@@ -316,22 +336,7 @@ impl WebSocket {
         let upgrade_ok = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
         let plain = self.plain_http.borrow().clone();
         if let (false, Some(plain)) = (upgrade_ok, plain) {
-            let target = req.path.unwrap_or("/");
-            let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            let info = HandshakeInfo {
-                path: path.to_string(),
-                query: query.to_string(),
-                headers: req
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect(),
-            };
+            let info = handshake_info(&req);
             let mut request = crate::http::request_from_handshake(&info);
             if let Some(m) = req
                 .method
@@ -379,22 +384,7 @@ impl WebSocket {
                 "bad Sec-WebSocket-Key",
             ));
         };
-        let target = req.path.unwrap_or("/");
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let info = HandshakeInfo {
-            path: path.to_string(),
-            query: query.to_string(),
-            headers: req
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect(),
-        };
+        let info = handshake_info(&req);
         let hook = self.hook.borrow().clone();
         if let Some(hook) = hook {
             let request = crate::http::request_from_handshake(&info);

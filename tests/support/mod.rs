@@ -312,3 +312,16 @@ impl Server {
             .collect()
     }
 }
+
+/// The echo example with `count` processes on a free port, plus extra settings.
+pub fn echo(count: usize, extra: &[(&str, String)]) -> Server {
+    let port = free_port();
+    let mut env = vec![
+        ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
+        ("ECHO_COUNT", count.to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    let mut s = Server::start("echo", &env, count);
+    s.port = port;
+    s
+}
