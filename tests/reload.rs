@@ -8,18 +8,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn echo(count: usize, extra: &[(&str, String)]) -> Server {
-    let port = free_port();
-    let mut env = vec![
-        ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
-        ("ECHO_COUNT", count.to_string()),
-    ];
-    env.extend(extra.iter().cloned());
-    let mut s = Server::start("echo", &env, count);
-    s.port = port;
-    s
-}
-
 fn churn_through_reload(s: &Server, args: &[&str]) {
     let before = s.worker_pids();
     let stop = Arc::new(AtomicBool::new(false));

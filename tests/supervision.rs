@@ -7,18 +7,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn echo(count: usize, extra: &[(&str, String)]) -> Server {
-    let port = free_port();
-    let mut env = vec![
-        ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
-        ("ECHO_COUNT", count.to_string()),
-    ];
-    env.extend(extra.iter().cloned());
-    let mut s = Server::start("echo", &env, count);
-    s.port = port;
-    s
-}
-
 #[test]
 fn killed_worker_is_replaced_within_a_second_and_other_clients_notice_nothing() {
     let s = echo(4, &[]);

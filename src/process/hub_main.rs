@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use tokio::io::BufReader;
-use tokio::net::UnixStream;
 
 use super::control::{read_msg, write_msg, FromWorker, ToWorker};
 use super::{env, sys};
@@ -40,12 +39,7 @@ fn run_inner() -> Result<()> {
     rt.block_on(async move {
         let hub = crate::bus::hub::start(std::path::Path::new(&path))
             .map_err(|e| Error::io(format!("cannot listen on {path}"), e))?;
-        let std_control = std::os::unix::net::UnixStream::from(control);
-        std_control
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("control socket", e))?;
-        let control =
-            UnixStream::from_std(std_control).map_err(|e| Error::io("control socket", e))?;
+        let control = super::control_stream(control)?;
         let (rd, mut wr) = control.into_split();
         let mut reader = BufReader::new(rd);
         write_msg(&mut wr, &FromWorker::Ready)

@@ -26,3 +26,15 @@ pub(crate) mod env {
     /// This tree's node name (default: the host name).
     pub(crate) const NODE: &str = "OXWORK_NODE";
 }
+
+/// The inherited control socket as a non-blocking tokio stream.
+pub(crate) fn control_stream(
+    fd: std::os::fd::OwnedFd,
+) -> crate::error::Result<tokio::net::UnixStream> {
+    let std_control = std::os::unix::net::UnixStream::from(fd);
+    std_control
+        .set_nonblocking(true)
+        .map_err(|e| crate::error::Error::io("control socket", e))?;
+    tokio::net::UnixStream::from_std(std_control)
+        .map_err(|e| crate::error::Error::io("control socket", e))
+}

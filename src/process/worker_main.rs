@@ -4,7 +4,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::io::BufReader;
-use tokio::net::UnixStream;
 
 use super::control::{read_msg, write_msg, FromWorker, ToWorker};
 use super::{env, sys};
@@ -91,12 +90,7 @@ fn run_inner(role: &Role) -> Result<()> {
         crate::registry::set_running(worker.clone(), role.id);
         worker.clone().start(role.id, listener)?;
 
-        let std_control = std::os::unix::net::UnixStream::from(control);
-        std_control
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("control socket", e))?;
-        let control =
-            UnixStream::from_std(std_control).map_err(|e| Error::io("control socket", e))?;
+        let control = super::control_stream(control)?;
         let (read_half, mut write_half) = control.into_split();
         tokio::task::spawn_local(async move {
             while let Some(msg) = outbox.recv().await {
