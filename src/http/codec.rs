@@ -100,6 +100,22 @@ impl Http {
     }
 }
 
+/// Header slots kept on the stack for the usual limit (no allocation per request).
+const STACK_HEADERS: usize = 128;
+
+fn header_slots<'s, 'h>(
+    stack: &'s mut [httparse::Header<'h>; STACK_HEADERS],
+    heap: &'s mut Vec<httparse::Header<'h>>,
+    wanted: usize,
+) -> &'s mut [httparse::Header<'h>] {
+    if wanted <= STACK_HEADERS {
+        &mut stack[..wanted]
+    } else {
+        heap.resize(wanted, httparse::EMPTY_HEADER);
+        &mut heap[..]
+    }
+}
+
 /// A complete error response that closes the connection.
 pub(crate) fn error_reply(status: StatusCode) -> Bytes {
     let body = format!(
@@ -124,8 +140,10 @@ fn reject(status: StatusCode, why: impl Into<String>) -> Rejection {
 
 impl Http {
     fn parse_head(&mut self, buf: &[u8]) -> Result<Option<Head>, Rejection> {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut req = httparse::Request::new(&mut headers);
+        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let headers = header_slots(&mut stack, &mut heap, self.limits.max_headers);
+        let mut req = httparse::Request::new(headers);
         let len = match req.parse(buf) {
             Ok(httparse::Status::Partial) => {
                 let line_end = memchr::memmem::find(buf, b"\r\n");
@@ -369,8 +387,10 @@ impl Protocol for Http {
         self.chunk_scan = 0;
         self.continue_sent = false;
         let packet = packet.freeze();
-        let mut raw = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut req = httparse::Request::new(&mut raw);
+        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let raw = header_slots(&mut stack, &mut heap, self.limits.max_headers);
+        let mut req = httparse::Request::new(raw);
         req.parse(&packet[..head.len])
             .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
         let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
@@ -479,8 +499,8 @@ thread_local! {
     static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
 }
 
-/// The `Date` header value, formatted once per second.
-fn http_date() -> String {
+/// Runs `f` with the `Date` header value, formatted once per second.
+fn with_http_date(f: impl FnOnce(&str)) {
     let now = std::time::SystemTime::now();
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
@@ -491,7 +511,7 @@ fn http_date() -> String {
         if d.0 != secs || d.1.is_empty() {
             *d = (secs, httpdate::fmt_http_date(now));
         }
-        d.1.clone()
+        f(&d.1);
     })
 }
 
@@ -619,7 +639,7 @@ impl Http {
         if !r.has_header("server") {
             put("Server", "oxwork");
         }
-        put("Date", &http_date());
+        with_http_date(|date| put("Date", date));
         match (streaming, no_body) {
             (Some(Stream::Chunked), _) => put("Transfer-Encoding", "chunked"),
             (Some(_), _) => {}
