@@ -103,3 +103,31 @@ impl SyscallCounter {
             .and_then(|v| v.trim().parse().ok())
     }
 }
+
+fn rollup_kb(pid: u32, keys: &[&str]) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .map(|s| {
+            s.lines()
+                .filter(|l| keys.iter().any(|k| l.starts_with(k)))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Proportional set size, summed, in bytes: shared pages (the program's code, shared with the
+/// master and sibling processes) counted once across the processes sharing them.
+pub fn pss_bytes(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| rollup_kb(*p, &["Pss:"]) * 1024).sum()
+}
+
+/// Memory no other process shares, summed, in bytes.
+pub fn private_bytes(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|p| rollup_kb(*p, &["Private_Clean:", "Private_Dirty:"]) * 1024)
+        .sum()
+}

@@ -425,13 +425,18 @@ fn reload(scenario: &str, effort: Effort) -> Result<Row, String> {
     if failed > 0 {
         eprintln!("failures during reload: {why:?}");
     }
-    let idle_worker_rss = procstat::rss_bytes(&server.worker_pids()) as f64 / 4.0 / 1048576.0;
+    let workers: Vec<u32> = server.worker_pids();
+    let idle_worker_rss = procstat::rss_bytes(&workers) as f64 / 4.0 / 1048576.0;
+    let idle_worker_pss = procstat::pss_bytes(&workers) as f64 / 4.0 / 1048576.0;
+    let idle_worker_private = procstat::private_bytes(&workers) as f64 / 4.0 / 1048576.0;
     let mut extra = BTreeMap::new();
     extra.insert("startup_ms".into(), startup.as_secs_f64() * 1000.0);
     extra.insert("reload_ms".into(), reload_took.as_secs_f64() * 1000.0);
     extra.insert("exchanges".into(), ok as f64);
     extra.insert("failed_requests".into(), failed as f64);
     extra.insert("worker_rss_mb".into(), idle_worker_rss);
+    extra.insert("worker_pss_mb".into(), idle_worker_pss);
+    extra.insert("worker_private_mb".into(), idle_worker_private);
     Ok(Row {
         scenario: scenario.into(),
         server: Kind::Oxwork(4).label(),
