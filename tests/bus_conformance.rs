@@ -288,21 +288,8 @@ mod cases {
     }
 }
 
-fn hub_tree() -> Server {
-    let port = free_port();
-    Server::start(
-        "echo",
-        &[
-            ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
-            ("ECHO_COUNT", "1".into()),
-            ("ECHO_GATEWAY", "1".into()),
-        ],
-        2,
-    )
-}
-
 fn with_hub(case: impl for<'a> AsyncCase<'a>) {
-    let server = hub_tree();
+    let server = gateway_echo(1, &[]);
     let path = server.hub_path();
     let connect = move || Bus::connect_hub(&path, "conformance");
     local_runtime().block_on(case.call(&connect));

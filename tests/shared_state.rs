@@ -8,19 +8,6 @@ use oxwork::bus::Bus;
 use oxwork::state;
 use support::*;
 
-fn tree() -> Server {
-    let port = free_port();
-    Server::start(
-        "echo",
-        &[
-            ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
-            ("ECHO_COUNT", "1".into()),
-            ("ECHO_GATEWAY", "1".into()),
-        ],
-        2,
-    )
-}
-
 #[test]
 fn state_calls_outside_a_worker_process_say_there_is_no_bus() {
     let r = local_runtime().block_on(state::get("k"));
@@ -29,7 +16,7 @@ fn state_calls_outside_a_worker_process_say_there_is_no_bus() {
 
 #[test]
 fn increments_from_many_connections_are_atomic() {
-    let s = tree();
+    let s = gateway_echo(1, &[]);
     let path = s.hub_path();
     let total = local_runtime().block_on(async move {
         // Each connection stands for a process; all increment the same key concurrently.
@@ -54,7 +41,7 @@ fn increments_from_many_connections_are_atomic() {
 
 #[test]
 fn compare_and_set_expiry_and_delete() {
-    let s = tree();
+    let s = gateway_echo(1, &[]);
     let path = s.hub_path();
     local_runtime().block_on(async move {
         let b = Bus::connect_hub(&path, "t");

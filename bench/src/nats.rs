@@ -19,22 +19,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn pinned(args: &[String]) -> Command {
-    let exe = std::env::current_exe().expect("own executable");
-    match pin::server_cpu() {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg(cpu.to_string()).arg(exe).args(args);
-            c
-        }
-        None => {
-            let mut c = Command::new(exe);
-            c.args(args);
-            c
-        }
-    }
-}
-
 /// A nats-server of our own on a free port, and the helper processes around it.
 pub struct NatsTree {
     children: Vec<Child>,
@@ -94,7 +78,7 @@ impl NatsTree {
             "__nats-queue",
             "__nats-queue",
         ] {
-            let child = pinned(&[role.to_string(), url.clone()])
+            let child = pin::self_command(&[role.to_string(), url.clone()], true)
                 .stdout(Stdio::null())
                 .spawn()
                 .map_err(|e| e.to_string())?;

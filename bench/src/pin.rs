@@ -24,3 +24,21 @@ pub fn pin_self_to_load_cpu() -> bool {
             .map(|o| o.status.success())
             .unwrap_or(false)
 }
+
+/// A command running this same binary with `args`, pinned to the server core when `pinned`
+/// and pinning is possible.
+pub fn self_command(args: &[String], pinned: bool) -> Command {
+    let exe = std::env::current_exe().expect("own executable");
+    match server_cpu().filter(|_| pinned) {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(exe).args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new(exe);
+            c.args(args);
+            c
+        }
+    }
+}

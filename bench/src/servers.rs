@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -54,22 +54,6 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-fn self_command(args: &[String], pinned: bool) -> Command {
-    let exe = std::env::current_exe().expect("own executable");
-    match pin::server_cpu().filter(|_| pinned) {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg(cpu.to_string()).arg(exe).args(args);
-            c
-        }
-        None => {
-            let mut c = Command::new(exe);
-            c.args(args);
-            c
-        }
-    }
-}
-
 impl Running {
     pub fn start(kind: Kind, proto: &str) -> Result<Running, String> {
         let port = free_port();
@@ -95,7 +79,7 @@ impl Running {
         if oxwork {
             args.push("start".into());
         }
-        let mut cmd = self_command(&args, true);
+        let mut cmd = pin::self_command(&args, true);
         if let Some(d) = &run_dir {
             cmd.env("OXWORK_RUN_DIR", d.path())
                 .env("OXWORK_LOG", "warn")
@@ -127,7 +111,7 @@ impl Running {
         };
         let mut args = self.role_args.clone();
         args.extend(cmd.iter().map(|s| s.to_string()));
-        self_command(&args, false)
+        pin::self_command(&args, false)
             .env("OXWORK_RUN_DIR", dir.path())
             .env("OXWORK_NODE", "bench")
             .output()

@@ -325,3 +325,18 @@ pub fn echo(count: usize, extra: &[(&str, String)]) -> Server {
     s.port = port;
     s
 }
+
+/// The echo example as a gateway (its connections reachable over the bus), so the tree runs
+/// the hub too: `count` workers plus the hub.
+pub fn gateway_echo(count: usize, extra: &[(&str, String)]) -> Server {
+    let port = free_port();
+    let mut env = vec![
+        ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
+        ("ECHO_COUNT", count.to_string()),
+        ("ECHO_GATEWAY", "1".to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    let mut s = Server::start("echo", &env, count + 1);
+    s.port = port;
+    s
+}
