@@ -56,6 +56,11 @@ pub(crate) struct WorkerConfig {
     pub(crate) gateway: bool,
     /// Tasks the pool queues before refusing more.
     pub(crate) task_queue_limit: u32,
+    /// On NATS: how long a task may go without a sign of life from its process before it is
+    /// given to another.
+    pub(crate) task_lease: Duration,
+    /// Has a task handler: the group is a task pool.
+    pub(crate) is_pool: bool,
     /// TLS on this worker's listener.
     pub(crate) tls: Option<crate::tls::TlsFiles>,
 }
@@ -249,6 +254,8 @@ impl<P: Protocol + Clone> Worker<P> {
             task_concurrency: 1,
             gateway: false,
             task_queue_limit: 100_000,
+            task_lease: Duration::from_secs(30),
+            is_pool: false,
             tls: None,
         };
         let shared = Rc::new(WorkerShared {
@@ -387,7 +394,9 @@ impl<P: Protocol> Worker<P> {
     {
         let f = move |t: Task| f(t).map(Into::into).map_err(|e| e.to_string());
         *self.shared.on_task.borrow_mut() = Some(TaskFn::Sync(Rc::new(f)));
-        self.shared.config.borrow_mut().uses_bus = true;
+        let mut c = self.shared.config.borrow_mut();
+        (c.uses_bus, c.is_pool) = (true, true);
+        drop(c);
         self
     }
 
@@ -405,7 +414,9 @@ impl<P: Protocol> Worker<P> {
             Box::pin(async move { fut.await.map(Into::into).map_err(|e| e.to_string()) })
         };
         *self.shared.on_task.borrow_mut() = Some(TaskFn::Async(Rc::new(f)));
-        self.shared.config.borrow_mut().uses_bus = true;
+        let mut c = self.shared.config.borrow_mut();
+        (c.uses_bus, c.is_pool) = (true, true);
+        drop(c);
         self
     }
 
@@ -428,6 +439,11 @@ impl<P: Protocol> Worker<P> {
     setting!(
         /// How many tasks one process of this pool handles at once (default 1).
         task_concurrency: u32 => |c, v| c.task_concurrency = v.max(1));
+    setting!(
+        /// On NATS, how long a task may go without a sign of life from its process before
+        /// JetStream gives it to another process (default 30 s). A running task's lease is
+        /// renewed every third of it, so only a dead or frozen process loses its tasks.
+        task_lease: Duration => |c, v| c.task_lease = v.max(Duration::from_millis(300)));
 
     /// Runs when a client connects.
     pub fn on_connect(&mut self, f: impl Fn(&Connection<P>) + 'static) -> &mut Self {
@@ -554,15 +570,15 @@ impl<P: Protocol> Worker<P> {
         }
         let task_fn = self.shared.on_task.borrow().clone();
         if let Some(f) = task_fn {
-            let (concurrency, max_queue) = {
+            let (concurrency, max_queue, lease) = {
                 let c = self.shared.config.borrow();
-                (c.task_concurrency, c.task_queue_limit)
+                (c.task_concurrency, c.task_queue_limit, c.task_lease)
             };
             let pool = me.group.clone();
             bus::local::when_connected(move |b| {
                 let (bus, f) = (b.clone(), f.clone());
                 let handler = Rc::new(move |d: TaskDelivery| run_task(&bus, &f, d));
-                if let Err(e) = b.join_pool(&pool, concurrency, max_queue, handler) {
+                if let Err(e) = b.join_pool(&pool, concurrency, max_queue, lease, handler) {
                     tracing::error!("cannot join task pool {pool}: {e}");
                 }
             });

@@ -262,6 +262,97 @@ mod cases {
         assert!(none.is_empty());
     }
 
+    pub(crate) async fn shared_state_reads_writes_and_compares_atomically(
+        connect: &dyn Fn() -> Bus,
+    ) {
+        let (a, b) = (connect(), connect());
+        settle(&[&a, &b]).await;
+        let key = format!("conf.{}", std::process::id());
+        assert_eq!(a.get(&key).await.expect("get"), None);
+        a.set(&key, "one", None).await.expect("set");
+        assert_eq!(
+            b.get(&key).await.expect("get").as_deref(),
+            Some(&b"one"[..])
+        );
+        assert!(!b
+            .compare_and_set(&key, Some(b"nope"), "two", None)
+            .await
+            .expect("cas"));
+        assert!(b
+            .compare_and_set(&key, Some(b"one"), "two", None)
+            .await
+            .expect("cas"));
+        assert!(!a
+            .compare_and_set(&key, None, "three", None)
+            .await
+            .expect("cas"));
+        assert!(a.delete(&key).await.expect("delete"));
+        assert!(!a.delete(&key).await.expect("delete again"));
+        assert!(a
+            .compare_and_set(&key, None, "three", None)
+            .await
+            .expect("cas absent"));
+        let odd = "a key with spaces/and:colons";
+        a.set(odd, "x", None).await.expect("odd key");
+        assert_eq!(b.get(odd).await.expect("get").as_deref(), Some(&b"x"[..]));
+    }
+
+    pub(crate) async fn concurrent_increments_are_never_lost(connect: &dyn Fn() -> Bus) {
+        let buses: Vec<Bus> = (0..4).map(|_| connect()).collect();
+        settle(&buses.iter().collect::<Vec<_>>()).await;
+        let key = format!("counter.{}", std::process::id());
+        let mut all = Vec::new();
+        for b in &buses {
+            for _ in 0..25 {
+                let (b, key) = (b.clone(), key.clone());
+                all.push(tokio::task::spawn_local(async move {
+                    b.increment(&key, 1, None).await.expect("increment")
+                }));
+            }
+        }
+        let mut seen = Vec::new();
+        for h in all {
+            seen.push(h.await.expect("join"));
+        }
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (1..=100).collect::<Vec<i64>>(),
+            "each increment saw its own value"
+        );
+        assert_eq!(
+            buses[0].get(&key).await.expect("get").as_deref(),
+            Some(&b"100"[..])
+        );
+        buses[0].set(&key, "text", None).await.expect("set");
+        assert!(matches!(
+            buses[1].increment(&key, 1, None).await,
+            Err(BusError::State(_))
+        ));
+    }
+
+    pub(crate) async fn expired_state_reads_as_absent(connect: &dyn Fn() -> Bus) {
+        let b = connect();
+        settle(&[&b]).await;
+        let key = format!("ttl.{}", std::process::id());
+        b.set(&key, "soon gone", Some(Duration::from_millis(300)))
+            .await
+            .expect("set");
+        assert!(b.get(&key).await.expect("get").is_some());
+        assert_eq!(
+            b.increment(&format!("{key}.n"), 5, Some(Duration::from_millis(300)))
+                .await,
+            Ok(5)
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(b.get(&key).await.expect("get"), None);
+        assert_eq!(b.increment(&format!("{key}.n"), 1, None).await, Ok(1));
+        assert!(b
+            .compare_and_set(&key, None, "again", None)
+            .await
+            .expect("cas"));
+    }
+
     pub(crate) async fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender(
         connect: &dyn Fn() -> Bus,
     ) {
@@ -292,6 +383,13 @@ fn with_hub(case: impl for<'a> AsyncCase<'a>) {
     let server = gateway_echo(1, &[]);
     let path = server.hub_path();
     let connect = move || Bus::connect_hub(&path, "conformance");
+    local_runtime().block_on(case.call(&connect));
+}
+
+fn with_nats(case: impl for<'a> AsyncCase<'a>) {
+    let Some(nats) = Nats::start() else { return };
+    let url = nats.url.clone();
+    let connect = move || Bus::connect_nats(&url, "conformance").expect("NATS settings");
     local_runtime().block_on(case.call(&connect));
 }
 
@@ -357,6 +455,18 @@ macro_rules! conformance {
                 $runner(cases::gather_collects_one_answer_per_subscriber)
             }
             #[test]
+            fn shared_state_reads_writes_and_compares_atomically() {
+                $runner(cases::shared_state_reads_writes_and_compares_atomically)
+            }
+            #[test]
+            fn concurrent_increments_are_never_lost() {
+                $runner(cases::concurrent_increments_are_never_lost)
+            }
+            #[test]
+            fn expired_state_reads_as_absent() {
+                $runner(cases::expired_state_reads_as_absent)
+            }
+            #[test]
             fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender() {
                 $runner(cases::bad_subjects_and_oversized_payloads_are_refused_at_the_sender)
             }
@@ -365,3 +475,4 @@ macro_rules! conformance {
 }
 
 conformance!(hub, with_hub);
+conformance!(nats, with_nats);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::client::Link;
 use super::local::{self, bus};
 use super::{subject, BusError, BusMessage, Headers, Subscription, STATUS_HEADER};
 
@@ -258,12 +259,23 @@ impl super::Bus {
         payload: impl Into<Bytes>,
         opts: SubmitOptions,
     ) -> Result<Bytes, BusError> {
+        let payload = payload.into();
+        self.check_payload(&payload)?;
+        let deadline = tokio::time::Instant::now() + opts.timeout;
         let (reply, token, rx) = self.reply_slot()?;
-        if let Err(e) = self.submit_frame(pool, Some(reply), opts.max_retries, payload.into()) {
+        let queued = match self.link() {
+            Link::Hub(h) => h.submit(pool, Some(reply), opts.max_retries, payload),
+            Link::Nats(n) => {
+                n.submit(pool, Some(reply), opts.max_retries, payload, deadline)
+                    .await
+            }
+        };
+        if let Err(e) = queued {
             self.forget_pending(token);
             return Err(e);
         }
-        let answer = self.await_reply(token, rx, opts.timeout).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = self.await_reply(token, rx, left).await?;
         match answer.headers.get(STATUS_HEADER) {
             Some("ok") => Ok(answer.payload),
             Some("failed") => Err(BusError::TaskFailed(answer.text().into_owned())),
@@ -276,11 +288,34 @@ impl super::Bus {
             ))),
         }
     }
+
+    /// Submits a task to `pool` without waiting for (or receiving) its result. On NATS the
+    /// task is queued in the background; a failure to queue it is logged.
+    pub fn submit_detached(&self, pool: &str, payload: impl Into<Bytes>) -> Result<(), BusError> {
+        let payload = payload.into();
+        self.check_payload(&payload)?;
+        match self.link() {
+            Link::Hub(h) => h.submit(pool, None, DEFAULT_TASK_RETRIES, payload),
+            Link::Nats(n) => {
+                let (n, pool) = (n.clone(), pool.to_string());
+                tokio::task::spawn_local(async move {
+                    let deadline = tokio::time::Instant::now() + DEFAULT_TASK_TIMEOUT;
+                    if let Err(e) = n
+                        .submit(&pool, None, DEFAULT_TASK_RETRIES, payload, deadline)
+                        .await
+                    {
+                        tracing::error!("a task for pool {pool} was not queued: {e}");
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Submits a task without waiting for (or receiving) its result.
 pub fn submit_detached(pool: &str, payload: impl Into<Bytes>) -> Result<(), BusError> {
-    bus()?.submit_frame(pool, None, DEFAULT_TASK_RETRIES, payload.into())
+    bus()?.submit_detached(pool, payload)
 }
 
 /// A task as `on_task` receives it.

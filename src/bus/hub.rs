@@ -72,6 +72,9 @@ pub struct PoolStats {
     pub failed: u64,
     /// Given to another process after theirs died.
     pub retried: u64,
+    /// Out of retries and kept for an operator (NATS: in the `OX_DEAD` stream).
+    #[serde(default)]
+    pub dead: u64,
 }
 
 struct Client {
@@ -602,6 +605,7 @@ impl Hub {
                 done: p.done,
                 failed: p.failed,
                 retried: p.retried,
+                dead: 0,
             })
             .collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,10 +1,11 @@
-//! The bus of the current process: who this process is, where the hub listens, and the one
+//! The bus of the current process: who this process is, which bus it uses, and the one
 //! connection every feature shares (made on first use).
 
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use super::config::BusChoice;
 use super::{Bus, BusError};
 
 /// This process's place in the cluster.
@@ -19,6 +20,7 @@ type SetupFn = Box<dyn Fn(&Bus)>;
 
 struct Local {
     identity: Identity,
+    choice: BusChoice,
     hub_path: PathBuf,
     need_hub: Rc<dyn Fn()>,
     bus: Option<Bus>,
@@ -30,10 +32,16 @@ thread_local! {
 }
 
 /// Called once by a worker process before its workers start.
-pub(crate) fn init(identity: Identity, hub_path: PathBuf, need_hub: Rc<dyn Fn()>) {
+pub(crate) fn init(
+    identity: Identity,
+    choice: BusChoice,
+    hub_path: PathBuf,
+    need_hub: Rc<dyn Fn()>,
+) {
     LOCAL.with(|l| {
         *l.borrow_mut() = Some(Local {
             identity,
+            choice,
             hub_path,
             need_hub,
             bus: None,
@@ -85,8 +93,14 @@ pub fn bus() -> Result<Bus, BusError> {
             "{}/{}/{}",
             local.identity.node, local.identity.group, local.identity.id
         );
-        let bus = Bus::connect_hub(&local.hub_path, &name);
-        bus.set_on_unreachable(local.need_hub.clone());
+        let bus = match &local.choice {
+            BusChoice::Hub => {
+                let bus = Bus::connect_hub(&local.hub_path, &name);
+                bus.set_on_unreachable(local.need_hub.clone());
+                bus
+            }
+            BusChoice::Nats(settings) => Bus::connect_nats_with(settings.clone(), &name),
+        };
         local.bus = Some(bus.clone());
         Ok((bus, true, std::mem::take(&mut local.on_connect)))
     })?;

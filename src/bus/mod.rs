@@ -10,8 +10,13 @@
 
 mod api;
 pub(crate) mod client;
+pub(crate) mod config;
 pub(crate) mod hub;
+mod hub_link;
 pub(crate) mod local;
+mod nats;
+mod nats_state;
+pub(crate) mod nats_tasks;
 pub(crate) mod routing;
 pub mod state;
 pub(crate) mod subject;
@@ -28,6 +33,7 @@ pub use api::{
 };
 pub(crate) use api::{group_subject, worker_subject};
 pub use client::{Bus, Subscription};
+pub use config::{set_default_bus, NatsSettings, BUS_ENV};
 pub use hub::{HubStats, PoolStats};
 pub use local::bus;
 pub use routing::{
@@ -140,6 +146,8 @@ pub enum BusError {
     State(String),
     /// A payload could not be (de)serialised.
     Decode(String),
+    /// The bus is configured wrongly (an address, credentials, a certificate file).
+    Config(String),
 }
 
 impl fmt::Display for BusError {
@@ -164,6 +172,7 @@ impl fmt::Display for BusError {
             BusError::RetriesExhausted(m) => write!(f, "task retries exhausted: {m}"),
             BusError::State(m) => write!(f, "shared state: {m}"),
             BusError::Decode(m) => write!(f, "cannot decode payload: {m}"),
+            BusError::Config(m) => write!(f, "bus configuration: {m}"),
         }
     }
 }

@@ -199,7 +199,11 @@ fn init_bus(role: &Role, group: &str, to_master: tokio::sync::mpsc::UnboundedSen
             let _ = to_master.send(FromWorker::NeedHub);
         }
     };
-    crate::bus::local::init(identity, hub.into(), Rc::new(need_hub));
+    let choice = crate::bus::config::BusChoice::from_env().unwrap_or_else(|e| {
+        tracing::error!("{e}; using the hub");
+        crate::bus::config::BusChoice::Hub
+    });
+    crate::bus::local::init(identity, choice, hub.into(), Rc::new(need_hub));
 }
 
 fn recycle_reason(config: &crate::worker::WorkerConfig) -> Option<String> {

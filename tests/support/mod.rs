@@ -340,3 +340,103 @@ pub fn gateway_echo(count: usize, extra: &[(&str, String)]) -> Server {
     s.port = port;
     s
 }
+
+/// A `nats-server` of the test's own: JetStream on, its store in a temporary directory, on a
+/// free loopback port; killed and reaped on drop.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    dir: tempfile::TempDir,
+    extra_config: String,
+}
+
+impl Nats {
+    /// Starts one, or returns `None` after a loud message when `nats-server` is not installed
+    /// (`.ci/run` sets `OXWORK_REQUIRE_NATS=1`, which makes that a failure instead).
+    pub fn start() -> Option<Nats> {
+        Nats::start_with("")
+    }
+
+    /// [`Nats::start`] with more server configuration (authorization, limits).
+    pub fn start_with(extra_config: &str) -> Option<Nats> {
+        let installed = Command::new("nats-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            if std::env::var("OXWORK_REQUIRE_NATS").as_deref() == Ok("1") {
+                panic!("nats-server is not installed and OXWORK_REQUIRE_NATS=1");
+            }
+            eprintln!(
+                "\n*** SKIPPED: nats-server is not installed; this NATS test did not run ***\n"
+            );
+            return None;
+        }
+        let port = free_port();
+        let mut n = Nats {
+            child: None,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra_config: extra_config.to_string(),
+        };
+        n.launch();
+        Some(n)
+    }
+
+    fn launch(&mut self) {
+        let store = self.dir.path().join("store");
+        let config = self.dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}\n",
+                self.port,
+                store.display().to_string(),
+                self.extra_config
+            ),
+        )
+        .expect("write nats.conf");
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        assert!(
+            eventually(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                self.port
+            ))
+            .is_ok()),
+            "nats-server did not start: {}",
+            std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server (its store stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

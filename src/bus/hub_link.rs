@@ -1,0 +1,448 @@
+//! The hub transport of the bus: one Unix-socket connection to the hub, with reconnection,
+//! re-subscription, a bounded outbound buffer, shared-state calls and task-pool membership.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::spawn_local;
+
+use super::client::{Handler, TaskDelivery, TaskHandler, MAX_OUTBOUND};
+use super::hub::MAX_PAYLOAD;
+use super::wire::{self, Frame, KvOp, KvResult};
+use super::{BusError, BusMessage, Headers};
+use crate::guard::guarded;
+
+/// Bytes handed to the socket per write call.
+const MAX_WRITE: usize = 256 * 1024;
+
+struct SubState {
+    subject: String,
+    queue: Option<String>,
+    handler: Handler,
+}
+
+struct Inner {
+    path: PathBuf,
+    name: String,
+    out: RefCell<BytesMut>,
+    /// Bytes at the front of `out` already written on the current connection; a frame cut
+    /// short by a lost connection is sent again whole on the next one.
+    written: Cell<usize>,
+    wake: Notify,
+    connected: Cell<bool>,
+    subs: RefCell<BTreeMap<u32, SubState>>,
+    next_sid: Cell<u32>,
+    next_kv: Cell<u32>,
+    kv_pending: RefCell<HashMap<u32, oneshot::Sender<KvResult>>>,
+    pools: RefCell<Vec<(String, u32, u32)>>,
+    task_handler: RefCell<Option<TaskHandler>>,
+    on_unreachable: RefCell<Option<Rc<dyn Fn()>>>,
+    on_lost: RefCell<Option<Rc<dyn Fn()>>>,
+    connected_notify: Notify,
+}
+
+/// A connection to the hub. Cheap to clone; every clone is the same connection.
+#[derive(Clone)]
+pub(crate) struct HubLink {
+    inner: Rc<Inner>,
+}
+
+impl HubLink {
+    /// Connects to the hub at `path`, reconnecting by itself whenever the connection drops.
+    pub(crate) fn connect(path: PathBuf, name: &str) -> HubLink {
+        let link = HubLink {
+            inner: Rc::new(Inner {
+                path,
+                name: name.to_string(),
+                out: RefCell::new(BytesMut::new()),
+                written: Cell::new(0),
+                wake: Notify::new(),
+                connected: Cell::new(false),
+                subs: RefCell::new(BTreeMap::new()),
+                next_sid: Cell::new(0),
+                next_kv: Cell::new(0),
+                kv_pending: RefCell::new(HashMap::new()),
+                pools: RefCell::new(Vec::new()),
+                task_handler: RefCell::new(None),
+                on_unreachable: RefCell::new(None),
+                on_lost: RefCell::new(None),
+                connected_notify: Notify::new(),
+            }),
+        };
+        let l = link.clone();
+        spawn_local(async move { l.connection_loop().await });
+        link
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.inner.path
+    }
+
+    /// Called whenever the hub cannot be reached (the worker asks the master to start it).
+    pub(crate) fn set_on_unreachable(&self, f: Rc<dyn Fn()>) {
+        *self.inner.on_unreachable.borrow_mut() = Some(f);
+    }
+
+    /// Called when an established connection is lost (requests in flight fail).
+    pub(crate) fn set_on_lost(&self, f: Rc<dyn Fn()>) {
+        *self.inner.on_lost.borrow_mut() = Some(f);
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.inner.connected.get()
+    }
+
+    pub(crate) async fn wait_connected(&self, limit: Duration) -> bool {
+        if self.is_connected() {
+            return true;
+        }
+        let _ = tokio::time::timeout(limit, async {
+            while !self.is_connected() {
+                self.inner.connected_notify.notified().await;
+            }
+        })
+        .await;
+        self.is_connected()
+    }
+
+    pub(crate) fn max_payload(&self) -> usize {
+        MAX_PAYLOAD
+    }
+
+    fn queue(&self, frame: &Frame) -> Result<(), BusError> {
+        let mut out = self.inner.out.borrow_mut();
+        if out.len() >= MAX_OUTBOUND {
+            return Err(BusError::Backpressure);
+        }
+        wire::encode(frame, &mut out);
+        drop(out);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    pub(crate) fn publish(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        reply: Option<&str>,
+    ) -> Result<(), BusError> {
+        self.queue(&Frame::Pub {
+            subject: subject.to_string(),
+            reply: reply.map(str::to_string),
+            headers,
+            payload,
+        })
+    }
+
+    pub(crate) fn subscribe(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+        handler: Handler,
+    ) -> Result<u32, BusError> {
+        let sid = self.inner.next_sid.get() + 1;
+        self.inner.next_sid.set(sid);
+        self.inner.subs.borrow_mut().insert(
+            sid,
+            SubState {
+                subject: subject.to_string(),
+                queue: queue.map(str::to_string),
+                handler,
+            },
+        );
+        self.queue(&Frame::Sub {
+            sid,
+            subject: subject.to_string(),
+            queue: queue.map(str::to_string),
+        })?;
+        Ok(sid)
+    }
+
+    pub(crate) fn unsubscribe(&self, sid: u32) -> Result<(), BusError> {
+        if self.inner.subs.borrow_mut().remove(&sid).is_some() {
+            self.queue(&Frame::Unsub { sid })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn kv(&self, op: KvOp, timeout: Duration) -> Result<KvResult, BusError> {
+        let req = self.inner.next_kv.get().wrapping_add(1);
+        self.inner.next_kv.set(req);
+        let (tx, rx) = oneshot::channel();
+        self.inner.kv_pending.borrow_mut().insert(req, tx);
+        if let Err(e) = self.queue(&Frame::Kv { req, op }) {
+            self.inner.kv_pending.borrow_mut().remove(&req);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(KvResult::Error(e))) => Err(BusError::State(e)),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(BusError::Disconnected),
+            Err(_) => {
+                self.inner.kv_pending.borrow_mut().remove(&req);
+                Err(BusError::Timeout)
+            }
+        }
+    }
+
+    /// Joins `pool` as a consumer taking up to `concurrency` tasks at once.
+    pub(crate) fn join_pool(
+        &self,
+        pool: &str,
+        concurrency: u32,
+        max_queue: u32,
+        handler: TaskHandler,
+    ) -> Result<(), BusError> {
+        *self.inner.task_handler.borrow_mut() = Some(handler);
+        self.inner
+            .pools
+            .borrow_mut()
+            .push((pool.to_string(), concurrency, max_queue));
+        self.queue(&Frame::PoolJoin {
+            pool: pool.to_string(),
+            concurrency,
+            max_queue,
+        })
+    }
+
+    pub(crate) fn task_done(&self, task: u64, ok: bool, payload: Bytes) -> Result<(), BusError> {
+        self.queue(&Frame::TaskDone { task, ok, payload })
+    }
+
+    pub(crate) fn submit(
+        &self,
+        pool: &str,
+        reply: Option<String>,
+        max_retries: u8,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        self.queue(&Frame::Submit {
+            pool: pool.to_string(),
+            reply,
+            max_retries,
+            payload,
+        })
+    }
+
+    async fn connection_loop(self) {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match UnixStream::connect(&self.inner.path).await {
+                Ok(stream) => {
+                    backoff = Duration::from_millis(20);
+                    self.on_connected();
+                    let why = self.run(stream).await;
+                    self.on_disconnected(&why);
+                }
+                Err(_) => {
+                    let hook = self.inner.on_unreachable.borrow().clone();
+                    if let Some(h) = hook {
+                        h();
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    fn on_connected(&self) {
+        // Hello and every live subscription and pool membership go first, ahead of whatever
+        // was queued while disconnected.
+        let mut prelude = BytesMut::new();
+        wire::encode(
+            &Frame::Hello {
+                name: self.inner.name.clone(),
+            },
+            &mut prelude,
+        );
+        for (sid, s) in self.inner.subs.borrow().iter() {
+            wire::encode(
+                &Frame::Sub {
+                    sid: *sid,
+                    subject: s.subject.clone(),
+                    queue: s.queue.clone(),
+                },
+                &mut prelude,
+            );
+        }
+        for (pool, concurrency, max_queue) in self.inner.pools.borrow().iter() {
+            wire::encode(
+                &Frame::PoolJoin {
+                    pool: pool.clone(),
+                    concurrency: *concurrency,
+                    max_queue: *max_queue,
+                },
+                &mut prelude,
+            );
+        }
+        let mut out = self.inner.out.borrow_mut();
+        // Membership frames queued meanwhile are in the prelude already, from state; anything
+        // else queued stays, in order, after it.
+        strip_membership_frames(&mut out);
+        prelude.extend_from_slice(&out);
+        *out = prelude;
+        self.inner.written.set(0);
+        self.inner.connected.set(true);
+        self.inner.connected_notify.notify_waiters();
+        tracing::debug!("bus connected to {}", self.inner.path.display());
+    }
+
+    fn on_disconnected(&self, why: &str) {
+        self.inner.connected.set(false);
+        self.inner.written.set(0);
+        tracing::warn!("bus connection lost ({why}); reconnecting");
+        // Answers to requests in flight went down with the connection.
+        let hook = self.inner.on_lost.borrow().clone();
+        if let Some(h) = hook {
+            h();
+        }
+        self.inner.kv_pending.borrow_mut().clear();
+    }
+
+    async fn run(&self, stream: UnixStream) -> String {
+        let (mut rd, mut wr) = stream.into_split();
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let max_frame = MAX_PAYLOAD + wire::FRAME_OVERHEAD;
+        loop {
+            let pending_write = {
+                let out = self.inner.out.borrow();
+                out.len() > self.inner.written.get()
+            };
+            if pending_write {
+                let chunk = {
+                    let out = self.inner.out.borrow();
+                    let from = self.inner.written.get();
+                    Bytes::copy_from_slice(&out[from..out.len().min(from + MAX_WRITE)])
+                };
+                tokio::select! {
+                    biased;
+                    r = wr.write(&chunk) => match r {
+                        Ok(0) => return "hub closed".into(),
+                        Ok(n) => self.advance_written(n),
+                        Err(e) => return e.to_string(),
+                    },
+                    r = rd.read_buf(&mut buf) => match r {
+                        Ok(0) => return "hub closed the connection".into(),
+                        Ok(_) => if let Err(e) = self.handle_input(&mut buf, max_frame) { return e },
+                        Err(e) => return e.to_string(),
+                    },
+                }
+            } else {
+                if buf.capacity() - buf.len() < 8 * 1024 {
+                    buf.reserve(64 * 1024);
+                }
+                tokio::select! {
+                    r = rd.read_buf(&mut buf) => match r {
+                        Ok(0) => return "hub closed the connection".into(),
+                        Ok(_) => if let Err(e) = self.handle_input(&mut buf, max_frame) { return e },
+                        Err(e) => return e.to_string(),
+                    },
+                    _ = self.inner.wake.notified() => {}
+                }
+            }
+        }
+    }
+
+    /// Drops whole frames from the front of `out` once written.
+    fn advance_written(&self, n: usize) {
+        let mut written = self.inner.written.get() + n;
+        let mut out = self.inner.out.borrow_mut();
+        while out.len() >= 4 {
+            let flen = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize + 4;
+            if written < flen {
+                break;
+            }
+            out.advance(flen);
+            written -= flen;
+        }
+        if out.is_empty() && out.capacity() > 1024 * 1024 {
+            *out = BytesMut::new();
+        }
+        self.inner.written.set(written);
+    }
+
+    fn handle_input(&self, buf: &mut BytesMut, max_frame: usize) -> Result<(), String> {
+        loop {
+            let frame = match wire::decode(buf, max_frame) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("bad frame from the hub: {e}")),
+            };
+            match frame {
+                Frame::Msg {
+                    sid,
+                    subject,
+                    reply,
+                    headers,
+                    payload,
+                } => {
+                    let handler = self
+                        .inner
+                        .subs
+                        .borrow()
+                        .get(&sid)
+                        .map(|s| s.handler.clone());
+                    if let Some(h) = handler {
+                        let msg = BusMessage {
+                            subject,
+                            reply,
+                            headers,
+                            payload,
+                        };
+                        let _ = guarded("bus subscription handler", || h(msg));
+                    }
+                }
+                Frame::KvReply { req, result } => {
+                    if let Some(tx) = self.inner.kv_pending.borrow_mut().remove(&req) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Frame::Task {
+                    pool,
+                    task,
+                    attempt,
+                    payload,
+                } => {
+                    let handler = self.inner.task_handler.borrow().clone();
+                    if let Some(h) = handler {
+                        h(TaskDelivery {
+                            pool,
+                            task,
+                            attempt,
+                            payload,
+                        });
+                    }
+                }
+                Frame::Ping => {
+                    let _ = self.queue(&Frame::Pong);
+                }
+                Frame::Err { message } => tracing::warn!("hub says: {message}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Removes Hello, Sub, Unsub and PoolJoin frames: on (re)connection they are sent from the
+/// client's state instead, exactly once.
+fn strip_membership_frames(out: &mut BytesMut) {
+    let mut kept = BytesMut::with_capacity(out.len());
+    while let Ok(Some(frame)) = wire::decode(out, usize::MAX) {
+        if !matches!(
+            frame,
+            Frame::Sub { .. } | Frame::Unsub { .. } | Frame::PoolJoin { .. } | Frame::Hello { .. }
+        ) {
+            wire::encode(&frame, &mut kept);
+        }
+    }
+    *out = kept;
+}

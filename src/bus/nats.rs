@@ -1,0 +1,406 @@
+//! The NATS transport of the bus, on the official `async-nats` client: core publish/subscribe
+//! with the same semantics as the hub, shared state on JetStream KV (`nats_state`) and durable
+//! task pools on JetStream work-queue streams (`nats_tasks`).
+//!
+//! Publishing stays synchronous and ordered: every publish and subscribe is queued here, in
+//! order, and one task hands them to the client, so a subscription made before a request is in
+//! place at the server before the request is. The queue is bounded like the hub's outbox
+//! (16 MiB); while NATS is away the client stops taking commands, the queue fills, and further
+//! publishes are refused with [`BusError::Backpressure`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio::task::{spawn_local, AbortHandle};
+
+use super::client::{Bus, Handler, TaskHandler, MAX_OUTBOUND};
+use super::config::NatsSettings;
+use super::hub::MAX_PAYLOAD;
+use super::nats_tasks::PoolMember;
+use super::wire::{KvOp, KvResult};
+use super::{BusError, BusMessage, Headers, STATUS_HEADER};
+use crate::guard::guarded;
+
+/// Messages a subscription holds before NATS counts this process as a slow consumer.
+const SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
+
+enum Command {
+    Publish {
+        subject: String,
+        reply: Option<String>,
+        headers: Headers,
+        payload: Bytes,
+    },
+    Subscribe {
+        sid: u32,
+        subject: String,
+        queue: Option<String>,
+    },
+}
+
+impl Command {
+    fn size(&self) -> usize {
+        match self {
+            Command::Publish {
+                subject, payload, ..
+            } => subject.len() + payload.len() + 64,
+            Command::Subscribe { subject, .. } => subject.len() + 64,
+        }
+    }
+}
+
+struct SubEntry {
+    handler: Handler,
+    reader: Option<AbortHandle>,
+}
+
+pub(super) struct Inner {
+    settings: NatsSettings,
+    name: String,
+    client: RefCell<Option<async_nats::Client>>,
+    client_ready: Notify,
+    out: RefCell<VecDeque<Command>>,
+    out_bytes: Cell<usize>,
+    wake: Notify,
+    subs: RefCell<HashMap<u32, SubEntry>>,
+    next_sid: Cell<u32>,
+    pub(super) pool: RefCell<Option<Rc<PoolMember>>>,
+    pub(super) kv_stream: RefCell<Option<jetstream::stream::Stream>>,
+}
+
+/// A connection to NATS. Cheap to clone; every clone is the same connection.
+#[derive(Clone)]
+pub(crate) struct NatsLink {
+    pub(super) inner: Rc<Inner>,
+}
+
+impl NatsLink {
+    /// Starts connecting in the background; commands queue until the connection is made.
+    pub(crate) fn connect(settings: NatsSettings, name: &str) -> NatsLink {
+        let link = NatsLink {
+            inner: Rc::new(Inner {
+                settings,
+                name: name.to_string(),
+                client: RefCell::new(None),
+                client_ready: Notify::new(),
+                out: RefCell::new(VecDeque::new()),
+                out_bytes: Cell::new(0),
+                wake: Notify::new(),
+                subs: RefCell::new(HashMap::new()),
+                next_sid: Cell::new(0),
+                pool: RefCell::new(None),
+                kv_stream: RefCell::new(None),
+            }),
+        };
+        let l = link.clone();
+        spawn_local(async move { l.run().await });
+        link
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        self.inner.settings.display_servers()
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.inner
+            .client
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
+    pub(crate) async fn wait_connected(&self, limit: Duration) -> bool {
+        let end = tokio::time::Instant::now() + limit;
+        while !self.is_connected() && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.is_connected()
+    }
+
+    /// The server's limit once known (and never more than the hub's, so that one program
+    /// behaves the same on both).
+    pub(crate) fn max_payload(&self) -> usize {
+        match self.inner.client.borrow().as_ref() {
+            Some(c) if c.max_payload() > 0 => c.max_payload().min(MAX_PAYLOAD),
+            _ => MAX_PAYLOAD,
+        }
+    }
+
+    /// The client, once the first connection attempt has been set up.
+    pub(super) async fn client(&self) -> async_nats::Client {
+        loop {
+            let notified = self.inner.client_ready.notified();
+            if let Some(c) = self.inner.client.borrow().as_ref() {
+                return c.clone();
+            }
+            notified.await;
+        }
+    }
+
+    fn queue(&self, cmd: Command) -> Result<(), BusError> {
+        if self.inner.out_bytes.get() >= MAX_OUTBOUND {
+            return Err(BusError::Backpressure);
+        }
+        self.inner
+            .out_bytes
+            .set(self.inner.out_bytes.get() + cmd.size());
+        self.inner.out.borrow_mut().push_back(cmd);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    pub(crate) fn publish(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        reply: Option<&str>,
+    ) -> Result<(), BusError> {
+        self.queue(Command::Publish {
+            subject: subject.to_string(),
+            reply: reply.map(str::to_string),
+            headers,
+            payload,
+        })
+    }
+
+    pub(crate) fn subscribe(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+        handler: Handler,
+    ) -> Result<u32, BusError> {
+        let sid = self.inner.next_sid.get() + 1;
+        self.inner.next_sid.set(sid);
+        self.queue(Command::Subscribe {
+            sid,
+            subject: subject.to_string(),
+            queue: queue.map(str::to_string),
+        })?;
+        self.inner.subs.borrow_mut().insert(
+            sid,
+            SubEntry {
+                handler,
+                reader: None,
+            },
+        );
+        Ok(sid)
+    }
+
+    /// Ends a subscription at once: its reader stops (dropping the client's subscriber sends
+    /// the server an unsubscribe).
+    pub(crate) fn unsubscribe(&self, sid: u32) -> Result<(), BusError> {
+        if let Some(entry) = self.inner.subs.borrow_mut().remove(&sid) {
+            if let Some(r) = entry.reader {
+                r.abort();
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn kv(&self, op: KvOp, timeout: Duration) -> Result<KvResult, BusError> {
+        match tokio::time::timeout(timeout, super::nats_state::run(self, op)).await {
+            Ok(r) => r,
+            Err(_) => Err(BusError::Timeout),
+        }
+    }
+
+    pub(crate) fn join_pool(
+        &self,
+        bus: &Bus,
+        pool: &str,
+        concurrency: u32,
+        max_queue: u32,
+        lease: Duration,
+        handler: TaskHandler,
+    ) -> Result<(), BusError> {
+        let member = PoolMember::start(self, bus, pool, concurrency, max_queue, lease, handler);
+        *self.inner.pool.borrow_mut() = Some(member);
+        Ok(())
+    }
+
+    pub(crate) fn task_done(
+        &self,
+        bus: &Bus,
+        task: u64,
+        ok: bool,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        let member = self.inner.pool.borrow().clone();
+        match member {
+            Some(m) => {
+                m.done(bus, task, ok, payload);
+                Ok(())
+            }
+            None => Err(BusError::State(format!("task {task} is not running here"))),
+        }
+    }
+
+    /// Queues a task on the pool's durable stream (see `nats_tasks::submit`).
+    pub(crate) async fn submit(
+        &self,
+        pool: &str,
+        reply: Option<String>,
+        max_retries: u8,
+        payload: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), BusError> {
+        super::nats_tasks::submit(self, pool, reply, max_retries, payload, deadline).await
+    }
+
+    async fn run(self) {
+        let options = match self.inner.settings.connect_options(&self.inner.name) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("cannot use NATS: {e}");
+                return;
+            }
+        };
+        let addrs = match self.inner.settings.server_addrs() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("cannot use NATS: {e}");
+                return;
+            }
+        };
+        let servers = self.describe();
+        let options = options
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((20u64 << attempts.min(5)).min(500))
+            })
+            .event_callback(move |event| {
+                let servers = servers.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("bus connected to NATS {servers}")
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("bus connection to NATS {servers} lost; reconnecting")
+                        }
+                        other => tracing::warn!("NATS {servers}: {other}"),
+                    }
+                }
+            });
+        let client = match options.connect(addrs).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cannot connect to NATS {}: {e}", self.describe());
+                return;
+            }
+        };
+        *self.inner.client.borrow_mut() = Some(client.clone());
+        self.inner.client_ready.notify_waiters();
+        loop {
+            let next = self.inner.out.borrow_mut().pop_front();
+            let Some(cmd) = next else {
+                self.inner.wake.notified().await;
+                continue;
+            };
+            self.inner
+                .out_bytes
+                .set(self.inner.out_bytes.get().saturating_sub(cmd.size()));
+            match cmd {
+                Command::Publish {
+                    subject,
+                    reply,
+                    headers,
+                    payload,
+                } => {
+                    let map = to_header_map(&headers);
+                    let sent = match reply {
+                        Some(r) => {
+                            client
+                                .publish_with_reply_and_headers(subject, r, map, payload)
+                                .await
+                        }
+                        None => client.publish_with_headers(subject, map, payload).await,
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!("NATS publish failed: {e}");
+                    }
+                }
+                Command::Subscribe {
+                    sid,
+                    subject,
+                    queue,
+                } => {
+                    if !self.inner.subs.borrow().contains_key(&sid) {
+                        continue;
+                    }
+                    let made = match queue {
+                        Some(q) => client.queue_subscribe(subject.clone(), q).await,
+                        None => client.subscribe(subject.clone()).await,
+                    };
+                    match made {
+                        Ok(subscriber) => self.start_reader(sid, subscriber),
+                        Err(e) => tracing::error!("cannot subscribe to {subject}: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_reader(&self, sid: u32, mut subscriber: async_nats::Subscriber) {
+        let mut subs = self.inner.subs.borrow_mut();
+        // Unsubscribed while the subscription was being made: dropping it unsubscribes.
+        let Some(entry) = subs.get_mut(&sid) else {
+            return;
+        };
+        let handler = entry.handler.clone();
+        let reader = spawn_local(async move {
+            while let Some(m) = subscriber.next().await {
+                let msg = from_nats(m);
+                let _ = guarded("bus subscription handler", || handler(msg));
+            }
+        });
+        entry.reader = Some(reader.abort_handle());
+    }
+}
+
+/// Our headers as NATS headers; names or values NATS cannot carry are left out with a warning.
+pub(super) fn to_header_map(headers: &Headers) -> async_nats::HeaderMap {
+    use std::str::FromStr;
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers.pairs() {
+        match (
+            async_nats::HeaderName::from_str(name),
+            async_nats::HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => map.append(n, v),
+            _ => tracing::warn!("header {name:?} cannot travel over NATS; left out"),
+        }
+    }
+    map
+}
+
+/// A NATS message as the bus's own; "no responders" becomes status 503 as on the hub.
+pub(super) fn from_nats(m: async_nats::Message) -> BusMessage {
+    let mut headers = Headers::new();
+    if let Some(h) = &m.headers {
+        for (name, values) in h.iter() {
+            for v in values {
+                headers.push(name.to_string(), v.as_str().to_string());
+            }
+        }
+    }
+    if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        headers.push(STATUS_HEADER.to_string(), "503".to_string());
+    }
+    BusMessage {
+        subject: m.subject.to_string(),
+        reply: m.reply.map(|r| r.to_string()),
+        headers,
+        payload: m.payload,
+    }
+}

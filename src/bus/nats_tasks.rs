@@ -1,0 +1,471 @@
+//! Durable task pools on NATS: one JetStream work-queue stream per pool (`OX_TASKS_<pool>`,
+//! subject `ox.task.<pool>`) and one durable pull consumer (`workers`) shared by the pool's
+//! processes on every node.
+//!
+//! A process pulls only as many tasks as it has free slots, keeps each one's lease alive while
+//! its handler runs, sends the result to the submitter and waits for the submitter's receipt
+//! before acknowledging, so a result is never lost to a restart in between: at worst the task
+//! runs again and the submitter, which takes the first result only, confirms and ignores the
+//! second. A task whose process dies is redelivered when its lease runs out; one delivered
+//! more often than its retry limit allows is moved to the `OX_DEAD` stream (subject
+//! `ox.dead.<pool>`) for an operator, and its submitter gets `RetriesExhausted`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio::task::{spawn_local, AbortHandle};
+
+use super::client::{Bus, TaskDelivery, TaskHandler, RECEIPT_HEADER};
+use super::nats::NatsLink;
+use super::{subject, BusError, Headers, PoolStats, STATUS_HEADER};
+
+/// Header of a task message: where its result goes.
+pub(crate) const REPLY_HEADER: &str = "ox-reply";
+/// Header of a task message: how many more deliveries it may have after a failure to finish.
+pub(crate) const RETRIES_HEADER: &str = "ox-max-retries";
+/// Header of a dead task: why.
+const REASON_HEADER: &str = "ox-dead-reason";
+/// The durable consumer every process of a pool shares.
+const CONSUMER: &str = "workers";
+/// The stream keeping tasks that ran out of retries.
+pub(crate) const DEAD_STREAM: &str = "OX_DEAD";
+/// How long one pull request waits for tasks before asking again.
+const PULL_WAIT: Duration = Duration::from_secs(2);
+/// How long a result's delivery is retried while the submitter does not confirm it (it may be
+/// reconnecting); then the task is acknowledged anyway (the submitter is gone).
+const RESULT_PATIENCE: Duration = Duration::from_secs(20);
+
+/// The subject tasks of `pool` are published to.
+pub(crate) fn task_subject(pool: &str) -> String {
+    format!("ox.task.{}", subject::token(pool))
+}
+
+/// The stream holding `pool`'s queue: the pool's name where it is a valid stream name,
+/// otherwise its escaped token.
+pub(crate) fn stream_name(pool: &str) -> String {
+    let t = subject::token(pool).replace('~', "_x");
+    format!("OX_TASKS_{t}")
+}
+
+fn header<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
+    headers?
+        .iter()
+        .find(|(k, _)| k.to_string().eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .map(|v| v.as_str())
+}
+
+fn stream_config(pool: &str, max_queue: u32) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: stream_name(pool),
+        subjects: vec![task_subject(pool)],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        max_messages: i64::from(max_queue.max(1)),
+        discard: jetstream::stream::DiscardPolicy::New,
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// Makes sure the pool's stream exists; the pool's own processes set its queue limit.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    pool: &str,
+    max_queue: Option<u32>,
+) -> Result<jetstream::stream::Stream, BusError> {
+    let fail = |e: &dyn std::fmt::Display| {
+        BusError::State(format!("task pool {pool}: cannot set up its stream: {e}"))
+    };
+    match max_queue {
+        Some(limit) => {
+            let config = stream_config(pool, limit);
+            match js.get_stream(&config.name).await {
+                Ok(mut s) => {
+                    let current = s.info().await.map_err(|e| fail(&e))?.config.max_messages;
+                    if current != config.max_messages {
+                        js.update_stream(config.clone())
+                            .await
+                            .map_err(|e| fail(&e))?;
+                    }
+                    Ok(s)
+                }
+                Err(_) => js.get_or_create_stream(config).await.map_err(|e| fail(&e)),
+            }
+        }
+        None => js
+            .get_or_create_stream(stream_config(pool, 100_000))
+            .await
+            .map_err(|e| fail(&e)),
+    }
+}
+
+async fn ensure_dead_stream(js: &jetstream::Context) -> Result<(), BusError> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: DEAD_STREAM.into(),
+        subjects: vec!["ox.dead.>".into()],
+        max_messages: 100_000,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| BusError::State(format!("cannot set up {DEAD_STREAM}: {e}")))
+}
+
+struct Running {
+    message: Rc<jetstream::Message>,
+    reply: Option<String>,
+    keep_alive: AbortHandle,
+}
+
+/// This process's membership of its pool.
+pub(crate) struct PoolMember {
+    pool: String,
+    concurrency: u32,
+    lease: Duration,
+    running: RefCell<HashMap<u64, Running>>,
+    busy: Cell<u32>,
+    room: Notify,
+    handler: TaskHandler,
+}
+
+impl PoolMember {
+    pub(crate) fn start(
+        link: &NatsLink,
+        bus: &Bus,
+        pool: &str,
+        concurrency: u32,
+        max_queue: u32,
+        lease: Duration,
+        handler: TaskHandler,
+    ) -> Rc<PoolMember> {
+        let member = Rc::new(PoolMember {
+            pool: pool.to_string(),
+            concurrency: concurrency.max(1),
+            lease: lease.max(Duration::from_millis(300)),
+            running: RefCell::new(HashMap::new()),
+            busy: Cell::new(0),
+            room: Notify::new(),
+            handler,
+        });
+        let (m, link, bus) = (member.clone(), link.clone(), bus.clone());
+        spawn_local(async move { m.pull_loop(link, bus, max_queue).await });
+        member
+    }
+
+    async fn consumer(
+        &self,
+        js: &jetstream::Context,
+        max_queue: u32,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+        let stream = ensure_stream(js, &self.pool, Some(max_queue)).await?;
+        ensure_dead_stream(js).await?;
+        let config = pull::Config {
+            durable_name: Some(CONSUMER.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.lease,
+            max_ack_pending: 100_000,
+            ..Default::default()
+        };
+        let consumer = match stream.get_consumer::<pull::Config>(CONSUMER).await {
+            Ok(c) if c.cached_info().config.ack_wait == self.lease => c,
+            Ok(existing) => match stream.create_consumer(config).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("task pool {}: lease not changed: {e}", self.pool);
+                    existing
+                }
+            },
+            Err(_) => stream
+                .get_or_create_consumer(CONSUMER, config)
+                .await
+                .map_err(|e| BusError::State(format!("task pool {}: {e}", self.pool)))?,
+        };
+        Ok(consumer)
+    }
+
+    async fn pull_loop(self: Rc<Self>, link: NatsLink, bus: Bus, max_queue: u32) {
+        let js = jetstream::new(link.client().await);
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let consumer = match self.consumer(&js, max_queue).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("{e}; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            pause = Duration::from_millis(50);
+            loop {
+                loop {
+                    let notified = self.room.notified();
+                    if self.busy.get() < self.concurrency {
+                        break;
+                    }
+                    notified.await;
+                }
+                let room = (self.concurrency - self.busy.get()) as usize;
+                let batch = consumer
+                    .batch()
+                    .max_messages(room)
+                    .expires(PULL_WAIT)
+                    .messages()
+                    .await;
+                let mut batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::debug!("task pool {}: pull failed: {e}", self.pool);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                };
+                let mut failed = false;
+                while let Some(m) = batch.next().await {
+                    match m {
+                        Ok(m) => self.take(&js, &bus, m),
+                        Err(e) => {
+                            tracing::debug!("task pool {}: pull ended: {e}", self.pool);
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Starts one delivered task, or retires it when it has been delivered too often.
+    fn take(self: &Rc<Self>, js: &jetstream::Context, bus: &Bus, message: jetstream::Message) {
+        let (sequence, delivered) = match message.info() {
+            Ok(i) => (i.stream_sequence, i.delivered.max(1)),
+            Err(e) => {
+                tracing::warn!("task pool {}: a delivery without metadata: {e}", self.pool);
+                return;
+            }
+        };
+        let headers = message.headers.as_ref();
+        let reply = header(headers, REPLY_HEADER).map(str::to_string);
+        let max_retries = header(headers, RETRIES_HEADER)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(i64::from(super::DEFAULT_TASK_RETRIES));
+        if delivered > max_retries + 1 {
+            self.retire(js, bus, message, reply, delivered);
+            return;
+        }
+        let message = Rc::new(message);
+        let keep_alive = {
+            let (m, every) = (message.clone(), self.lease / 3);
+            spawn_local(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+            })
+            .abort_handle()
+        };
+        let payload = message.payload.clone();
+        self.running.borrow_mut().insert(
+            sequence,
+            Running {
+                message,
+                reply,
+                keep_alive,
+            },
+        );
+        self.busy.set(self.busy.get() + 1);
+        (self.handler)(TaskDelivery {
+            pool: self.pool.clone(),
+            task: sequence,
+            attempt: delivered.clamp(1, i64::from(u8::MAX)) as u8,
+            payload,
+        });
+    }
+
+    /// Moves a task out of retries to the dead-letter stream and tells its submitter.
+    fn retire(
+        &self,
+        js: &jetstream::Context,
+        bus: &Bus,
+        message: jetstream::Message,
+        reply: Option<String>,
+        delivered: i64,
+    ) {
+        let (js, bus, pool) = (js.clone(), bus.clone(), self.pool.clone());
+        spawn_local(async move {
+            let reason = format!("{} deliveries, none finished", delivered - 1);
+            tracing::warn!("task pool {pool}: a task is dead after {reason}");
+            let mut headers = message.headers.clone().unwrap_or_default();
+            headers.insert(REASON_HEADER, reason.as_str());
+            let dead = format!("ox.dead.{}", subject::token(&pool));
+            let kept = match js
+                .publish_with_headers(dead, headers, message.payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if !kept {
+                // Leave it queued; the next delivery tries again.
+                return;
+            }
+            if let Some(r) = reply {
+                let h = Headers::new().with(STATUS_HEADER, "retries-exhausted");
+                let _ = bus.publish_with(&r, h, reason, None);
+            }
+            let _ = message.ack_with(AckKind::Term).await;
+        });
+    }
+
+    /// A task's handler finished: deliver the result, then acknowledge.
+    pub(crate) fn done(&self, bus: &Bus, task: u64, ok: bool, payload: Bytes) {
+        let Some(run) = self.running.borrow_mut().remove(&task) else {
+            tracing::warn!("task pool {}: task {task} finished twice", self.pool);
+            return;
+        };
+        self.busy.set(self.busy.get().saturating_sub(1));
+        self.room.notify_one();
+        let bus = bus.clone();
+        spawn_local(async move {
+            if let Some(reply) = &run.reply {
+                let headers = Headers::new()
+                    .with(STATUS_HEADER, if ok { "ok" } else { "failed" })
+                    .with(RECEIPT_HEADER, "1");
+                deliver_result(&bus, reply, headers, payload).await;
+            }
+            run.keep_alive.abort();
+            if let Err(e) = run.message.ack().await {
+                tracing::warn!("task {task}: acknowledgement not sent ({e}); it may run again");
+            }
+        });
+    }
+}
+
+/// Sends a result until its submitter confirms it, for a while.
+async fn deliver_result(bus: &Bus, reply: &str, headers: Headers, payload: Bytes) {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let sent = bus
+            .request(
+                reply,
+                headers.clone(),
+                payload.clone(),
+                Duration::from_secs(2),
+            )
+            .await;
+        match sent {
+            Ok(_) => return,
+            Err(e) if started.elapsed() >= RESULT_PATIENCE => {
+                tracing::warn!("a task result was not confirmed by its submitter ({e}); dropped");
+                return;
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Queues a task on `pool`'s stream, retrying while NATS is away until `deadline`; the message
+/// id makes a retried publish that did arrive count once.
+pub(crate) async fn submit(
+    link: &NatsLink,
+    pool: &str,
+    reply: Option<String>,
+    max_retries: u8,
+    payload: Bytes,
+    deadline: tokio::time::Instant,
+) -> Result<(), BusError> {
+    let js = jetstream::new(link.client().await);
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(r) = &reply {
+        headers.insert(REPLY_HEADER, r.as_str());
+    }
+    headers.insert(RETRIES_HEADER, max_retries.to_string().as_str());
+    let id = format!("{}-{}", super::client::unique_token(), next_submission());
+    headers.insert("Nats-Msg-Id", id.as_str());
+    let mut created = false;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let attempt = match js
+            .publish_with_headers(task_subject(pool), headers.clone(), payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| (e.kind(), e.to_string())),
+            Err(e) => Err((e.kind(), e.to_string())),
+        };
+        use async_nats::jetstream::context::PublishErrorKind as K;
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err((K::StreamNotFound, _)) if !created => {
+                // Nobody of the pool has started yet: make its queue so the task waits there.
+                ensure_stream(&js, pool, None).await?;
+                created = true;
+                continue;
+            }
+            Err((_, why)) if why.contains("maximum messages") => {
+                return Err(BusError::PoolFull(pool.to_string()))
+            }
+            Err((_, why)) => {
+                if tokio::time::Instant::now() + pause >= deadline {
+                    tracing::warn!("task for pool {pool} not queued: {why}");
+                    return Err(BusError::Disconnected);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn next_submission() -> u64 {
+    thread_local! { static N: Cell<u64> = const { Cell::new(0) }; }
+    N.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    })
+}
+
+/// The figures of `pool`'s queue for `status`.
+pub(crate) async fn pool_stats(js: &jetstream::Context, pool: &str) -> Option<PoolStats> {
+    let mut stream = js.get_stream(stream_name(pool)).await.ok()?;
+    let queued_total = stream.info().await.ok()?.state.messages;
+    let mut consumer: jetstream::consumer::Consumer<pull::Config> =
+        stream.get_consumer(CONSUMER).await.ok()?;
+    let info = consumer.info().await.ok()?;
+    let mut dead = 0u64;
+    if let Ok(s) = js.get_stream(DEAD_STREAM).await {
+        if let Ok(mut subjects) = s
+            .info_with_subjects(format!("ox.dead.{}", subject::token(pool)))
+            .await
+        {
+            while let Some(Ok((_, n))) = subjects.next().await {
+                dead += n as u64;
+            }
+        }
+    }
+    Some(PoolStats {
+        name: pool.to_string(),
+        consumers: info.num_waiting as u64,
+        queued: queued_total.saturating_sub(info.num_ack_pending as u64),
+        running: info.num_ack_pending as u64,
+        retried: info.num_redelivered as u64,
+        dead,
+        ..Default::default()
+    })
+}
