@@ -10,10 +10,15 @@
 //! result (the pool's figures show in `status`).
 //!
 //! Run: `cargo run --example seed_tasks -- start`; `SEED_TASKS_LISTEN` moves the listener.
+//!
+//! Across two machines (or two nodes on one), with a NATS server:
+//! `seed_tasks start --bus nats://HOST:4222 --node b --group task --group resize` on one and
+//! `SEED_TASK_NODE=b seed_tasks start --bus nats://HOST:4222 --node a --group upload` on the
+//! other: the uploads on node a ask the task processes on node b and submit to its pool.
 
 use std::time::Duration;
 
-use oxwork::bus::{self, Task};
+use oxwork::bus::{self, Task, WorkerAddr};
 use oxwork::{run_all, Timer, Worker};
 
 const TASK_WORKERS: u32 = 4;
@@ -65,9 +70,13 @@ fn main() -> oxwork::Result<()> {
         ))
     });
 
+    // Across machines (`--bus nats://...`), the task group may run on another node: name it.
+    let task_node = std::env::var("SEED_TASK_NODE").ok();
+
     let mut upload = Worker::without_address();
     upload.name("upload").count(UPLOAD_WORKERS);
-    upload.on_worker_start(|w| {
+    upload.on_worker_start(move |w| {
+        let task_node = task_node.clone();
         let me = w.id();
         let mut n = 0u64;
         // Random ids, dealt from a shuffled deck so that every task process gets its turn.
@@ -79,10 +88,12 @@ fn main() -> oxwork::Result<()> {
                 fastrand::shuffle(&mut deck);
             }
             let task_id = deck.pop().unwrap_or(0);
+            let mut target = WorkerAddr::local("task", task_id);
+            if let Some(node) = &task_node {
+                target.node = node.clone();
+            }
             bus::spawn(async move {
-                match bus::ask_worker("task", task_id, "Upload message", Duration::from_secs(2))
-                    .await
-                {
+                match bus::ask(&target, "Upload message", Duration::from_secs(2)).await {
                     Ok(reply) => println!("UploadWorker {me} got reply: {}", reply.text()),
                     Err(e) => eprintln!("UploadWorker {me}: task {task_id} did not answer: {e}"),
                 }

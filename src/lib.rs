@@ -96,10 +96,18 @@ fn init_logging() {
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The NATS client narrates every (re)connection at info; the bus says what matters itself.
+    let quiet_nats = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("async_nats", level.min(tracing::Level::WARN));
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        .finish()
+        .with(quiet_nats)
         .try_init();
 }

@@ -140,6 +140,17 @@ impl Bus {
         Bus::with_link(Link::Nats(NatsLink::connect(settings, name)))
     }
 
+    /// A JetStream context on this connection (NATS only), once the client exists.
+    pub(crate) async fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
+        match &self.inner.link {
+            Link::Hub(_) => None,
+            Link::Nats(n) => tokio::time::timeout(Duration::from_secs(1), n.client())
+                .await
+                .ok()
+                .map(async_nats::jetstream::new),
+        }
+    }
+
     pub(crate) fn link(&self) -> &Link {
         &self.inner.link
     }

@@ -41,6 +41,11 @@ pub use routing::{
     send_to_client, send_to_group, send_to_uid, uid_client_ids, uid_is_online, ClientId,
 };
 
+/// `text` as one subject token (for names that go into subjects and file names).
+pub(crate) fn subject_token(text: &str) -> String {
+    subject::token(text)
+}
+
 /// Header asking the hub to tell the publisher how many subscribers got the message, so that it
 /// can wait for exactly that many answers (scatter-gather).
 pub(crate) const GATHER_HEADER: &str = "gather";

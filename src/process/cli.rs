@@ -1,5 +1,6 @@
-//! The command line every oxwork program answers: `start [-d]`, `stop [-g]`, `restart`,
-//! `reload [-g]`, `status [--json]`, `connections [--json]`.
+//! The command line every oxwork program answers: `start [-d] [--group NAME]`, `stop [-g]`,
+//! `restart`, `reload [-g]`, `status [--json]`, `connections [--json]`, `cluster [--json]`;
+//! global `--bus URL` and `--node NAME`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 use super::control::{Request, Response};
+use super::master::TreeOptions;
 use super::{env, master, status, sys};
+use crate::bus::config::BusChoice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::registry;
 
@@ -31,6 +34,17 @@ struct Cli {
     /// Where a daemon writes its output [default: RUN_DIR/oxwork.log].
     #[arg(long, global = true, env = "OXWORK_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// The bus between processes and machines: `hub` (the embedded hub, default) or NATS,
+    /// `nats://host:4222` (several, comma-separated, for a cluster; `tls://` for TLS).
+    /// Credentials: in the URL or OXWORK_BUS_USER/PASSWORD/TOKEN/CREDS/NKEY; TLS files:
+    /// OXWORK_BUS_CA, OXWORK_BUS_CERT, OXWORK_BUS_KEY.
+    #[arg(long, global = true, env = "OXWORK_BUS", value_name = "URL")]
+    bus: Option<String>,
+    /// This tree's node name, unique in a cluster [default: the host name]. Two nodes of one
+    /// program on one machine need different names (each gets its own run directory); give
+    /// the same --node to stop, status and the other commands.
+    #[arg(long, global = true, env = "OXWORK_NODE", value_name = "NAME")]
+    node: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -40,6 +54,10 @@ enum Command {
         /// Run in the background as a daemon, output to the log file.
         #[arg(short = 'd', long)]
         daemon: bool,
+        /// Run only this worker group on this node (repeatable): one program, different
+        /// roles on different machines.
+        #[arg(long = "group", value_name = "NAME")]
+        groups: Vec<String>,
     },
     /// Stop everything: connections are closed after what is queued is written.
     Stop {
@@ -56,6 +74,9 @@ enum Command {
         /// Stop gracefully first.
         #[arg(short = 'g', long)]
         graceful: bool,
+        /// Run only this worker group on this node (repeatable).
+        #[arg(long = "group", value_name = "NAME")]
+        groups: Vec<String>,
     },
     /// Replace every worker process, one at a time, with no connection refused.
     Reload {
@@ -72,6 +93,12 @@ enum Command {
     },
     /// List every open connection of every worker process.
     Connections {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the nodes on the bus, with their worker groups and process counts.
+    Cluster {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -108,10 +135,17 @@ impl Paths {
             Some(d) => d.clone(),
             None => {
                 let exe = std::env::current_exe().unwrap_or_default();
+                // A node named explicitly has a directory of its own, so that two nodes of one
+                // program on one machine never share a pid file or control socket.
+                let node = cli
+                    .node
+                    .as_deref()
+                    .map(|n| format!("-{}", crate::bus::subject_token(n)))
+                    .unwrap_or_default();
                 std::env::temp_dir()
                     .join(format!("oxwork-{}", sys::uid()))
                     .join(format!(
-                        "{}-{:08x}",
+                        "{}-{:08x}{node}",
                         program_name(),
                         stable_hash(exe.as_os_str().as_encoded_bytes()) as u32
                     ))
@@ -153,15 +187,44 @@ where
     let cli = Cli::parse_from(argv);
     let paths = Paths::resolve(&cli)?;
     let program = program_name();
+    let tree = |groups: Vec<String>| -> Result<TreeOptions> {
+        let bus_spec = cli
+            .bus
+            .clone()
+            .or_else(crate::bus::config::program_default)
+            .unwrap_or_else(|| "hub".into());
+        let bus = BusChoice::parse(&bus_spec)
+            .map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
+        let node = cli.node.clone().unwrap_or_else(sys::hostname);
+        if node.is_empty() || node.contains(['/', '.', ' ', '*', '>']) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "--node {node:?}: a node name is one word (no '/', '.', spaces or wildcards)"
+                ),
+            ));
+        }
+        Ok(TreeOptions {
+            bus,
+            bus_spec,
+            node,
+            groups,
+        })
+    };
     match cli.command {
-        Command::Start { daemon } => start(&paths, daemon),
+        Command::Start { daemon, ref groups } => start(&paths, daemon, tree(groups.clone())?),
         Command::Stop { graceful } => stop(&paths, &program, graceful),
-        Command::Restart { daemon, graceful } => {
+        Command::Restart {
+            daemon,
+            graceful,
+            ref groups,
+        } => {
+            let options = tree(groups.clone())?;
             match stop(&paths, &program, graceful) {
                 Err(e) if !e.is_not_running() => return Err(e),
                 _ => {}
             }
-            start(&paths, daemon)
+            start(&paths, daemon, options)
         }
         Command::Reload { graceful } => {
             match request(
@@ -178,6 +241,14 @@ where
             match request(&paths, &Request::Status, Duration::from_secs(30))? {
                 Response::Status(report) if json => println!("{}", to_json(&report)?),
                 Response::Status(report) => print!("{}", status::render_status(&report, &program)),
+                other => return Err(unexpected(other)),
+            }
+            Ok(())
+        }
+        Command::Cluster { json } => {
+            match request(&paths, &Request::Cluster, Duration::from_secs(30))? {
+                Response::Cluster { nodes } if json => println!("{}", to_json(&nodes)?),
+                Response::Cluster { nodes } => print!("{}", super::cluster::render(&nodes)),
                 other => return Err(unexpected(other)),
             }
             Ok(())
@@ -204,11 +275,15 @@ fn unexpected(r: Response) -> Error {
     }
 }
 
-fn start(paths: &Paths, daemon: bool) -> Result<()> {
+fn start(paths: &Paths, daemon: bool, options: TreeOptions) -> Result<()> {
     let configs: Vec<_> = registry::all().iter().map(|w| w.config()).collect();
     let in_daemon = std::env::var(env::ROLE).as_deref() == Ok("daemon");
     if !daemon || in_daemon {
-        return master::run(paths, configs, in_daemon);
+        return master::run(paths, configs, in_daemon, options);
+    }
+    if let BusChoice::Nats(settings) = &options.bus {
+        // Said here, in the terminal, rather than only in the daemon's log.
+        super::cluster::check_nats(settings)?;
     }
     if sys::pid_file_locked(&paths.pid_file) {
         let pid = sys::read_pid(&paths.pid_file)

@@ -77,6 +77,8 @@ pub(crate) enum Request {
     },
     Status,
     Connections,
+    /// Every node on the bus.
+    Cluster,
 }
 
 /// The master's answer.
@@ -90,6 +92,9 @@ pub(crate) enum Response {
     Status(crate::process::status::StatusReport),
     Connections {
         rows: Vec<crate::process::status::ConnectionListing>,
+    },
+    Cluster {
+        nodes: Vec<crate::process::cluster::NodeInfo>,
     },
     Error {
         message: String,

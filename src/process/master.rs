@@ -17,10 +17,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::spawn_local;
 
 use super::cli::Paths;
+use super::cluster::{BusStatus, GroupInfo, NodeInfo};
 use super::control::{read_msg, write_msg, FromWorker, Request, Response, ToWorker};
 use super::env;
 use super::status::{self, ConnectionListing, ExitRow, ProcessRow, StatusReport};
 use super::sys::{self, SpawnSpec};
+use crate::bus::config::BusChoice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::listener::{self, Listener};
 use crate::worker::WorkerConfig;
@@ -35,6 +37,19 @@ const KILL_MARGIN: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
 /// A process that exits sooner than this after starting counts as crashing in a loop.
 const CRASH_WINDOW: Duration = Duration::from_secs(1);
+
+/// What the command line chose for this tree beyond the declared workers.
+#[derive(Debug, Clone)]
+pub(crate) struct TreeOptions {
+    /// The bus, parsed.
+    pub(crate) bus: BusChoice,
+    /// The bus as given (handed to every process through `OXWORK_BUS`).
+    pub(crate) bus_spec: String,
+    /// This tree's node name.
+    pub(crate) node: String,
+    /// Run only these worker groups (empty: all).
+    pub(crate) groups: Vec<String>,
+}
 
 struct Slot {
     /// The worker group, or `None` for the hub.
@@ -73,6 +88,7 @@ struct State {
     started_at: Instant,
     hub_path: PathBuf,
     node: String,
+    options: TreeOptions,
 }
 
 impl State {
@@ -107,14 +123,40 @@ impl State {
 #[derive(Clone)]
 struct Master {
     state: Rc<RefCell<State>>,
+    /// The master's own NATS connection (status, cluster census); none on the hub.
+    bus: Option<crate::bus::Bus>,
     hub_stats: Rc<RefCell<Option<crate::bus::HubStats>>>,
     all_gone: Rc<Notify>,
     started: Rc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Runs the master in this process until it is stopped.
-pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Result<()> {
+pub(crate) fn run(
+    paths: &Paths,
+    configs: Vec<WorkerConfig>,
+    daemon: bool,
+    options: TreeOptions,
+) -> Result<()> {
     let _pid_lock = sys::PidLock::acquire(&paths.pid_file)?;
+    for g in &options.groups {
+        if !configs.iter().any(|c| &c.name == g) {
+            let names: Vec<_> = configs.iter().map(|c| c.name.as_str()).collect();
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "--group {g}: no such worker group (this program declares {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    let selected: Vec<bool> = configs
+        .iter()
+        .map(|c| options.groups.is_empty() || options.groups.contains(&c.name))
+        .collect();
+    if let BusChoice::Nats(settings) = &options.bus {
+        super::cluster::check_nats(settings)?;
+    }
     sys::raise_fd_limit();
     let span = tracing::info_span!("master");
     let _entered = span.enter();
@@ -145,12 +187,15 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
     }
     let mut group_listeners = Vec::new();
     let mut slot_listeners = Vec::new();
-    for c in &configs {
-        let url = c.url();
+    for (c, &on) in configs.iter().zip(&selected) {
+        let url = c.url().filter(|_| on);
         group_listeners.push(match &url {
             Some(url) if !c.reuse_port => Some(listener::bind(url, false)?),
             _ => None,
         });
+        if !on {
+            continue;
+        }
         for _ in 0..c.count {
             slot_listeners.push(match &url {
                 Some(url) if c.reuse_port => Some(listener::bind(url, true)?),
@@ -163,6 +208,7 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
     let slots = configs
         .iter()
         .enumerate()
+        .filter(|(group, _)| selected[*group])
         .flat_map(|(group, c)| {
             (0..c.count).map(move |id| Slot {
                 group: Some(group),
@@ -194,14 +240,17 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
         started: SystemTime::now(),
         started_at: Instant::now(),
         hub_path: paths.run_dir.join("hub.sock"),
-        node: std::env::var(env::NODE).unwrap_or_else(|_| sys::hostname()),
+        node: options.node.clone(),
+        options,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build_local(Default::default())
         .map_err(|e| Error::io("cannot start the master's event loop", e))?;
     let result = rt.block_on(async {
+        let bus = super::cluster::master_bus(&state.options.bus, &state.node);
         let master = Master {
+            bus,
             state: Rc::new(RefCell::new(state)),
             hub_stats: Rc::new(RefCell::new(None)),
             all_gone: Rc::new(Notify::new()),
@@ -210,6 +259,10 @@ pub(crate) fn run(paths: &Paths, configs: Vec<WorkerConfig>, daemon: bool) -> Re
         let control = bind_control(&paths.control_socket)?;
         spawn_local(master.clone().serve_cli(control));
         spawn_local(master.clone().handle_signals());
+        if let Some(bus) = &master.bus {
+            let me = master.clone();
+            super::cluster::answer_census(bus, move || me.node_info());
+        }
         master.start_all().await;
         if !daemon {
             println!("{}", master.banner(paths));
@@ -271,6 +324,7 @@ impl Master {
                 (env::CONTROL_FD.to_string(), child_fd.to_string()),
                 (env::HUB.to_string(), st.hub_path.display().to_string()),
                 (env::NODE.to_string(), st.node.clone()),
+                (crate::bus::BUS_ENV.to_string(), st.options.bus_spec.clone()),
             ];
             let mut fds = vec![child_fd];
             let listener = st.slot_listeners[slot_idx]
@@ -434,7 +488,8 @@ impl Master {
         let idx = {
             let st = self.state.borrow();
             let idx = st.hub_slot();
-            if st.stopping || st.slots[idx].current.is_some() {
+            let on_nats = matches!(st.options.bus, BusChoice::Nats(_));
+            if on_nats || st.stopping || st.slots[idx].current.is_some() {
                 return;
             }
             idx
@@ -476,7 +531,12 @@ impl Master {
             let st = self.state.borrow();
             (
                 st.slots.len() - 1,
-                st.configs.iter().any(|c| c.uses_bus),
+                matches!(st.options.bus, BusChoice::Hub)
+                    && st
+                        .slots
+                        .iter()
+                        .filter_map(|s| s.group)
+                        .any(|g| st.configs[g].uses_bus),
                 st.hub_slot(),
             )
         };
@@ -520,7 +580,10 @@ impl Master {
             "listen",
             "processes"
         );
-        for c in &st.configs {
+        for (g, c) in st.configs.iter().enumerate() {
+            if !st.slots.iter().any(|s| s.group == Some(g)) {
+                continue;
+            }
             out.push_str(&format!(
                 "{:<16} {:<40} {:>9}\n",
                 c.name,
@@ -792,6 +855,7 @@ impl Master {
             }
         }
         processes.sort_by(|a, b| (&a.worker, a.id, a.retiring).cmp(&(&b.worker, b.id, b.retiring)));
+        let bus = self.bus_status().await;
         let st = self.state.borrow();
         StatusReport {
             master_pid: std::process::id(),
@@ -804,6 +868,7 @@ impl Master {
             load_average: status::load_average(),
             master_memory_bytes: status::rss_bytes(std::process::id()).unwrap_or(0),
             hub: self.hub_stats.borrow_mut().take(),
+            bus,
             node: st.node.clone(),
             processes,
             exits: st
@@ -815,6 +880,68 @@ impl Master {
                     count: *count,
                 })
                 .collect(),
+        }
+    }
+
+    /// This node as the cluster census shows it.
+    fn node_info(&self) -> NodeInfo {
+        let st = self.state.borrow();
+        let mut groups: Vec<GroupInfo> = Vec::new();
+        for p in st.procs.values().filter(|p| !p.retiring) {
+            let Some(g) = st.slots[p.slot].group else {
+                continue;
+            };
+            let name = &st.configs[g].name;
+            match groups.iter_mut().find(|x| &x.name == name) {
+                Some(x) => x.processes += 1,
+                None => groups.push(GroupInfo {
+                    name: name.clone(),
+                    processes: 1,
+                }),
+            }
+        }
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        NodeInfo {
+            node: st.node.clone(),
+            master_pid: std::process::id(),
+            host: sys::hostname(),
+            bus: st.options.bus.describe(),
+            uptime_secs: st.started_at.elapsed().as_secs(),
+            groups,
+        }
+    }
+
+    /// Which bus, whether it is reachable, and (NATS) the task pools' figures.
+    async fn bus_status(&self) -> BusStatus {
+        let (backend, pools) = {
+            let st = self.state.borrow();
+            let pools: Vec<String> = st
+                .slots
+                .iter()
+                .filter_map(|s| s.group)
+                .map(|g| &st.configs[g])
+                .filter(|c| c.is_pool)
+                .map(|c| c.name.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            (st.options.bus.describe(), pools)
+        };
+        match &self.bus {
+            Some(bus) => BusStatus {
+                backend,
+                connected: bus.is_connected(),
+                pools: super::cluster::nats_pools(bus, &pools).await,
+            },
+            None => {
+                let st = self.state.borrow();
+                let hub = st.slots[st.hub_slot()].current;
+                BusStatus {
+                    backend,
+                    connected: hub.is_some_and(|pid| st.procs.contains_key(&pid)),
+                    pools: Vec::new(),
+                }
+            }
         }
     }
 
@@ -906,6 +1033,12 @@ impl Master {
             Request::Status => Response::Status(self.status().await),
             Request::Connections => Response::Connections {
                 rows: self.connections().await,
+            },
+            Request::Cluster => Response::Cluster {
+                nodes: match &self.bus {
+                    Some(bus) => super::cluster::census(bus).await,
+                    None => vec![self.node_info()],
+                },
             },
         };
         let _ = write_msg(&mut write_half, &response).await;

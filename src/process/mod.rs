@@ -5,6 +5,7 @@
 //! operating system about processes, signals and descriptors.
 
 pub(crate) mod cli;
+mod cluster;
 pub(crate) mod control;
 pub(crate) mod hub_main;
 mod master;

@@ -41,6 +41,9 @@ pub(crate) struct StatusReport {
     pub(crate) master_memory_bytes: u64,
     /// The node name of this tree.
     pub(crate) node: String,
+    /// Which bus, and whether the master can reach it.
+    #[serde(default)]
+    pub(crate) bus: crate::process::cluster::BusStatus,
     /// The hub's figures, when it runs.
     pub(crate) hub: Option<crate::bus::HubStats>,
     pub(crate) processes: Vec<ProcessRow>,
@@ -176,30 +179,47 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
             state
         );
     }
+    let _ = writeln!(
+        out,
+        "{:-^100}\nbus: {}   {}",
+        " BUS ",
+        r.bus.backend,
+        match (r.bus.connected, r.bus.backend.as_str()) {
+            (true, _) => "connected",
+            (false, "hub") => "not running (started on first use)",
+            (false, _) => "NOT CONNECTED (reconnecting)",
+        }
+    );
+    if !r.bus.pools.is_empty() {
+        render_pools(&mut out, &r.bus.pools);
+    }
     if let Some(h) = &r.hub {
-        let _ = writeln!(out, "{:-^100}", " BUS (embedded hub) ");
         let _ = writeln!(
             out,
             "clients {}   subscriptions {}   published {}   delivered {}   dropped {}   no responders {}   shared keys {}",
             h.clients, h.subscriptions, h.published, h.delivered, h.dropped, h.no_responders, h.keys
         );
         if !h.pools.is_empty() {
-            let _ = writeln!(
-                out,
-                "{:<16} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}",
-                "task pool", "consumers", "queued", "running", "done", "failed", "retried"
-            );
-            for p in &h.pools {
-                let _ = writeln!(
-                    out,
-                    "{:<16} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}",
-                    p.name, p.consumers, p.queued, p.running, p.done, p.failed, p.retried
-                );
-            }
+            render_pools(&mut out, &h.pools);
         }
     }
     let _ = writeln!(out, "{:-^100}", "");
     out
+}
+
+fn render_pools(out: &mut String, pools: &[crate::bus::PoolStats]) {
+    let _ = writeln!(
+        out,
+        "{:<16} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9} {:>6}",
+        "task pool", "consumers", "queued", "running", "done", "failed", "retried", "dead"
+    );
+    for p in pools {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9} {:>6}",
+            p.name, p.consumers, p.queued, p.running, p.done, p.failed, p.retried, p.dead
+        );
+    }
 }
 
 /// The table `connections` prints.
