@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn plain_keys_stay_and_others_are_escaped() {
         assert_eq!(kv_key("users.42"), "users.42");
-        assert_eq!(kv_key("a b"), "=6120");
+        assert_eq!(kv_key("a b"), "=612062");
         assert_eq!(kv_key("=x"), "=3d78");
         assert_eq!(kv_key(".a"), "=2e61");
         assert_eq!(kv_key(""), "=");
