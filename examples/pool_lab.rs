@@ -2,8 +2,9 @@
 //! example of `on_task_async`, `submit`, and worker messages carrying JSON.
 //!
 //! `square` is a pool (`POOL_PROCS` processes, default 3; `POOL_CONCURRENCY` tasks each,
-//! default 8; `POOL_QUEUE` queued at most, default 100,000): a task `n` answers `n*n` after
-//! `POOL_TASK_MS` milliseconds (default 0). `submitter` (2 processes) takes a worker message
+//! default 8; `POOL_QUEUE` queued at most, default 100,000; on NATS `POOL_LEASE_MS`, the task
+//! lease, default 30,000): a task `n` answers `n*n` after `POOL_TASK_MS` milliseconds
+//! (default 0). `submitter` (2 processes) takes a worker message
 //! `{"from": A, "count": N, "in_flight": K, "timeout_ms": T}`, submits tasks A..A+N keeping at
 //! most K in flight, checks every result, and replies with a JSON summary
 //! `{"ok": .., "wrong": .., "errors": {"reason": count}}`.
@@ -54,7 +55,8 @@ fn main() -> oxwork::Result<()> {
         .name("square")
         .count(env("POOL_PROCS", 3))
         .task_concurrency(env("POOL_CONCURRENCY", 8))
-        .task_queue_limit(env("POOL_QUEUE", 100_000));
+        .task_queue_limit(env("POOL_QUEUE", 100_000))
+        .task_lease(Duration::from_millis(env("POOL_LEASE_MS", 30_000)));
     let delay = Duration::from_millis(env("POOL_TASK_MS", 0));
     square.on_task_async(move |t: Task| async move {
         let n: u64 = t

@@ -98,10 +98,17 @@ fn init_logging() {
         .unwrap_or(tracing::Level::INFO);
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // The NATS client narrates every (re)connection at info; the bus says what matters itself.
+    // The NATS client narrates every (re)connection and error itself; the bus reports what
+    // matters once, in its own words (its event callback, `start`'s check), so the client's
+    // own lines show only when debugging.
+    let nats_level = if level >= tracing::Level::DEBUG {
+        tracing_subscriber::filter::LevelFilter::from_level(level)
+    } else {
+        tracing_subscriber::filter::LevelFilter::OFF
+    };
     let quiet_nats = tracing_subscriber::filter::Targets::new()
         .with_default(level)
-        .with_target("async_nats", level.min(tracing::Level::WARN));
+        .with_target("async_nats", nats_level);
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)

@@ -35,7 +35,7 @@ pub(crate) enum BusChoice {
     /// The embedded hub the master supervises.
     Hub,
     /// A NATS server or cluster.
-    Nats(NatsSettings),
+    Nats(Box<NatsSettings>),
 }
 
 /// How to reach a NATS server or cluster.
@@ -212,7 +212,7 @@ impl BusChoice {
         if text.is_empty() || text == "hub" {
             return Ok(BusChoice::Hub);
         }
-        NatsSettings::from_urls_and_env(text).map(BusChoice::Nats)
+        NatsSettings::from_urls_and_env(text).map(|s| BusChoice::Nats(Box::new(s)))
     }
 
     /// The choice a process was given by its master (or its environment).
@@ -244,7 +244,8 @@ mod tests {
 
     #[test]
     fn several_nats_addresses_are_one_cluster() {
-        let BusChoice::Nats(n) = BusChoice::parse("nats://a:4222, nats://b:4223").unwrap() else {
+        let BusChoice::Nats(n) = BusChoice::parse("nats://a:4222, nats://b:4223").expect("parse")
+        else {
             panic!("not nats")
         };
         assert_eq!(n.servers, ["nats://a:4222", "nats://b:4223"]);
@@ -253,7 +254,7 @@ mod tests {
 
     #[test]
     fn tls_scheme_requires_tls() {
-        let BusChoice::Nats(n) = BusChoice::parse("tls://a:4222").unwrap() else {
+        let BusChoice::Nats(n) = BusChoice::parse("tls://a:4222").expect("parse") else {
             panic!("not nats")
         };
         assert!(n.require_tls);
@@ -261,7 +262,7 @@ mod tests {
 
     #[test]
     fn other_schemes_are_a_clear_error() {
-        let e = BusChoice::parse("redis://a:6379").unwrap_err();
+        let e = BusChoice::parse("redis://a:6379").expect_err("redis");
         assert!(e.to_string().contains("not a NATS URL"), "{e}");
         assert!(BusChoice::parse("localhost:4222").is_err());
     }

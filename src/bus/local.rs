@@ -99,7 +99,7 @@ pub fn bus() -> Result<Bus, BusError> {
                 bus.set_on_unreachable(local.need_hub.clone());
                 bus
             }
-            BusChoice::Nats(settings) => Bus::connect_nats_with(settings.clone(), &name),
+            BusChoice::Nats(settings) => Bus::connect_nats_with((**settings).clone(), &name),
         };
         local.bus = Some(bus.clone());
         Ok((bus, true, std::mem::take(&mut local.on_connect)))

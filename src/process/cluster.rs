@@ -96,7 +96,10 @@ pub(crate) fn check_nats(settings: &NatsSettings) -> Result<()> {
 pub(crate) fn master_bus(choice: &BusChoice, node: &str) -> Option<Bus> {
     match choice {
         BusChoice::Hub => None,
-        BusChoice::Nats(s) => Some(Bus::connect_nats_with(s.clone(), &format!("{node}/master"))),
+        BusChoice::Nats(s) => Some(Bus::connect_nats_with(
+            (**s).clone(),
+            &format!("{node}/master"),
+        )),
     }
 }
 

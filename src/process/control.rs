@@ -89,7 +89,7 @@ pub(crate) enum Response {
         master_pid: u32,
         message: String,
     },
-    Status(crate::process::status::StatusReport),
+    Status(Box<crate::process::status::StatusReport>),
     Connections {
         rows: Vec<crate::process::status::ConnectionListing>,
     },

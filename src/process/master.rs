@@ -1030,7 +1030,7 @@ impl Master {
                     message: e.to_string(),
                 },
             },
-            Request::Status => Response::Status(self.status().await),
+            Request::Status => Response::Status(Box::new(self.status().await)),
             Request::Connections => Response::Connections {
                 rows: self.connections().await,
             },

@@ -47,6 +47,16 @@ impl Server {
     /// Starts `example start` in the foreground with `env`, and waits until `expected`
     /// worker processes answer `status`.
     pub fn start(example: &str, env: &[(&str, String)], expected: usize) -> Server {
+        Server::start_with_args(example, &[], env, expected)
+    }
+
+    /// [`Server::start`] with more arguments after `start` (`--group NAME`, ...).
+    pub fn start_with_args(
+        example: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        expected: usize,
+    ) -> Server {
         let run_dir = tempfile::tempdir().expect("tempdir");
         let mut s = Server {
             bin: example_bin(example),
@@ -60,8 +70,10 @@ impl Server {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
         };
+        let mut start_args = vec!["start"];
+        start_args.extend_from_slice(args);
         let child = s
-            .command(&["start"])
+            .command(&start_args)
             .stdout(std::fs::File::create(&s.stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&s.stderr).expect("stderr file"))
             .spawn()

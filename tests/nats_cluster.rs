@@ -1,0 +1,251 @@
+//! Several nodes of one program on one machine, joined by a real `nats-server` the test starts:
+//! roles split with `--group`, asks and task submissions across nodes, client routing across
+//! nodes, the cluster view, and the clear errors of a bad bus configuration at start.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// A node of `example` on the NATS bus at `nats`, named `node`, running `groups` only.
+fn node(
+    example: &str,
+    nats: &Nats,
+    node: &str,
+    groups: &[&str],
+    env: &[(&str, String)],
+    expected: usize,
+) -> Server {
+    let mut args = Vec::new();
+    for g in groups {
+        args.extend(["--group", g]);
+    }
+    let mut all = vec![
+        ("OXWORK_BUS", nats.url.clone()),
+        ("OXWORK_NODE", node.to_string()),
+    ];
+    all.extend(env.iter().cloned());
+    Server::start_with_args(example, &args, &all, expected)
+}
+
+#[test]
+fn seed_tasks_split_across_two_nodes_asks_and_submits_across_them() {
+    let Some(nats) = Nats::start() else { return };
+    let listen = (
+        "SEED_TASKS_LISTEN",
+        format!("text://127.0.0.1:{}", free_port()),
+    );
+    let workers = node("seed_tasks", &nats, "b", &["task", "resize"], &[listen], 7);
+    let uploads = node(
+        "seed_tasks",
+        &nats,
+        "a",
+        &["upload"],
+        &[("SEED_TASK_NODE", "b".to_string())],
+        2,
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let out = uploads.stdout();
+            out.contains("got reply: TaskWorker") && out.contains("resized: thumbnail of image-")
+        }),
+        "node a's uploads got no answers from node b; a's stderr:\n{}\nb's stderr:\n{}",
+        uploads.stderr(),
+        workers.stderr()
+    );
+    assert!(workers
+        .stdout()
+        .contains("received upload message: Upload message"));
+    let st = uploads.status();
+    assert_eq!(st["node"], "a");
+    assert!(
+        st["bus"]["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("nats")),
+        "{st}"
+    );
+    assert_eq!(st["bus"]["connected"], true);
+    let groups: Vec<_> = st["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .map(|p| p["worker"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(groups.iter().all(|g| g == "upload"), "{groups:?}");
+}
+
+#[test]
+fn the_cluster_view_lists_every_node_with_its_groups_from_any_node() {
+    let Some(nats) = Nats::start() else { return };
+    let listen = (
+        "SEED_TASKS_LISTEN",
+        format!("text://127.0.0.1:{}", free_port()),
+    );
+    let b = node("seed_tasks", &nats, "b", &["task", "resize"], &[listen], 7);
+    let a = node("seed_tasks", &nats, "a", &["upload"], &[], 2);
+    for s in [&a, &b] {
+        let out = s.run(&["cluster", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let summary: Vec<(String, Vec<(String, u64)>)> = nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| {
+                let groups = n["groups"]
+                    .as_array()
+                    .expect("groups")
+                    .iter()
+                    .map(|g| {
+                        (
+                            g["name"].as_str().unwrap_or("").to_string(),
+                            g["processes"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect();
+                (n["node"].as_str().unwrap_or("").to_string(), groups)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("a".to_string(), vec![("upload".to_string(), 2)]),
+                (
+                    "b".to_string(),
+                    vec![("resize".to_string(), 3), ("task".to_string(), 4)]
+                ),
+            ]
+        );
+    }
+    let table = a.run(&["cluster"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("2 nodes, 9 worker processes"));
+}
+
+#[test]
+fn a_client_on_node_a_gets_what_node_b_sends_to_its_uid_and_group() {
+    let Some(nats) = Nats::start() else { return };
+    let gateway = |name: &str| {
+        let port = free_port();
+        let env = [
+            ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
+            ("ECHO_COUNT", "1".to_string()),
+            ("ECHO_GATEWAY", "1".to_string()),
+        ];
+        let mut s = node("echo", &nats, name, &[], &env, 1);
+        s.port = port;
+        s
+    };
+    let (a, b) = (gateway("a"), gateway("b"));
+    let mut alice = LineClient::connect(a.port).expect("connect a");
+    let mut bob = LineClient::connect(b.port).expect("connect b");
+    let alice_id = alice.ask("id").expect("id");
+    assert_eq!(alice.ask("bind:alice").expect("bind"), "ok");
+    assert_eq!(alice.ask("join:room").expect("join"), "ok");
+    assert!(
+        eventually(Duration::from_secs(5), || bob
+            .ask("group-count:room")
+            .expect("count")
+            == "1"),
+        "node b never saw node a's group member"
+    );
+    assert_eq!(bob.ask("uid-online:alice").expect("online"), "true");
+    assert_eq!(bob.ask("to-uid:alice:for alice").expect("sent"), "sent");
+    assert_eq!(alice.recv().expect("by uid"), "for alice");
+    assert_eq!(bob.ask("to-group:room:for the room").expect("sent"), "sent");
+    assert_eq!(alice.recv().expect("by group"), "for the room");
+    assert_eq!(
+        bob.ask(&format!("to-client:{alice_id}:by id"))
+            .expect("sent"),
+        "sent"
+    );
+    assert_eq!(alice.recv().expect("by id"), "by id");
+    assert_eq!(
+        bob.ask("count").expect("count"),
+        "2",
+        "one client on each node"
+    );
+}
+
+/// `start` with `bus` must fail at once with one line that says why.
+fn start_fails_clearly(bus: &str, env: &[(&str, String)], expect: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(example_bin("echo"))
+        .args(["start", "--bus", bus, "--node", "bad"])
+        .env("OXWORK_RUN_DIR", dir.path())
+        .env("ECHO_LISTEN", format!("text://127.0.0.1:{}", free_port()))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run start");
+    assert!(!out.status.success(), "start succeeded with bus {bus}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one line:\n{stderr}");
+    assert!(lines[0].contains(expect), "{:?} lacks {expect:?}", lines[0]);
+}
+
+#[test]
+fn a_wrong_url_wrong_credentials_or_an_unreachable_server_each_fail_start_with_one_line() {
+    start_fails_clearly("redis://127.0.0.1:6379", &[], "not a NATS URL");
+    start_fails_clearly("nats://127.0.0.1:99999", &[], "invalid port");
+    let closed = free_port();
+    start_fails_clearly(
+        &format!("nats://127.0.0.1:{closed}"),
+        &[],
+        "Connection refused",
+    );
+    // A port that accepts but never speaks NATS: no answer in time.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    start_fails_clearly(
+        &format!("nats://127.0.0.1:{silent_port}"),
+        &[],
+        "cannot use the NATS bus",
+    );
+    drop(silent);
+    let Some(secured) = Nats::start_with("authorization { user: oxwork, password: right }") else {
+        return;
+    };
+    let wrong = secured.url.replace("nats://", "nats://oxwork:wrong@");
+    start_fails_clearly(&wrong, &[], "refused our credentials");
+    start_fails_clearly(
+        &secured.url,
+        &[
+            ("OXWORK_BUS_USER", "oxwork".into()),
+            ("OXWORK_BUS_PASSWORD", "nope".into()),
+        ],
+        "refused our credentials",
+    );
+}
+
+#[test]
+fn right_credentials_from_the_environment_are_used_by_every_process() {
+    let Some(nats) = Nats::start_with("authorization { token: s3cret-token }") else {
+        return;
+    };
+    let port = free_port();
+    let env = [
+        ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
+        ("ECHO_COUNT", "2".to_string()),
+        ("ECHO_GATEWAY", "1".to_string()),
+        ("OXWORK_BUS_TOKEN", "s3cret-token".to_string()),
+    ];
+    let s = node("echo", &nats, "tok", &[], &env, 2);
+    let mut c = LineClient::connect(port).expect("connect");
+    assert_eq!(c.ask("join:g").expect("join"), "ok");
+    assert!(eventually(Duration::from_secs(5), || c
+        .ask("group-count:g")
+        .expect("count")
+        == "1"));
+    let st = s.status();
+    assert_eq!(st["bus"]["connected"], true, "{st}");
+    assert!(
+        !st.to_string().contains("s3cret"),
+        "the token leaked into status"
+    );
+}
