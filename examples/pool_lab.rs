@@ -4,7 +4,8 @@
 //! `square` is a pool (`POOL_PROCS` processes, default 3; `POOL_CONCURRENCY` tasks each,
 //! default 8; `POOL_QUEUE` queued at most, default 100,000; on NATS `POOL_LEASE_MS`, the task
 //! lease, default 30,000): a task `n` answers `n*n` after `POOL_TASK_MS` milliseconds
-//! (default 0). `submitter` (2 processes) takes a worker message
+//! (default 0); the task `POOL_POISON` (if set) kills the process that takes it. `submitter`
+//! (2 processes) takes a worker message
 //! `{"from": A, "count": N, "in_flight": K, "timeout_ms": T}`, submits tasks A..A+N keeping at
 //! most K in flight, checks every result, and replies with a JSON summary
 //! `{"ok": .., "wrong": .., "errors": {"reason": count}}`.
@@ -58,11 +59,18 @@ fn main() -> oxwork::Result<()> {
         .task_queue_limit(env("POOL_QUEUE", 100_000))
         .task_lease(Duration::from_millis(env("POOL_LEASE_MS", 30_000)));
     let delay = Duration::from_millis(env("POOL_TASK_MS", 0));
+    let poison: Option<u64> = std::env::var("POOL_POISON")
+        .ok()
+        .and_then(|v| v.parse().ok());
     square.on_task_async(move |t: Task| async move {
         let n: u64 = t
             .text()
             .parse()
             .map_err(|_| format!("not a number: {}", t.text()))?;
+        if poison == Some(n) {
+            eprintln!("task {n} is poison: this process dies");
+            std::process::exit(3);
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use oxwork::bus::{Bus, Headers};
+use oxwork::bus::Bus;
 use serde_json::{json, Value};
 use support::*;
 
@@ -23,30 +23,14 @@ fn run_submitters(
     in_flight: usize,
     during: impl FnOnce() + Send + 'static,
 ) -> Vec<Value> {
-    let side = std::thread::spawn(during);
     let path = s.hub_path();
-    let summaries = local_runtime().block_on(async move {
-        let bus = Bus::connect_hub(path, "test");
-        assert!(bus.wait_connected(Duration::from_secs(5)).await);
-        let asks: Vec<_> = (0..2u64)
-            .map(|id| {
-                let b = bus.clone();
-                let body = json!({"from": id * 1_000_000, "count": count, "in_flight": in_flight, "timeout_ms": 60_000});
-                tokio::task::spawn_local(async move {
-                    let subject = format!("ox.w.testnode.submitter.{id}");
-                    b.request(&subject, Headers::new(), body.to_string(), Duration::from_secs(120)).await
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for h in asks {
-            let answer = h.await.expect("join").expect("submitter answered");
-            out.push(serde_json::from_slice::<Value>(&answer.payload).expect("summary json"));
-        }
-        out
-    });
-    side.join().expect("side thread");
-    summaries
+    ask_pool_lab_submitters(
+        move || Bus::connect_hub(path, "test"),
+        "testnode",
+        count,
+        in_flight,
+        during,
+    )
 }
 
 fn pool_stats(s: &Server, name: &str) -> Value {

@@ -302,9 +302,16 @@ impl NatsLink {
         *self.inner.client.borrow_mut() = Some(client.clone());
         self.inner.client_ready.notify_waiters();
         loop {
-            let next = self.inner.out.borrow_mut().pop_front();
-            let Some(cmd) = next else {
+            if self.inner.out.borrow().is_empty() {
                 self.inner.wake.notified().await;
+                continue;
+            }
+            // While NATS is away, commands stay here, under this queue's bound, instead of
+            // piling up unbounded-by-bytes in the client's command channel.
+            while client.connection_state() != async_nats::connection::State::Connected {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let Some(cmd) = self.inner.out.borrow_mut().pop_front() else {
                 continue;
             };
             self.inner

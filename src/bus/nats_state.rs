@@ -125,6 +125,13 @@ async fn current(stream: &jetstream::stream::Stream, key: &str) -> Result<Curren
     }
 }
 
+/// The integer at `key`, read with any JetStream context (for `status`).
+pub(crate) async fn read_number(js: &jetstream::Context, key: &str) -> Option<i64> {
+    let stream = js.get_stream(format!("KV_{BUCKET}")).await.ok()?;
+    let value = current(&stream, key).await.ok()?.value?;
+    std::str::from_utf8(&value).ok()?.parse().ok()
+}
+
 /// Writes `value` to `key`; with `expected`, only if the key's last sequence is still that.
 /// `Ok(false)`: somebody else wrote it first.
 async fn write(

@@ -41,6 +41,11 @@ const PULL_WAIT: Duration = Duration::from_secs(2);
 /// reconnecting); then the task is acknowledged anyway (the submitter is gone).
 const RESULT_PATIENCE: Duration = Duration::from_secs(20);
 
+/// The shared-state key counting `pool`'s redelivered tasks.
+fn redelivered_key(pool: &str) -> String {
+    format!("oxwork.pools.{}.redelivered", subject::token(pool))
+}
+
 /// The subject tasks of `pool` are published to.
 pub(crate) fn task_subject(pool: &str) -> String {
     format!("ox.task.{}", subject::token(pool))
@@ -266,6 +271,16 @@ impl PoolMember {
             self.retire(js, bus, message, reply, delivered);
             return;
         }
+        if delivered > 1 {
+            // Counted cluster-wide, in shared state, for `status` (JetStream's own figure
+            // counts only redeliveries still unacknowledged).
+            let (bus, key) = (bus.clone(), redelivered_key(&self.pool));
+            spawn_local(async move {
+                if let Err(e) = bus.increment(&key, 1, None).await {
+                    tracing::debug!("redelivery not counted: {e}");
+                }
+            });
+        }
         let message = Rc::new(message);
         let keep_alive = {
             let (m, every) = (message.clone(), self.lease / 3);
@@ -464,7 +479,10 @@ pub(crate) async fn pool_stats(js: &jetstream::Context, pool: &str) -> Option<Po
         consumers: info.num_waiting as u64,
         queued: queued_total.saturating_sub(info.num_ack_pending as u64),
         running: info.num_ack_pending as u64,
-        retried: info.num_redelivered as u64,
+        retried: super::nats_state::read_number(js, &redelivered_key(pool))
+            .await
+            .unwrap_or(0)
+            .max(0) as u64,
         dead,
         ..Default::default()
     })

@@ -259,6 +259,15 @@ impl LineClient {
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     }
 
+    /// The next line within `limit`, or `None`.
+    pub fn recv_timeout(&mut self, limit: Duration) -> Option<String> {
+        let old = self.reader.get_ref().read_timeout().ok().flatten();
+        let _ = self.reader.get_ref().set_read_timeout(Some(limit));
+        let line = self.recv().ok();
+        let _ = self.reader.get_ref().set_read_timeout(old);
+        line
+    }
+
     pub fn ask(&mut self, line: &str) -> std::io::Result<String> {
         self.send(line)?;
         self.recv()
@@ -451,4 +460,41 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Asks both `submitter` processes of the `pool_lab` example on node `node` to run `count`
+/// tasks each (disjoint ranges, `in_flight` at once) over the bus `connect` opens, and returns
+/// their summaries; `during` runs on another thread meanwhile.
+pub fn ask_pool_lab_submitters(
+    connect: impl FnOnce() -> oxwork::bus::Bus,
+    node: &str,
+    count: u64,
+    in_flight: usize,
+    during: impl FnOnce() + Send + 'static,
+) -> Vec<Value> {
+    use oxwork::bus::Headers;
+    let side = std::thread::spawn(during);
+    let node = node.to_string();
+    let summaries = local_runtime().block_on(async move {
+        let bus = connect();
+        assert!(bus.wait_connected(Duration::from_secs(5)).await);
+        let asks: Vec<_> = (0..2u64)
+            .map(|id| {
+                let b = bus.clone();
+                let body = serde_json::json!({"from": id * 1_000_000, "count": count, "in_flight": in_flight, "timeout_ms": 60_000});
+                let subject = format!("ox.w.{node}.submitter.{id}");
+                tokio::task::spawn_local(async move {
+                    b.request(&subject, Headers::new(), body.to_string(), Duration::from_secs(120)).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in asks {
+            let answer = h.await.expect("join").expect("submitter answered");
+            out.push(serde_json::from_slice::<Value>(&answer.payload).expect("summary json"));
+        }
+        out
+    });
+    side.join().expect("side thread");
+    summaries
 }

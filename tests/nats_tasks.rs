@@ -1,0 +1,167 @@
+//! Durable task pools on NATS JetStream: a node killed mid-run loses no task and reports none
+//! twice; a NATS restart mid-run is ridden out by every process; a task out of retries is
+//! kept for an operator.
+
+mod support;
+
+use std::time::Duration;
+
+use oxwork::bus::Bus;
+use serde_json::{json, Value};
+use support::*;
+
+/// A `pool_lab` node on `nats` running only `group`.
+fn lab_node(
+    nats: &Nats,
+    node: &str,
+    group: &str,
+    env: &[(&str, String)],
+    expected: usize,
+) -> Server {
+    let mut all = vec![
+        ("OXWORK_BUS", nats.url.clone()),
+        ("OXWORK_NODE", node.to_string()),
+    ];
+    all.extend(env.iter().cloned());
+    Server::start_with_args("pool_lab", &["--group", group], &all, expected)
+}
+
+fn squares(nats: &Nats, node: &str, extra: &[(&str, String)]) -> Server {
+    let mut env = vec![
+        ("POOL_PROCS", "2".to_string()),
+        ("POOL_CONCURRENCY", "8".to_string()),
+        ("POOL_TASK_MS", "20".to_string()),
+        ("POOL_LEASE_MS", "1500".to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    lab_node(nats, node, "square", &env, 2)
+}
+
+fn submit_over_nats(nats: &Nats, count: u64, during: impl FnOnce() + Send + 'static) -> Vec<Value> {
+    let url = nats.url.clone();
+    ask_pool_lab_submitters(
+        move || Bus::connect_nats(&url, "test").expect("settings"),
+        "a",
+        count,
+        200,
+        during,
+    )
+}
+
+fn nats_pool(s: &Server) -> Value {
+    s.status()["bus"]["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "square").cloned())
+        .unwrap_or_else(|| panic!("no pool figures in status: {}", s.status()))
+}
+
+#[test]
+fn five_thousand_tasks_survive_a_node_killed_mid_run_each_reported_once() {
+    let Some(nats) = Nats::start() else { return };
+    let _submitters = lab_node(&nats, "a", "submitter", &[], 2);
+    let survivor = squares(&nats, "b", &[]);
+    let doomed = squares(&nats, "c", &[]);
+    let mut victims = doomed.group_pids("square");
+    victims.push(doomed.master_pid());
+    let summaries = submit_over_nats(&nats, 2_500, move || {
+        std::thread::sleep(Duration::from_millis(1_200));
+        for pid in victims {
+            kill9(pid);
+        }
+    });
+    let mut ok = 0;
+    for sum in &summaries {
+        assert_eq!(sum["wrong"], 0, "{sum}");
+        assert_eq!(sum["errors"], json!({}), "{sum}");
+        ok += sum["ok"].as_u64().expect("ok");
+    }
+    assert_eq!(
+        ok, 5_000,
+        "every task's result arrived exactly once: {summaries:?}"
+    );
+    let pool = nats_pool(&survivor);
+    assert!(
+        pool["retried"].as_u64().expect("retried") > 0,
+        "the dead node's tasks were not redelivered: {pool}"
+    );
+    assert_eq!(pool["queued"], 0, "{pool}");
+    let shown = String::from_utf8_lossy(&survivor.run(&["status"]).stdout).into_owned();
+    assert!(shown.contains("retried"), "{shown}");
+}
+
+#[test]
+fn a_nats_restart_mid_run_is_ridden_out_and_durable_tasks_all_complete() {
+    let Some(nats) = Nats::start() else { return };
+    let nats = std::sync::Arc::new(std::sync::Mutex::new(nats));
+    let (url, shared) = {
+        let n = nats.lock().expect("nats");
+        (n.url.clone(), nats.clone())
+    };
+    let guard = nats.lock().expect("nats");
+    let _submitters = lab_node(&guard, "a", "submitter", &[], 2);
+    let workers = squares(&guard, "b", &[("POOL_TASK_MS", "5".to_string())]);
+    drop(guard);
+    let summaries = ask_pool_lab_submitters(
+        move || Bus::connect_nats(&url, "test").expect("settings"),
+        "a",
+        1_500,
+        100,
+        move || {
+            std::thread::sleep(Duration::from_millis(700));
+            shared.lock().expect("nats").restart();
+        },
+    );
+    for sum in &summaries {
+        assert_eq!(sum["ok"], 1_500, "{sum}");
+        assert_eq!(sum["errors"], json!({}), "{sum}");
+    }
+    // Subscriptions came back: a fresh round works end to end.
+    let url = nats.lock().expect("nats").url.clone();
+    let again = ask_pool_lab_submitters(
+        move || Bus::connect_nats(&url, "test").expect("settings"),
+        "a",
+        50,
+        10,
+        || {},
+    );
+    assert!(again.iter().all(|s| s["ok"] == 50), "{again:?}");
+    assert!(eventually(Duration::from_secs(5), || workers.status()
+        ["bus"]["connected"]
+        == true));
+}
+
+#[test]
+fn a_task_that_kills_every_process_ends_as_retries_exhausted_and_is_kept_dead() {
+    let Some(nats) = Nats::start() else { return };
+    let workers = squares(
+        &nats,
+        "b",
+        &[
+            ("POOL_POISON", "13".to_string()),
+            ("POOL_LEASE_MS", "600".to_string()),
+        ],
+    );
+    let url = nats.url.clone();
+    let outcome = local_runtime().block_on(async move {
+        let bus = Bus::connect_nats(&url, "test").expect("settings");
+        let opts = oxwork::bus::SubmitOptions {
+            timeout: Duration::from_secs(30),
+            max_retries: 1,
+        };
+        let fine = bus.submit("square", "12", opts).await;
+        let poison = bus.submit("square", "13", opts).await;
+        (fine, poison)
+    });
+    assert_eq!(outcome.0.as_deref().ok(), Some(&b"144"[..]));
+    match outcome.1 {
+        Err(oxwork::bus::BusError::RetriesExhausted(why)) => {
+            assert!(why.contains("2 deliveries"), "{why}")
+        }
+        other => panic!("poison task: {other:?}"),
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || nats_pool(&workers)["dead"] == 1),
+        "the dead task is not kept: {}",
+        nats_pool(&workers)
+    );
+}
