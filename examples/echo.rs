@@ -25,6 +25,8 @@
 //! `to-group:GROUP:TEXT`, `to-group-but-me:GROUP:TEXT`, `to-client:ID:TEXT`, `broadcast:TEXT`,
 //! `close:ID` send or close from this process and answer `sent`; `online:ID`,
 //! `uid-online:UID`, `group-count:GROUP`, `group-ids:GROUP`, `count` answer what they ask.
+//! Channels: `watch:TOPIC` answers `ok` and then forwards every message published on channels
+//! matching TOPIC as `TOPIC: TEXT`; `publish:TOPIC:TEXT` publishes and answers `sent`.
 //! Anything else is echoed back.
 
 use std::cell::Cell;
@@ -82,6 +84,18 @@ fn routing(c: &Connection, cmd: &str) -> bool {
             reply(closed.map(|_| "sent".into()))
         }
         "broadcast" => reply(bus::broadcast(rest.to_string(), &[]).map(|_| "sent".into())),
+        "watch" => {
+            let conn = c.clone();
+            let watched = bus::subscribe(rest, move |m| {
+                let topic = m.subject.strip_prefix("ox.ch.").unwrap_or(&m.subject);
+                conn.send(format!("{topic}: {}", m.text()));
+            });
+            reply(watched.map(|_| "ok".into()))
+        }
+        "publish" => {
+            let (topic, text) = split(rest);
+            reply(bus::publish(&topic, text).map(|_| "sent".into()))
+        }
         "online" | "uid-online" | "group-count" | "group-ids" | "count" => {
             let (c, verb, arg) = (c.clone(), verb.to_string(), rest.to_string());
             bus::spawn(async move {
