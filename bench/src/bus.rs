@@ -40,8 +40,12 @@ pub fn serve(args: &[String]) -> oxwork::Result<()> {
         }
     });
 
+    let procs = std::env::var("BENCH_POOL_PROCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let mut pool = oxwork::Worker::without_address();
-    pool.name("pool").count(4).task_concurrency(64);
+    pool.name("pool").count(procs).task_concurrency(64);
     pool.on_task(|t: Task| Ok::<_, String>(t.payload));
     oxwork::run_all_from(args.iter().cloned())
 }
@@ -53,24 +57,35 @@ fn runtime() -> tokio::runtime::LocalRuntime {
         .expect("runtime")
 }
 
-async fn connected(path: &std::path::Path) -> Result<Bus, String> {
-    let b = Bus::connect_hub(path, "oxbench");
+/// How the load side reaches the bus under test: the hub's socket, or NATS.
+#[derive(Clone)]
+pub enum Via {
+    Hub(std::path::PathBuf),
+    Nats(String),
+}
+
+async fn connected(via: &Via) -> Result<Bus, String> {
+    let b = match via {
+        Via::Hub(path) => Bus::connect_hub(path, "oxbench"),
+        Via::Nats(url) => Bus::connect_nats(url, "oxbench").map_err(|e| e.to_string())?,
+    };
     if b.wait_connected(Duration::from_secs(5)).await {
         Ok(b)
     } else {
-        Err("cannot reach the hub".into())
+        Err("cannot reach the bus".into())
     }
 }
 
-/// Sequential asks of the responder for `duration`: round-trip latency.
+/// Sequential asks of the responder on `node` for `duration`: round-trip latency.
 pub fn ask_latency(
-    hub: &std::path::Path,
+    via: &Via,
+    node: &str,
     warmup: Duration,
     duration: Duration,
 ) -> Result<(u64, Histogram<u64>), String> {
     runtime().block_on(async {
-        let b = connected(hub).await?;
-        let subject = "ox.w.bench.responder.0";
+        let b = connected(via).await?;
+        let subject = &format!("ox.w.{node}.responder.0");
         let mut h =
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
         let start = Instant::now();
@@ -96,9 +111,9 @@ pub fn ask_latency(
 
 /// Publishes `count` 16-byte messages as fast as the bus takes them; the sink reports when it
 /// has seen them all. Returns messages per second.
-pub fn one_way(hub: &std::path::Path, count: u64) -> Result<f64, String> {
+pub fn one_way(via: &Via, count: u64) -> Result<f64, String> {
     runtime().block_on(async {
-        let b = connected(hub).await?;
+        let b = connected(via).await?;
         let done = Rc::new(RefCell::new(None::<Instant>));
         let ready = Rc::new(Cell::new(false));
         let d = done.clone();
@@ -145,7 +160,7 @@ pub fn one_way(hub: &std::path::Path, count: u64) -> Result<f64, String> {
 /// Two submitters keep `in_flight` trivial tasks each in flight for `duration`: tasks per
 /// second through the pool of 4.
 pub fn pool_throughput(
-    hub: &std::path::Path,
+    via: &Via,
     in_flight: usize,
     duration: Duration,
 ) -> Result<(f64, BTreeMap<String, u64>), String> {
@@ -156,7 +171,7 @@ pub fn pool_throughput(
         let end = start + duration;
         let mut tasks = Vec::new();
         for _ in 0..2 {
-            let b = connected(hub).await?;
+            let b = connected(via).await?;
             for _ in 0..in_flight {
                 let (b, done, errors) = (b.clone(), done.clone(), errors.clone());
                 tasks.push(tokio::task::spawn_local(async move {

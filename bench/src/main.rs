@@ -8,6 +8,7 @@
 mod bus;
 mod load;
 mod nats;
+mod nats_nodes;
 mod pin;
 mod procstat;
 mod report;

@@ -51,7 +51,7 @@ impl NatsTree {
             None => Command::new("nats-server"),
         };
         let server = server
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

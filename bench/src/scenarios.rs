@@ -46,6 +46,7 @@ pub enum Plan {
     },
     Reload,
     Bus,
+    NatsNodes,
 }
 
 pub struct Scenario {
@@ -96,6 +97,11 @@ pub fn all() -> Vec<Scenario> {
             name: "bus",
             what: "f. bus: ask round trip (against a raw TCP ping-pong), one-way 16-byte messages, task pool of 4 with 2 submitters; the same patterns through nats-server",
             plan: Plan::Bus,
+        },
+        Scenario {
+            name: "nats-nodes",
+            what: "h. nodes on a nats-server: ask across nodes (against raw async-nats request/reply), durable task pool of 4 on one node, then 2 + 2 on two nodes",
+            plan: Plan::NatsNodes,
         },
         Scenario {
             name: "startup-reload",
@@ -227,7 +233,60 @@ pub fn run(s: &Scenario, effort: Effort) -> Result<Vec<Row>, String> {
             }
             Ok(vec![median_row(&rows)])
         }
+        Plan::NatsNodes => {
+            let mut by: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+            for _ in 0..effort.reps {
+                for r in nats_node_rows(s.name, effort)? {
+                    by.entry(r.server.clone()).or_default().push(r);
+                }
+            }
+            Ok(by.values().map(|r| median_row(r)).collect())
+        }
     }
+}
+
+fn latency_row(
+    scenario: &str,
+    server: &str,
+    n: u64,
+    h: &hdrhistogram::Histogram<u64>,
+    effort: Effort,
+) -> Row {
+    Row {
+        scenario: scenario.into(),
+        server: server.into(),
+        rps: n as f64 / effort.duration.as_secs_f64(),
+        p50_us: h.value_at_quantile(0.5) as f64,
+        p90_us: h.value_at_quantile(0.9) as f64,
+        p99_us: h.value_at_quantile(0.99) as f64,
+        p999_us: h.value_at_quantile(0.999) as f64,
+        syscalls_per_req: -1.0,
+        ..Row::default()
+    }
+}
+
+fn nats_node_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
+    let f = crate::nats_nodes::measure(effort.warmup, effort.duration)?;
+    let mut ask = latency_row(
+        scenario,
+        "oxwork ask across nodes via NATS",
+        f.asks,
+        &f.ask_hist,
+        effort,
+    );
+    ask.errors = f.task_errors as f64;
+    ask.extra
+        .insert("pool_tasks_per_sec_1_node".into(), f.tasks_one_node);
+    ask.extra
+        .insert("pool_tasks_per_sec_2_nodes".into(), f.tasks_two_nodes);
+    let raw = latency_row(
+        scenario,
+        "async-nats request/reply (raw)",
+        f.raw_requests,
+        &f.raw_hist,
+        effort,
+    );
+    Ok(vec![ask, raw])
 }
 
 fn throughput(scenario: &str, kind: Kind, spec: Spec) -> Result<Row, String> {
@@ -335,8 +394,8 @@ fn bus_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
     floor.server = "raw TCP ping-pong (floor)".into();
 
     let tree = Running::start(Kind::OxworkBus, "text")?;
-    let hub = tree.hub_path().ok_or("no hub path")?;
-    let (asks, h) = crate::bus::ask_latency(&hub, effort.warmup, effort.duration)?;
+    let hub = crate::bus::Via::Hub(tree.hub_path().ok_or("no hub path")?);
+    let (asks, h) = crate::bus::ask_latency(&hub, "bench", effort.warmup, effort.duration)?;
     let count = if effort.max_connections < 50 {
         20_000
     } else {
