@@ -249,3 +249,67 @@ fn right_credentials_from_the_environment_are_used_by_every_process() {
         "the token leaked into status"
     );
 }
+
+/// A tree of one echo gateway on `nats` with `env`; proves its bus works by a group count.
+fn gateway_works_with(nats: &Nats, env: &[(&str, String)]) {
+    let port = free_port();
+    let mut all = vec![
+        ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
+        ("ECHO_COUNT", "1".to_string()),
+        ("ECHO_GATEWAY", "1".to_string()),
+    ];
+    all.extend(env.iter().cloned());
+    let s = node("echo", nats, "secure", &[], &all, 1);
+    let mut c = LineClient::connect(port).expect("connect");
+    assert_eq!(c.ask("join:g").expect("join"), "ok");
+    assert!(
+        eventually(Duration::from_secs(5), || c
+            .ask("group-count:g")
+            .expect("count")
+            == "1"),
+        "the bus does not work; stderr:\n{}",
+        s.stderr()
+    );
+    assert_eq!(s.status()["bus"]["connected"], true);
+}
+
+#[test]
+fn an_nkey_seed_from_the_environment_authenticates_every_process() {
+    let user = nkeys::KeyPair::new_user();
+    let config = format!(
+        "authorization {{ users = [ {{ nkey: {} }} ] }}",
+        user.public_key()
+    );
+    let Some(nats) = Nats::start_with(&config) else {
+        return;
+    };
+    let seed = user.seed().expect("seed");
+    gateway_works_with(&nats, &[("OXWORK_BUS_NKEY", seed)]);
+    let other = nkeys::KeyPair::new_user().seed().expect("seed");
+    start_fails_clearly(
+        &nats.url,
+        &[("OXWORK_BUS_NKEY", other)],
+        "refused our credentials",
+    );
+}
+
+#[test]
+fn tls_to_nats_with_a_private_authority() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("cert");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write");
+    std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write");
+    let config = format!(
+        "tls {{ cert_file: {:?}, key_file: {:?} }}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let Some(mut nats) = Nats::start_with(&config) else {
+        return;
+    };
+    nats.url = nats.url.replace("nats://", "tls://");
+    gateway_works_with(&nats, &[("OXWORK_BUS_CA", cert.display().to_string())]);
+    start_fails_clearly(&nats.url, &[], "TLS");
+}

@@ -72,12 +72,18 @@ pub(crate) fn check_nats(settings: &NatsSettings) -> Result<()> {
             }
             Ok(Err(e)) => {
                 use async_nats::ConnectErrorKind as K;
+                let text = e.to_string();
+                let tls_trouble = text.contains("certificate") || text.contains("TLS");
                 let why = match e.kind() {
                     K::AuthorizationViolation => {
                         "the server refused our credentials (authorization violation)".into()
                     }
                     K::TimedOut => "no answer in time (is the server up and reachable?)".into(),
                     K::Tls => format!("TLS failed: {e}"),
+                    _ if tls_trouble => format!(
+                        "TLS failed: {e} (OXWORK_BUS_CA names the authority that signed the \
+                         server's certificate)"
+                    ),
                     K::ServerParse | K::Dns => format!("bad address: {e}"),
                     _ => format!("{e} (is the server up and reachable?)"),
                 };
