@@ -44,6 +44,7 @@ fn submit_over_nats(nats: &Nats, count: u64, during: impl FnOnce() + Send + 'sta
         "a",
         count,
         200,
+        60_000,
         during,
     )
 }
@@ -106,6 +107,7 @@ fn a_nats_restart_mid_run_is_ridden_out_and_durable_tasks_all_complete() {
         "a",
         1_500,
         100,
+        60_000,
         move || {
             std::thread::sleep(Duration::from_millis(700));
             shared.lock().expect("nats").restart();
@@ -122,6 +124,7 @@ fn a_nats_restart_mid_run_is_ridden_out_and_durable_tasks_all_complete() {
         "a",
         50,
         10,
+        60_000,
         || {},
     );
     assert!(again.iter().all(|s| s["ok"] == 50), "{again:?}");
@@ -164,4 +167,46 @@ fn a_task_that_kills_every_process_ends_as_retries_exhausted_and_is_kept_dead() 
         "the dead task is not kept: {}",
         nats_pool(&workers)
     );
+}
+
+#[test]
+fn a_reload_of_the_pool_hands_unfinished_tasks_back_instead_of_waiting_out_their_lease() {
+    let Some(nats) = Nats::start() else { return };
+    let _submitters = lab_node(&nats, "a", "submitter", &[], 2);
+    // A lease far longer than the submitters wait: a task left to its lease would time out.
+    let pool = squares(
+        &nats,
+        "b",
+        &[
+            ("POOL_LEASE_MS", "120000".to_string()),
+            ("POOL_TASK_MS", "30".to_string()),
+        ],
+    );
+    let run_dir = pool.run_dir.path().to_path_buf();
+    let bin = pool.bin.clone();
+    let url = nats.url.clone();
+    let summaries = ask_pool_lab_submitters(
+        move || Bus::connect_nats(&url, "test").expect("settings"),
+        "a",
+        600,
+        50,
+        20_000,
+        move || {
+            std::thread::sleep(Duration::from_millis(500));
+            let out = std::process::Command::new(bin)
+                .arg("reload")
+                .env("OXWORK_RUN_DIR", run_dir)
+                .output()
+                .expect("reload");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        },
+    );
+    for sum in &summaries {
+        assert_eq!(sum["ok"], 600, "{sum}");
+        assert_eq!(sum["errors"], json!({}), "{sum}");
+    }
 }

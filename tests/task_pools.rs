@@ -29,6 +29,7 @@ fn run_submitters(
         "testnode",
         count,
         in_flight,
+        60_000,
         during,
     )
 }

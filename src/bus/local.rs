@@ -111,3 +111,13 @@ pub fn bus() -> Result<Bus, BusError> {
     }
     Ok(bus)
 }
+
+/// Before this process exits: on NATS, running tasks get up to `limit` to finish, the rest go
+/// back to their queue at once, and queued messages are sent. (The hub requeues a departed
+/// process's tasks itself.)
+pub(crate) async fn wind_down(limit: std::time::Duration) {
+    let bus = LOCAL.with(|l| l.borrow().as_ref().and_then(|l| l.bus.clone()));
+    if let Some(super::client::Link::Nats(n)) = bus.as_ref().map(|b| b.link().clone()) {
+        n.wind_down(limit).await;
+    }
+}

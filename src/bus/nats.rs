@@ -254,6 +254,23 @@ impl NatsLink {
         super::nats_tasks::submit(self, pool, reply, max_retries, payload, deadline).await
     }
 
+    /// Before the process exits: hand back unfinished tasks (after up to `limit` for them to
+    /// finish) and send what is queued.
+    pub(crate) async fn wind_down(&self, limit: Duration) {
+        let member = self.inner.pool.borrow().clone();
+        if let Some(m) = member {
+            m.wind_down(limit).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !self.inner.out.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let client = self.inner.client.borrow().clone();
+        if let Some(c) = client {
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.flush()).await;
+        }
+    }
+
     async fn run(self) {
         let options = match self.inner.settings.connect_options(&self.inner.name) {
             Ok(o) => o,

@@ -140,6 +140,8 @@ pub(crate) struct PoolMember {
     busy: Cell<u32>,
     room: Notify,
     handler: TaskHandler,
+    /// Set when the process is stopping: take no more tasks.
+    stopping: Cell<bool>,
 }
 
 impl PoolMember {
@@ -160,6 +162,7 @@ impl PoolMember {
             busy: Cell::new(0),
             room: Notify::new(),
             handler,
+            stopping: Cell::new(false),
         });
         let (m, link, bus) = (member.clone(), link.clone(), bus.clone());
         spawn_local(async move { m.pull_loop(link, bus, max_queue).await });
@@ -214,6 +217,9 @@ impl PoolMember {
             loop {
                 loop {
                     let notified = self.room.notified();
+                    if self.stopping.get() {
+                        return;
+                    }
                     if self.busy.get() < self.concurrency {
                         break;
                     }
@@ -255,6 +261,13 @@ impl PoolMember {
 
     /// Starts one delivered task, or retires it when it has been delivered too often.
     fn take(self: &Rc<Self>, js: &jetstream::Context, bus: &Bus, message: jetstream::Message) {
+        if self.stopping.get() {
+            // Pulled just as the process began to stop: straight back to the queue.
+            spawn_local(async move {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            });
+            return;
+        }
         let (sequence, delivered) = match message.info() {
             Ok(i) => (i.stream_sequence, i.delivered.max(1)),
             Err(e) => {
@@ -343,6 +356,29 @@ impl PoolMember {
             }
             let _ = message.ack_with(AckKind::Term).await;
         });
+    }
+
+    /// The process is stopping: take nothing more, let running tasks finish for up to `limit`,
+    /// then hand the rest back to the queue at once (rather than when their lease runs out).
+    pub(crate) async fn wind_down(&self, limit: Duration) {
+        self.stopping.set(true);
+        self.room.notify_one();
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.busy.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left: Vec<Running> = self.running.borrow_mut().drain().map(|(_, r)| r).collect();
+        if !left.is_empty() {
+            tracing::info!(
+                "task pool {}: {} unfinished tasks handed back",
+                self.pool,
+                left.len()
+            );
+        }
+        for run in left {
+            run.keep_alive.abort();
+            let _ = run.message.ack_with(AckKind::Nak(None)).await;
+        }
     }
 
     /// A task's handler finished: deliver the result, then acknowledge.

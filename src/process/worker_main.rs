@@ -240,11 +240,19 @@ async fn finish(worker: &Rc<dyn AnyWorker>, how: Finish) {
         w.stop_accepting();
     }
     worker.clone().worker_stop();
-    match how {
-        Finish::Now => {}
-        Finish::AfterGrace => tokio::time::sleep(RETIRE_GRACE).await,
-        Finish::Graceful(limit) => wait_for_connections(&all, limit).await,
-    }
+    let budget = match how {
+        Finish::Now => Duration::ZERO,
+        Finish::AfterGrace => RETIRE_GRACE,
+        Finish::Graceful(limit) => limit,
+    };
+    let connections = async {
+        match how {
+            Finish::Now => {}
+            Finish::AfterGrace => tokio::time::sleep(RETIRE_GRACE).await,
+            Finish::Graceful(limit) => wait_for_connections(&all, limit).await,
+        }
+    };
+    tokio::join!(connections, crate::bus::local::wind_down(budget));
     for w in &all {
         w.close_connections();
     }

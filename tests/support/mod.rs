@@ -463,13 +463,15 @@ impl Drop for Nats {
 }
 
 /// Asks both `submitter` processes of the `pool_lab` example on node `node` to run `count`
-/// tasks each (disjoint ranges, `in_flight` at once) over the bus `connect` opens, and returns
+/// tasks each (disjoint ranges, `in_flight` at once, each allowed `timeout_ms`) over the bus
+/// `connect` opens, and returns
 /// their summaries; `during` runs on another thread meanwhile.
 pub fn ask_pool_lab_submitters(
     connect: impl FnOnce() -> oxwork::bus::Bus,
     node: &str,
     count: u64,
     in_flight: usize,
+    timeout_ms: u64,
     during: impl FnOnce() + Send + 'static,
 ) -> Vec<Value> {
     use oxwork::bus::Headers;
@@ -481,7 +483,7 @@ pub fn ask_pool_lab_submitters(
         let asks: Vec<_> = (0..2u64)
             .map(|id| {
                 let b = bus.clone();
-                let body = serde_json::json!({"from": id * 1_000_000, "count": count, "in_flight": in_flight, "timeout_ms": 60_000});
+                let body = serde_json::json!({"from": id * 1_000_000, "count": count, "in_flight": in_flight, "timeout_ms": timeout_ms});
                 let subject = format!("ox.w.{node}.submitter.{id}");
                 tokio::task::spawn_local(async move {
                     b.request(&subject, Headers::new(), body.to_string(), Duration::from_secs(120)).await
