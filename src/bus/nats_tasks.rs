@@ -214,6 +214,7 @@ impl PoolMember {
                 }
             };
             pause = Duration::from_millis(50);
+            let mut last_batch_full = false;
             loop {
                 loop {
                     let notified = self.room.notified();
@@ -224,6 +225,17 @@ impl PoolMember {
                         break;
                     }
                     notified.await;
+                }
+                if last_batch_full {
+                    // Tasks are waiting: gather a few free slots into one pull rather than
+                    // pulling for each slot as it frees (a pull is a request to the server).
+                    let want = (self.concurrency / 4).max(1);
+                    let until = tokio::time::Instant::now() + Duration::from_millis(1);
+                    while self.concurrency - self.busy.get() < want
+                        && tokio::time::Instant::now() < until
+                    {
+                        let _ = tokio::time::timeout_at(until, self.room.notified()).await;
+                    }
                 }
                 let room = (self.concurrency - self.busy.get()) as usize;
                 let batch = consumer
@@ -241,9 +253,13 @@ impl PoolMember {
                     }
                 };
                 let mut failed = false;
+                let mut got = 0;
                 while let Some(m) = batch.next().await {
                     match m {
-                        Ok(m) => self.take(&js, &bus, m),
+                        Ok(m) => {
+                            got += 1;
+                            self.take(&js, &bus, m)
+                        }
                         Err(e) => {
                             tracing::debug!("task pool {}: pull ended: {e}", self.pool);
                             failed = true;
@@ -255,6 +271,7 @@ impl PoolMember {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
                 }
+                last_batch_full = got >= room;
             }
         }
     }
