@@ -313,3 +313,80 @@ fn tls_to_nats_with_a_private_authority() {
     gateway_works_with(&nats, &[("OXWORK_BUS_CA", cert.display().to_string())]);
     start_fails_clearly(&nats.url, &[], "TLS");
 }
+
+/// Stops a daemonised node by name when dropped, and kills its master if that fails.
+struct DaemonNode {
+    name: String,
+    master: Option<u32>,
+}
+
+impl DaemonNode {
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(example_bin("echo"))
+            .args(args)
+            .args(["--node", &self.name])
+            .env_remove("OXWORK_RUN_DIR")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run echo")
+    }
+}
+
+impl Drop for DaemonNode {
+    fn drop(&mut self) {
+        let _ = self.command(&["stop"]);
+        if let Some(pid) = self.master.filter(|p| alive(*p)) {
+            kill9(pid);
+        }
+    }
+}
+
+#[test]
+fn two_nodes_of_one_program_on_one_machine_get_their_own_run_directories() {
+    let Some(nats) = Nats::start() else { return };
+    let tag = std::process::id();
+    let mut nodes = Vec::new();
+    for n in 0..2 {
+        let mut node = DaemonNode {
+            name: format!("side{tag}n{n}"),
+            master: None,
+        };
+        let out = std::process::Command::new(example_bin("echo"))
+            .args(["start", "-d", "--bus", &nats.url, "--node", &node.name])
+            .env_remove("OXWORK_RUN_DIR")
+            .env("ECHO_LISTEN", format!("text://127.0.0.1:{}", free_port()))
+            .env("ECHO_COUNT", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("start");
+        assert!(
+            out.status.success(),
+            "node {n} did not start beside the other: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st: serde_json::Value =
+            serde_json::from_slice(&node.command(&["status", "--json"]).stdout).expect("status");
+        assert_eq!(st["node"], node.name.as_str());
+        node.master = st["master_pid"].as_u64().map(|p| p as u32);
+        nodes.push(node);
+    }
+    assert_ne!(nodes[0].master, nodes[1].master);
+    let listed = nodes[0].command(&["cluster", "--json"]);
+    let cluster: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("cluster");
+    let names: Vec<_> = cluster
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["node"].as_str())
+        .collect();
+    assert_eq!(names, [nodes[0].name.as_str(), nodes[1].name.as_str()]);
+    let stopped = nodes[1].command(&["stop"]);
+    assert!(stopped.status.success());
+    let still: serde_json::Value =
+        serde_json::from_slice(&nodes[0].command(&["status", "--json"]).stdout).expect("status");
+    assert_eq!(
+        still["node"],
+        nodes[0].name.as_str(),
+        "stopping one node left the other"
+    );
+}
