@@ -268,6 +268,12 @@ mod tests {
     }
 
     #[test]
+    fn the_program_default_is_what_set_default_bus_said() {
+        set_default_bus("nats://10.0.0.5:4222");
+        assert_eq!(program_default().as_deref(), Some("nats://10.0.0.5:4222"));
+    }
+
+    #[test]
     fn passwords_and_tokens_are_hidden() {
         assert_eq!(redact("nats://u:secret@h:1"), "nats://u:***@h:1");
         assert_eq!(redact("nats://tok@h:1"), "nats://***@h:1");
