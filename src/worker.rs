@@ -570,16 +570,20 @@ impl<P: Protocol> Worker<P> {
         }
         let task_fn = self.shared.on_task.borrow().clone();
         if let Some(f) = task_fn {
-            let (concurrency, max_queue, lease) = {
+            let spec = {
                 let c = self.shared.config.borrow();
-                (c.task_concurrency, c.task_queue_limit, c.task_lease)
+                bus::client::PoolSpec {
+                    pool: me.group.clone(),
+                    concurrency: c.task_concurrency,
+                    max_queue: c.task_queue_limit,
+                    lease: c.task_lease,
+                }
             };
-            let pool = me.group.clone();
             bus::local::when_connected(move |b| {
                 let (bus, f) = (b.clone(), f.clone());
                 let handler = Rc::new(move |d: TaskDelivery| run_task(&bus, &f, d));
-                if let Err(e) = b.join_pool(&pool, concurrency, max_queue, lease, handler) {
-                    tracing::error!("cannot join task pool {pool}: {e}");
+                if let Err(e) = b.join_pool(spec.clone(), handler) {
+                    tracing::error!("cannot join task pool {}: {e}", spec.pool);
                 }
             });
         }

@@ -413,19 +413,10 @@ fn bus_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
         task_errors.values().sum::<u64>() as f64,
     );
     let ask = Row {
-        scenario: scenario.into(),
-        server: "oxwork ask_worker via hub".into(),
-        rps: asks as f64 / effort.duration.as_secs_f64(),
-        p50_us: h.value_at_quantile(0.5) as f64,
-        p90_us: h.value_at_quantile(0.9) as f64,
-        p99_us: h.value_at_quantile(0.99) as f64,
-        p999_us: h.value_at_quantile(0.999) as f64,
         errors: task_errors.values().sum::<u64>() as f64,
-        user_us_per_req: 0.0,
-        sys_us_per_req: 0.0,
-        syscalls_per_req: -1.0,
         peak_rss_mb: peak as f64 / 1048576.0,
         extra,
+        ..latency_row(scenario, "oxwork ask_worker via hub", asks, &h, effort)
     };
     let mut rows = vec![floor, ask];
     match nats_row(scenario, effort, count) {
@@ -446,16 +437,8 @@ fn nats_row(scenario: &str, effort: Effort, count: u64) -> Result<Row, String> {
     extra.insert("queue_group_msgs_per_sec".into(), queue);
     extra.insert("one_way_dropped".into(), dropped as f64);
     Ok(Row {
-        scenario: scenario.into(),
-        server: "nats-server request/reply".into(),
-        rps: n as f64 / effort.duration.as_secs_f64(),
-        p50_us: h.value_at_quantile(0.5) as f64,
-        p90_us: h.value_at_quantile(0.9) as f64,
-        p99_us: h.value_at_quantile(0.99) as f64,
-        p999_us: h.value_at_quantile(0.999) as f64,
-        syscalls_per_req: -1.0,
         extra,
-        ..Row::default()
+        ..latency_row(scenario, "nats-server request/reply", n, &h, effort)
     })
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::client::Link;
 use super::local::{self, bus};
+use super::nats_tasks;
 use super::{subject, BusError, BusMessage, Headers, Subscription, STATUS_HEADER};
 
 /// Header naming the sending process (`node/group/id`).
@@ -266,8 +267,7 @@ impl super::Bus {
         let queued = match self.link() {
             Link::Hub(h) => h.submit(pool, Some(reply), opts.max_retries, payload),
             Link::Nats(n) => {
-                n.submit(pool, Some(reply), opts.max_retries, payload, deadline)
-                    .await
+                nats_tasks::submit(n, pool, Some(reply), opts.max_retries, payload, deadline).await
             }
         };
         if let Err(e) = queued {
@@ -300,10 +300,15 @@ impl super::Bus {
                 let (n, pool) = (n.clone(), pool.to_string());
                 tokio::task::spawn_local(async move {
                     let deadline = tokio::time::Instant::now() + DEFAULT_TASK_TIMEOUT;
-                    if let Err(e) = n
-                        .submit(&pool, None, DEFAULT_TASK_RETRIES, payload, deadline)
-                        .await
-                    {
+                    let queued = nats_tasks::submit(
+                        &n,
+                        &pool,
+                        None,
+                        DEFAULT_TASK_RETRIES,
+                        payload,
+                        deadline,
+                    );
+                    if let Err(e) = queued.await {
                         tracing::error!("a task for pool {pool} was not queued: {e}");
                     }
                 });

@@ -34,6 +34,18 @@ pub(crate) type Handler = Rc<dyn Fn(BusMessage)>;
 pub(crate) type ReplyReceiver = oneshot::Receiver<Result<BusMessage, BusError>>;
 pub(crate) type TaskHandler = Rc<dyn Fn(TaskDelivery)>;
 
+/// How a process joins its pool: the pool's name and the group's pool settings.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolSpec {
+    pub(crate) pool: String,
+    /// Tasks this process runs at once.
+    pub(crate) concurrency: u32,
+    /// Tasks the pool queues before refusing more.
+    pub(crate) max_queue: u32,
+    /// (NATS) how long a task may go without a sign of life before it is redelivered.
+    pub(crate) lease: Duration,
+}
+
 /// A task handed to this process.
 pub(crate) struct TaskDelivery {
     pub(crate) pool: String,
@@ -394,18 +406,11 @@ impl Bus {
         }
     }
 
-    /// Joins `pool` as a consumer taking up to `concurrency` tasks at once.
-    pub(crate) fn join_pool(
-        &self,
-        pool: &str,
-        concurrency: u32,
-        max_queue: u32,
-        lease: Duration,
-        handler: TaskHandler,
-    ) -> Result<(), BusError> {
+    /// Joins a pool as a consumer taking up to `spec.concurrency` tasks at once.
+    pub(crate) fn join_pool(&self, spec: PoolSpec, handler: TaskHandler) -> Result<(), BusError> {
         match &self.inner.link {
-            Link::Hub(h) => h.join_pool(pool, concurrency, max_queue, handler),
-            Link::Nats(n) => n.join_pool(self, pool, concurrency, max_queue, lease, handler),
+            Link::Hub(h) => h.join_pool(&spec, handler),
+            Link::Nats(n) => n.join_pool(self, spec, handler),
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::spawn_local;
 
-use super::client::{Handler, TaskDelivery, TaskHandler, MAX_OUTBOUND};
+use super::client::{Handler, PoolSpec, TaskDelivery, TaskHandler, MAX_OUTBOUND};
 use super::hub::MAX_PAYLOAD;
 use super::wire::{self, Frame, KvOp, KvResult};
 use super::{BusError, BusMessage, Headers};
@@ -193,23 +193,17 @@ impl HubLink {
         }
     }
 
-    /// Joins `pool` as a consumer taking up to `concurrency` tasks at once.
-    pub(crate) fn join_pool(
-        &self,
-        pool: &str,
-        concurrency: u32,
-        max_queue: u32,
-        handler: TaskHandler,
-    ) -> Result<(), BusError> {
+    /// Joins a pool as a consumer taking up to `spec.concurrency` tasks at once.
+    pub(crate) fn join_pool(&self, spec: &PoolSpec, handler: TaskHandler) -> Result<(), BusError> {
         *self.inner.task_handler.borrow_mut() = Some(handler);
         self.inner
             .pools
             .borrow_mut()
-            .push((pool.to_string(), concurrency, max_queue));
+            .push((spec.pool.clone(), spec.concurrency, spec.max_queue));
         self.queue(&Frame::PoolJoin {
-            pool: pool.to_string(),
-            concurrency,
-            max_queue,
+            pool: spec.pool.clone(),
+            concurrency: spec.concurrency,
+            max_queue: spec.max_queue,
         })
     }
 

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::{spawn_local, AbortHandle};
 
-use super::client::{Bus, Handler, TaskHandler, MAX_OUTBOUND};
+use super::client::{Bus, Handler, PoolSpec, TaskHandler, MAX_OUTBOUND};
 use super::config::NatsSettings;
 use super::hub::MAX_PAYLOAD;
 use super::nats_tasks::PoolMember;
@@ -214,13 +214,10 @@ impl NatsLink {
     pub(crate) fn join_pool(
         &self,
         bus: &Bus,
-        pool: &str,
-        concurrency: u32,
-        max_queue: u32,
-        lease: Duration,
+        spec: PoolSpec,
         handler: TaskHandler,
     ) -> Result<(), BusError> {
-        let member = PoolMember::start(self, bus, pool, concurrency, max_queue, lease, handler);
+        let member = PoolMember::start(self, bus, spec, handler);
         *self.inner.pool.borrow_mut() = Some(member);
         Ok(())
     }
@@ -240,18 +237,6 @@ impl NatsLink {
             }
             None => Err(BusError::State(format!("task {task} is not running here"))),
         }
-    }
-
-    /// Queues a task on the pool's durable stream (see `nats_tasks::submit`).
-    pub(crate) async fn submit(
-        &self,
-        pool: &str,
-        reply: Option<String>,
-        max_retries: u8,
-        payload: Bytes,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), BusError> {
-        super::nats_tasks::submit(self, pool, reply, max_retries, payload, deadline).await
     }
 
     /// Before the process exits: hand back unfinished tasks (after up to `limit` for them to

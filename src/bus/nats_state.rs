@@ -38,12 +38,7 @@ pub(crate) fn kv_key(key: &str) -> String {
     if plain {
         return key.to_string();
     }
-    let mut out = String::with_capacity(1 + key.len() * 2);
-    out.push('=');
-    for b in key.bytes() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    super::subject::hex_escaped('=', key)
 }
 
 fn now_ms() -> u64 {

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::{spawn_local, AbortHandle};
 
-use super::client::{Bus, TaskDelivery, TaskHandler, RECEIPT_HEADER};
+use super::client::{Bus, PoolSpec, TaskDelivery, TaskHandler, RECEIPT_HEADER};
 use super::nats::NatsLink;
 use super::{subject, BusError, Headers, PoolStats, STATUS_HEADER};
 
@@ -148,16 +148,14 @@ impl PoolMember {
     pub(crate) fn start(
         link: &NatsLink,
         bus: &Bus,
-        pool: &str,
-        concurrency: u32,
-        max_queue: u32,
-        lease: Duration,
+        spec: PoolSpec,
         handler: TaskHandler,
     ) -> Rc<PoolMember> {
+        let max_queue = spec.max_queue;
         let member = Rc::new(PoolMember {
-            pool: pool.to_string(),
-            concurrency: concurrency.max(1),
-            lease: lease.max(Duration::from_millis(300)),
+            pool: spec.pool,
+            concurrency: spec.concurrency.max(1),
+            lease: spec.lease.max(Duration::from_millis(300)),
             running: RefCell::new(HashMap::new()),
             busy: Cell::new(0),
             room: Notify::new(),

@@ -75,10 +75,16 @@ pub(crate) fn token(text: &str) -> String {
     {
         return text.to_string();
     }
+    hex_escaped('~', text)
+}
+
+/// `mark` followed by the lowercase hex of `text`'s bytes.
+pub(crate) fn hex_escaped(mark: char, text: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(1 + text.len() * 2);
-    out.push('~');
+    out.push(mark);
     for b in text.bytes() {
-        out.push_str(&format!("{b:02x}"));
+        let _ = write!(out, "{b:02x}");
     }
     out
 }
