@@ -127,7 +127,7 @@ fn the_cluster_view_lists_every_node_with_its_groups_from_any_node() {
 }
 
 #[test]
-fn a_client_on_node_a_gets_what_node_b_sends_to_its_uid_and_group() {
+fn a_client_on_node_a_gets_what_node_b_sends_to_its_uid_group_and_channels() {
     let Some(nats) = Nats::start() else { return };
     let gateway = |name: &str| {
         let port = free_port();
