@@ -210,3 +210,58 @@ fn a_reload_of_the_pool_hands_unfinished_tasks_back_instead_of_waiting_out_their
         assert_eq!(sum["errors"], json!({}), "{sum}");
     }
 }
+
+#[test]
+fn a_full_durable_queue_refuses_with_pool_full_and_loses_nothing_it_took() {
+    let Some(nats) = Nats::start() else { return };
+    let _pool = lab_node(
+        &nats,
+        "b",
+        "square",
+        &[
+            ("POOL_PROCS", "1".to_string()),
+            ("POOL_CONCURRENCY", "1".to_string()),
+            ("POOL_QUEUE", "20".to_string()),
+            ("POOL_TASK_MS", "20".to_string()),
+        ],
+        1,
+    );
+    let url = nats.url.clone();
+    let (ok, full, other) = local_runtime().block_on(async move {
+        let bus = Bus::connect_nats(&url, "test").expect("settings");
+        assert!(bus.wait_connected(Duration::from_secs(5)).await);
+        // The pool's process sets its queue limit on the stream as it joins.
+        let probe = oxwork::bus::SubmitOptions {
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        bus.submit("square", "2", probe).await.expect("first task");
+        let all: Vec<_> = (0..300u64)
+            .map(|n| {
+                let b = bus.clone();
+                tokio::task::spawn_local(async move {
+                    let opts = oxwork::bus::SubmitOptions {
+                        timeout: Duration::from_secs(30),
+                        ..Default::default()
+                    };
+                    b.submit("square", n.to_string(), opts).await
+                })
+            })
+            .collect();
+        let (mut ok, mut full, mut other) = (0, 0, Vec::new());
+        for h in all {
+            match h.await.expect("join") {
+                Ok(_) => ok += 1,
+                Err(oxwork::bus::BusError::PoolFull(_)) => full += 1,
+                Err(e) => other.push(e.to_string()),
+            }
+        }
+        (ok, full, other)
+    });
+    assert!(other.is_empty(), "{other:?}");
+    assert!(
+        full > 200,
+        "expected most refused as full: ok {ok}, full {full}"
+    );
+    assert_eq!(ok + full, 300);
+}
