@@ -14,6 +14,8 @@ pub(crate) struct Counters {
     pub(crate) panics: Cell<u64>,
     pub(crate) timers: Cell<u64>,
     pub(crate) rejected: Cell<u64>,
+    pub(crate) tasks_done: Cell<u64>,
+    pub(crate) tasks_failed: Cell<u64>,
 }
 
 thread_local! {
@@ -50,6 +52,12 @@ pub struct Snapshot {
     pub timers: u64,
     /// Connections closed because their input was refused (bad or oversized packages).
     pub rejected: u64,
+    /// Tasks this process completed successfully (a pool process).
+    #[serde(default)]
+    pub tasks_done: u64,
+    /// Tasks this process completed with an error.
+    #[serde(default)]
+    pub tasks_failed: u64,
 }
 
 pub(crate) fn snapshot() -> Snapshot {
@@ -61,5 +69,7 @@ pub(crate) fn snapshot() -> Snapshot {
         panics: c.panics.get(),
         timers: c.timers.get(),
         rejected: c.rejected.get(),
+        tasks_done: c.tasks_done.get(),
+        tasks_failed: c.tasks_failed.get(),
     })
 }

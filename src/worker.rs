@@ -619,6 +619,9 @@ fn run_task(bus: &bus::Bus, f: &TaskFn, d: TaskDelivery) {
             Some(Err(e)) => (false, Bytes::from(e)),
             None => (false, Bytes::from_static(b"the task handler panicked")),
         };
+        crate::stats::with(|c| {
+            crate::stats::bump(if ok { &c.tasks_done } else { &c.tasks_failed })
+        });
         if let Err(e) = bus.task_done(id, ok, payload) {
             tracing::error!("cannot report task {id} done: {e}");
         }

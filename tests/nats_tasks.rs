@@ -86,6 +86,15 @@ fn five_thousand_tasks_survive_a_node_killed_mid_run_each_reported_once() {
         "the dead node's tasks were not redelivered: {pool}"
     );
     assert_eq!(pool["queued"], 0, "{pool}");
+    let done_here = pool["done"].as_u64().expect("done");
+    assert!(
+        done_here > 0 && done_here <= 5_000 + pool["retried"].as_u64().unwrap_or(0),
+        "node b's processes report what they completed: {pool}"
+    );
+    eprintln!(
+        "redelivered after the kill: {}; done on node b: {done_here}",
+        pool["retried"]
+    );
     let shown = String::from_utf8_lossy(&survivor.run(&["status"]).stdout).into_owned();
     assert!(shown.contains("retried"), "{shown}");
 }

@@ -855,7 +855,15 @@ impl Master {
             }
         }
         processes.sort_by(|a, b| (&a.worker, a.id, a.retiring).cmp(&(&b.worker, b.id, b.retiring)));
-        let bus = self.bus_status().await;
+        let mut bus = self.bus_status().await;
+        // JetStream keeps no completion counts: on NATS `done` and `failed` are this node's
+        // live processes' own.
+        for pool in &mut bus.pools {
+            for p in processes.iter().filter(|p| p.worker == pool.name) {
+                pool.done += p.stats.tasks_done;
+                pool.failed += p.stats.tasks_failed;
+            }
+        }
         let st = self.state.borrow();
         StatusReport {
             master_pid: std::process::id(),
