@@ -274,3 +274,49 @@ fn a_full_durable_queue_refuses_with_pool_full_and_loses_nothing_it_took() {
     );
     assert_eq!(ok + full, 300);
 }
+
+#[test]
+fn a_task_running_longer_than_its_lease_keeps_it_and_is_not_redelivered() {
+    let Some(nats) = Nats::start() else { return };
+    let pool = squares(
+        &nats,
+        "b",
+        &[
+            ("POOL_LEASE_MS", "600".to_string()),
+            ("POOL_TASK_MS", "2000".to_string()),
+        ],
+    );
+    let url = nats.url.clone();
+    let results = local_runtime().block_on(async move {
+        let bus = Bus::connect_nats(&url, "test").expect("settings");
+        let all: Vec<_> = (1..=4u64)
+            .map(|n| {
+                let b = bus.clone();
+                tokio::task::spawn_local(async move {
+                    let opts = oxwork::bus::SubmitOptions {
+                        timeout: Duration::from_secs(20),
+                        max_retries: 0,
+                    };
+                    b.submit("square", n.to_string(), opts).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in all {
+            out.push(
+                h.await
+                    .expect("join")
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            );
+        }
+        out
+    });
+    assert_eq!(
+        results,
+        ["1", "4", "9", "16"].map(|s| Ok(s.to_string())).to_vec(),
+        "with no retries allowed, a lost lease would have failed a task"
+    );
+    let figures = nats_pool(&pool);
+    assert_eq!(figures["retried"], 0, "{figures}");
+    assert_eq!(figures["done"], 4, "{figures}");
+}
