@@ -320,3 +320,52 @@ fn a_task_running_longer_than_its_lease_keeps_it_and_is_not_redelivered() {
     assert_eq!(figures["retried"], 0, "{figures}");
     assert_eq!(figures["done"], 4, "{figures}");
 }
+
+#[test]
+fn hostile_task_messages_from_a_foreign_client_cost_nothing_but_themselves() {
+    let Some(nats) = Nats::start() else { return };
+    let pool = squares(&nats, "b", &[]);
+    let url = nats.url.clone();
+    let answer = local_runtime().block_on(async move {
+        let client = async_nats::connect(&url).await.expect("raw client");
+        let js = async_nats::jetstream::new(client.clone());
+        let bus = Bus::connect_nats(&url, "test").expect("settings");
+        // The pool's stream exists once a normal task went through.
+        let opts = oxwork::bus::SubmitOptions::default();
+        assert_eq!(
+            bus.submit("square", "3", opts)
+                .await
+                .expect("warm-up")
+                .as_ref(),
+            b"9"
+        );
+        let hostile: [(&[(&str, &str)], &[u8]); 4] = [
+            (&[("ox-reply", "not a subject")], b"4"),
+            (&[("ox-reply", "a.*.wild")], b"5"),
+            (&[("ox-max-retries", "lots")], b"6"),
+            (&[], b"\xff\xfe not a number"),
+        ];
+        for (headers, body) in hostile {
+            let mut map = async_nats::HeaderMap::new();
+            for (k, v) in headers {
+                map.insert(*k, *v);
+            }
+            js.publish_with_headers("ox.task.square", map, body.to_vec().into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+        bus.submit("square", "7", opts).await
+    });
+    assert_eq!(
+        answer
+            .expect("a normal task after the hostile ones")
+            .as_ref(),
+        b"49"
+    );
+    assert!(eventually(Duration::from_secs(5), || nats_pool(&pool)
+        ["queued"]
+        == 0));
+    assert_eq!(pool.group_pids("square").len(), 2, "no pool process died");
+}

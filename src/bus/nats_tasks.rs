@@ -420,8 +420,10 @@ impl PoolMember {
     }
 }
 
-/// Sends a result until its submitter confirms it, for a while.
-async fn deliver_result(bus: &Bus, reply: &str, headers: Headers, payload: Bytes) {
+/// Sends a result until its submitter confirms it, for a while. A result too large for the
+/// bus becomes a failure the submitter can read; a reply subject that is not one (a hostile or
+/// broken submitter) is given up at once.
+async fn deliver_result(bus: &Bus, reply: &str, mut headers: Headers, mut payload: Bytes) {
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
@@ -435,6 +437,18 @@ async fn deliver_result(bus: &Bus, reply: &str, headers: Headers, payload: Bytes
             .await;
         match sent {
             Ok(_) => return,
+            Err(BusError::PayloadTooLarge { size, limit }) => {
+                headers = Headers::new()
+                    .with(STATUS_HEADER, "failed")
+                    .with(RECEIPT_HEADER, "1");
+                payload = Bytes::from(format!(
+                    "the task's result of {size} bytes exceeds the bus limit of {limit}"
+                ));
+            }
+            Err(e @ BusError::InvalidSubject(_)) => {
+                tracing::warn!("a task's reply subject is unusable ({e}); result dropped");
+                return;
+            }
             Err(e) if started.elapsed() >= RESULT_PATIENCE => {
                 tracing::warn!("a task result was not confirmed by its submitter ({e}); dropped");
                 return;
