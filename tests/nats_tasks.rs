@@ -339,7 +339,8 @@ fn hostile_task_messages_from_a_foreign_client_cost_nothing_but_themselves() {
                 .as_ref(),
             b"9"
         );
-        let hostile: [(&[(&str, &str)], &[u8]); 4] = [
+        type Headers<'a> = &'a [(&'a str, &'a str)];
+        let hostile: [(Headers, &[u8]); 4] = [
             (&[("ox-reply", "not a subject")], b"4"),
             (&[("ox-reply", "a.*.wild")], b"5"),
             (&[("ox-max-retries", "lots")], b"6"),
