@@ -28,7 +28,7 @@ use super::{BusError, BusMessage, Headers, STATUS_HEADER};
 use crate::guard::guarded;
 
 /// Messages a subscription holds before NATS counts this process as a slow consumer.
-const SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
+const SUBSCRIPTION_CAPACITY: usize = 16 * 1024;
 
 enum Command {
     Publish {
