@@ -163,7 +163,12 @@ impl<'a> Wire<'a> {
 
 impl std::error::Error for Rejection {}
 
-/// A wire protocol, in Workerman's three steps. See the [module documentation](self).
+/// A wire protocol, in Workerman's three steps: [`input`](Protocol::input) says how long the
+/// next packet is (or that more bytes are needed, or that the input is unacceptable),
+/// [`decode`](Protocol::decode) turns one packet into a message, [`encode`](Protocol::encode)
+/// turns an outgoing message into bytes. Protocols never touch sockets: the connection driver
+/// owns all I/O and enforces `max_package_size`, so a protocol only reports lengths. One value
+/// is made per connection, so it may keep per-connection state.
 pub trait Protocol: 'static {
     /// A decoded inbound message, as `on_message` receives it.
     type Message;
