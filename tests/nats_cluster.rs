@@ -390,3 +390,79 @@ fn two_nodes_of_one_program_on_one_machine_get_their_own_run_directories() {
         "stopping one node left the other"
     );
 }
+
+/// A signed NATS JWT (decentralised auth) with `claims`, issued by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, mut claims: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    claims["iat"] = now.into();
+    claims["iss"] = issuer.public_key().into();
+    claims["jti"] = format!("T{now}{}", fastrand::u64(..)).into();
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = b64.encode(serde_json::to_vec(&claims).expect("claims"));
+    let signed = format!("{header}.{body}");
+    let sig = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", b64.encode(sig))
+}
+
+#[test]
+fn a_credentials_file_authenticates_every_process() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let limits = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let operator_jwt = nats_jwt(
+        &operator,
+        serde_json::json!({"name": "op", "sub": operator.public_key(),
+            "nats": {"type": "operator", "version": 2}}),
+    );
+    let account_jwt = nats_jwt(
+        &operator,
+        serde_json::json!({"name": "acc", "sub": account.public_key(),
+            "nats": {"limits": limits, "default_permissions": {"pub": {}, "sub": {}},
+                     "type": "account", "version": 2}}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        serde_json::json!({"name": "u", "sub": user.public_key(),
+            "nats": {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                     "type": "user", "version": 2}}),
+    );
+    // JetStream under an operator needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        serde_json::json!({"name": "SYS", "sub": system.public_key(),
+            "nats": {"type": "account", "version": 2}}),
+    );
+    let config = format!(
+        "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{ {acc}: {account_jwt}, {sys}: {system_jwt} }}",
+        acc = account.public_key(),
+        sys = system.public_key(),
+    );
+    let Some(nats) = Nats::start_with(&config) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let creds = dir.path().join("user.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().expect("seed")
+        ),
+    )
+    .expect("write creds");
+    gateway_works_with(&nats, &[("OXWORK_BUS_CREDS", creds.display().to_string())]);
+    start_fails_clearly(&nats.url, &[], "refused our credentials");
+}
