@@ -124,3 +124,63 @@ fn a_tree_keeps_serving_its_clients_through_a_nats_outage_and_its_bus_comes_back
         "routing over the bus did not come back"
     );
 }
+
+#[test]
+fn with_two_servers_of_a_nats_cluster_a_tree_fails_over_when_one_dies() {
+    let (ca, cb) = (free_port(), free_port());
+    let cluster = |me: &str, own: u16, other: u16| {
+        format!(
+            "server_name: {me}\ncluster {{ name: oxc, listen: \"127.0.0.1:{own}\", routes: [\"nats://127.0.0.1:{other}\"] }}"
+        )
+    };
+    let Some(mut first) = Nats::start_with(&cluster("s1", ca, cb)) else {
+        return;
+    };
+    let Some(mut second) = Nats::start_with(&cluster("s2", cb, ca)) else {
+        return;
+    };
+    let both = format!("{},{}", first.url, second.url);
+    let port = free_port();
+    let mut s = Server::start(
+        "echo",
+        &[
+            ("OXWORK_BUS", both),
+            ("OXWORK_NODE", "pair".to_string()),
+            ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
+            ("ECHO_COUNT", "2".to_string()),
+            ("ECHO_GATEWAY", "1".to_string()),
+            ("ECHO_REUSE_PORT", "1".to_string()),
+        ],
+        2,
+    );
+    s.port = port;
+    let mut alice = LineClient::connect(port).expect("connect");
+    assert_eq!(alice.ask("bind:alice").expect("bind"), "ok");
+    let mut bob = LineClient::connect(port).expect("connect");
+    let works = |bob: &mut LineClient, alice: &mut LineClient, text: &str| {
+        eventually(Duration::from_secs(10), || {
+            bob.ask(&format!("to-uid:alice:{text}")).expect("send") == "sent"
+                && alice.recv_timeout(Duration::from_millis(300)).as_deref() == Some(text)
+        })
+    };
+    assert!(
+        works(&mut bob, &mut alice, "before"),
+        "routing never worked"
+    );
+    // The client picks servers at random: stopping each in turn makes every process fail over
+    // at least once.
+    first.stop();
+    assert!(
+        works(&mut bob, &mut alice, "after"),
+        "routing did not come back through the second server"
+    );
+    first.restart();
+    second.stop();
+    assert!(
+        works(&mut bob, &mut alice, "again"),
+        "routing did not come back through the first server"
+    );
+    assert!(eventually(Duration::from_secs(10), || s.status()["bus"]
+        ["connected"]
+        == true));
+}
