@@ -466,3 +466,25 @@ fn a_credentials_file_authenticates_every_process() {
     gateway_works_with(&nats, &[("OXWORK_BUS_CREDS", creds.display().to_string())]);
     start_fails_clearly(&nats.url, &[], "refused our credentials");
 }
+
+#[test]
+fn a_node_with_task_pools_refuses_to_start_on_a_server_without_jetstream() {
+    let Some(core) = Nats::start_core_only() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(example_bin("pool_lab"))
+        .args([
+            "start", "--bus", &core.url, "--node", "nojs", "--group", "square",
+        ])
+        .env("OXWORK_RUN_DIR", dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run start");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("need JetStream"), "{stderr}");
+    // Without pools, core NATS is all a node needs.
+    gateway_works_with(&core, &[]);
+}

@@ -471,7 +471,10 @@ pub(crate) async fn submit(
     payload: Bytes,
     deadline: tokio::time::Instant,
 ) -> Result<(), BusError> {
-    let js = jetstream::new(link.client().await);
+    let client = tokio::time::timeout_at(deadline, link.client())
+        .await
+        .map_err(|_| BusError::Disconnected)?;
+    let js = jetstream::new(client);
     let mut headers = async_nats::HeaderMap::new();
     if let Some(r) = &reply {
         headers.insert(REPLY_HEADER, r.as_str());

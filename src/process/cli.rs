@@ -282,7 +282,10 @@ fn start(paths: &Paths, daemon: bool, options: TreeOptions) -> Result<()> {
     }
     if let BusChoice::Nats(settings) = &options.bus {
         // Said here, in the terminal, rather than only in the daemon's log.
-        super::cluster::check_nats(settings)?;
+        let pools = configs
+            .iter()
+            .any(|c| c.is_pool && (options.groups.is_empty() || options.groups.contains(&c.name)));
+        super::cluster::check_nats(settings, pools)?;
     }
     if sys::pid_file_locked(&paths.pid_file) {
         let pid = sys::read_pid(&paths.pid_file)

@@ -45,8 +45,9 @@ pub(crate) struct BusStatus {
 }
 
 /// Connects to NATS once, strictly, so that `start` fails at once with one clear line when
-/// NATS cannot be used: a wrong address, refused credentials, an unreachable server.
-pub(crate) fn check_nats(settings: &NatsSettings) -> Result<()> {
+/// NATS cannot be used: a wrong address, refused credentials, an unreachable server, or (when
+/// this node runs task pools) a server without JetStream.
+pub(crate) fn check_nats(settings: &NatsSettings, needs_jetstream: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -67,8 +68,16 @@ pub(crate) fn check_nats(settings: &NatsSettings) -> Result<()> {
     rt.block_on(async {
         match tokio::time::timeout(CHECK_TIMEOUT, options.connect(addrs)).await {
             Ok(Ok(client)) => {
+                let missing = if needs_jetstream {
+                    jetstream_missing(&client).await
+                } else {
+                    None
+                };
                 let _ = client.drain().await;
-                Ok(())
+                match missing {
+                    None => Ok(()),
+                    Some(why) => Err(fail(why)),
+                }
             }
             Ok(Err(e)) => {
                 use async_nats::ConnectErrorKind as K;
@@ -95,6 +104,31 @@ pub(crate) fn check_nats(settings: &NatsSettings) -> Result<()> {
             ))),
         }
     })
+}
+
+/// Why JetStream cannot be used through `client`, if it cannot. Asked with a plain request
+/// (the client's account call expects a newer server's answer).
+async fn jetstream_missing(client: &async_nats::Client) -> Option<String> {
+    let asked = tokio::time::timeout(
+        CHECK_TIMEOUT,
+        client.request("$JS.API.INFO", bytes::Bytes::new()),
+    )
+    .await;
+    let why = match asked {
+        Err(_) => "JetStream did not answer in time".to_string(),
+        Ok(Err(e)) => format!("JetStream does not answer ({e})"),
+        Ok(Ok(answer)) => {
+            let info: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
+            let error = info.get("error")?;
+            format!(
+                "JetStream refuses: {}",
+                error["description"].as_str().unwrap_or("unknown error")
+            )
+        }
+    };
+    Some(format!(
+        "this node runs task pools, which need JetStream: {why} (start nats-server with -js)"
+    ))
 }
 
 /// The master's own bus connection, on NATS only (the hub serves one machine, whose view the

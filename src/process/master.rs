@@ -155,7 +155,11 @@ pub(crate) fn run(
         .map(|c| options.groups.is_empty() || options.groups.contains(&c.name))
         .collect();
     if let BusChoice::Nats(settings) = &options.bus {
-        super::cluster::check_nats(settings)?;
+        let pools = configs
+            .iter()
+            .zip(&selected)
+            .any(|(c, &on)| on && c.is_pool);
+        super::cluster::check_nats(settings, pools)?;
     }
     sys::raise_fd_limit();
     let span = tracing::info_span!("master");

@@ -370,6 +370,7 @@ pub struct Nats {
     pub url: String,
     dir: tempfile::TempDir,
     extra_config: String,
+    jetstream: bool,
 }
 
 impl Nats {
@@ -381,6 +382,15 @@ impl Nats {
 
     /// [`Nats::start`] with more server configuration (authorization, limits).
     pub fn start_with(extra_config: &str) -> Option<Nats> {
+        Nats::launch_new(extra_config, true)
+    }
+
+    /// A server without JetStream (core NATS only).
+    pub fn start_core_only() -> Option<Nats> {
+        Nats::launch_new("", false)
+    }
+
+    fn launch_new(extra_config: &str, jetstream: bool) -> Option<Nats> {
         let installed = Command::new("nats-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -403,6 +413,7 @@ impl Nats {
             url: format!("nats://127.0.0.1:{port}"),
             dir: tempfile::tempdir().expect("tempdir"),
             extra_config: extra_config.to_string(),
+            jetstream,
         };
         n.launch();
         Some(n)
@@ -411,13 +422,19 @@ impl Nats {
     fn launch(&mut self) {
         let store = self.dir.path().join("store");
         let config = self.dir.path().join("nats.conf");
+        let jetstream = if self.jetstream {
+            format!(
+                "jetstream {{ store_dir: {:?} }}",
+                store.display().to_string()
+            )
+        } else {
+            String::new()
+        };
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}\n",
-                self.port,
-                store.display().to_string(),
-                self.extra_config
+                "listen: 127.0.0.1:{}\n{jetstream}\n{}\n",
+                self.port, self.extra_config
             ),
         )
         .expect("write nats.conf");
