@@ -88,10 +88,10 @@ fn main() -> oxwork::Result<()> {
                 fastrand::shuffle(&mut deck);
             }
             let task_id = deck.pop().unwrap_or(0);
-            let mut target = WorkerAddr::local("task", task_id);
-            if let Some(node) = &task_node {
-                target.node = node.clone();
-            }
+            let target = match &task_node {
+                Some(node) => WorkerAddr::new(node, "task", task_id),
+                None => WorkerAddr::local("task", task_id),
+            };
             bus::spawn(async move {
                 match bus::ask(&target, "Upload message", Duration::from_secs(2)).await {
                     Ok(reply) => println!("UploadWorker {me} got reply: {}", reply.text()),

@@ -33,6 +33,15 @@ pub struct WorkerAddr {
 }
 
 impl WorkerAddr {
+    /// Process `id` of `group` on node `node` (another machine's, with the NATS bus).
+    pub fn new(node: &str, group: &str, id: u32) -> WorkerAddr {
+        WorkerAddr {
+            node: node.to_string(),
+            group: group.to_string(),
+            id,
+        }
+    }
+
     /// Process `id` of `group` on this node.
     pub fn local(group: &str, id: u32) -> WorkerAddr {
         let node = local::identity()
