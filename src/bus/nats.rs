@@ -399,7 +399,10 @@ pub(super) fn from_nats(m: async_nats::Message) -> BusMessage {
     if let Some(h) = &m.headers {
         for (name, values) in h.iter() {
             for v in values {
-                headers.push(name.to_string(), v.as_str().to_string());
+                headers.push(
+                    AsRef::<str>::as_ref(name).to_string(),
+                    v.as_str().to_string(),
+                );
             }
         }
     }

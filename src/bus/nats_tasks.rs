@@ -61,7 +61,7 @@ pub(crate) fn stream_name(pool: &str) -> String {
 fn header<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
     headers?
         .iter()
-        .find(|(k, _)| k.to_string().eq_ignore_ascii_case(name))
+        .find(|(k, _)| AsRef::<str>::as_ref(k).eq_ignore_ascii_case(name))
         .and_then(|(_, v)| v.first())
         .map(|v| v.as_str())
 }

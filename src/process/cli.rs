@@ -280,13 +280,8 @@ fn start(paths: &Paths, daemon: bool, options: TreeOptions) -> Result<()> {
     if !daemon || in_daemon {
         return master::run(paths, configs, in_daemon, options);
     }
-    if let BusChoice::Nats(settings) = &options.bus {
-        // Said here, in the terminal, rather than only in the daemon's log.
-        let pools = configs
-            .iter()
-            .any(|c| c.is_pool && (options.groups.is_empty() || options.groups.contains(&c.name)));
-        super::cluster::check_nats(settings, pools)?;
-    }
+    // Said here, in the terminal, rather than only in the daemon's log.
+    options.check_bus(&configs)?;
     if sys::pid_file_locked(&paths.pid_file) {
         let pid = sys::read_pid(&paths.pid_file)
             .map(|p| p.to_string())

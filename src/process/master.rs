@@ -51,6 +51,25 @@ pub(crate) struct TreeOptions {
     pub(crate) groups: Vec<String>,
 }
 
+impl TreeOptions {
+    /// Whether this node runs worker group `c`.
+    fn runs(&self, c: &WorkerConfig) -> bool {
+        self.groups.is_empty() || self.groups.contains(&c.name)
+    }
+
+    /// On NATS, connects once to prove the bus usable (with JetStream when this node runs a
+    /// task pool); one clear error otherwise.
+    pub(crate) fn check_bus(&self, configs: &[WorkerConfig]) -> Result<()> {
+        match &self.bus {
+            BusChoice::Hub => Ok(()),
+            BusChoice::Nats(settings) => {
+                let pools = configs.iter().any(|c| self.runs(c) && c.is_pool);
+                super::cluster::check_nats(settings, pools)
+            }
+        }
+    }
+}
+
 struct Slot {
     /// The worker group, or `None` for the hub.
     group: Option<usize>,
@@ -150,17 +169,8 @@ pub(crate) fn run(
             ));
         }
     }
-    let selected: Vec<bool> = configs
-        .iter()
-        .map(|c| options.groups.is_empty() || options.groups.contains(&c.name))
-        .collect();
-    if let BusChoice::Nats(settings) = &options.bus {
-        let pools = configs
-            .iter()
-            .zip(&selected)
-            .any(|(c, &on)| on && c.is_pool);
-        super::cluster::check_nats(settings, pools)?;
-    }
+    let selected: Vec<bool> = configs.iter().map(|c| options.runs(c)).collect();
+    options.check_bus(&configs)?;
     sys::raise_fd_limit();
     let span = tracing::info_span!("master");
     let _entered = span.enter();
