@@ -394,10 +394,14 @@ impl<P: Protocol> Worker<P> {
     {
         let f = move |t: Task| f(t).map(Into::into).map_err(|e| e.to_string());
         *self.shared.on_task.borrow_mut() = Some(TaskFn::Sync(Rc::new(f)));
+        self.mark_pool();
+        self
+    }
+
+    /// A task handler makes this group a pool, and pools live on the bus.
+    fn mark_pool(&mut self) {
         let mut c = self.shared.config.borrow_mut();
         (c.uses_bus, c.is_pool) = (true, true);
-        drop(c);
-        self
     }
 
     /// [`on_task`](Self::on_task) with an async handler; up to `task_concurrency` tasks run at
@@ -414,9 +418,7 @@ impl<P: Protocol> Worker<P> {
             Box::pin(async move { fut.await.map(Into::into).map_err(|e| e.to_string()) })
         };
         *self.shared.on_task.borrow_mut() = Some(TaskFn::Async(Rc::new(f)));
-        let mut c = self.shared.config.borrow_mut();
-        (c.uses_bus, c.is_pool) = (true, true);
-        drop(c);
+        self.mark_pool();
         self
     }
 
