@@ -76,6 +76,31 @@ async fn connected(via: &Via) -> Result<Bus, String> {
     }
 }
 
+/// Runs `once` one round trip after another for `warmup + duration`; returns how many ran after
+/// the warm-up and their latencies.
+pub async fn round_trips<F, Fut>(
+    warmup: Duration,
+    duration: Duration,
+    mut once: F,
+) -> Result<(u64, Histogram<u64>), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < warmup + duration {
+        let t0 = Instant::now();
+        once().await?;
+        if start.elapsed() > warmup {
+            let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+            n += 1;
+        }
+    }
+    Ok((n, h))
+}
+
 /// Sequential asks of the responder on `node` for `duration`: round-trip latency.
 pub fn ask_latency(
     via: &Via,
@@ -86,12 +111,7 @@ pub fn ask_latency(
     runtime().block_on(async {
         let b = connected(via).await?;
         let subject = &format!("ox.w.{node}.responder.0");
-        let mut h =
-            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        let mut n = 0;
-        while start.elapsed() < warmup + duration {
-            let t0 = Instant::now();
+        round_trips(warmup, duration, || async {
             b.request(
                 subject,
                 Headers::new(),
@@ -99,13 +119,10 @@ pub fn ask_latency(
                 Duration::from_secs(5),
             )
             .await
-            .map_err(|e| e.to_string())?;
-            if start.elapsed() > warmup {
-                let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
-                n += 1;
-            }
-        }
-        Ok((n, h))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
+        .await
     })
 }
 

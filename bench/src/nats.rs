@@ -153,22 +153,14 @@ pub fn request_latency(
 ) -> Result<(u64, Histogram<u64>), String> {
     runtime().block_on(async {
         let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
-        let mut h =
-            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        let mut n = 0;
-        while start.elapsed() < warmup + duration {
-            let t0 = Instant::now();
+        crate::bus::round_trips(warmup, duration, || async {
             client
                 .request("bench.rr", "0123456789abcdef".into())
                 .await
-                .map_err(|e| e.to_string())?;
-            if start.elapsed() > warmup {
-                let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
-                n += 1;
-            }
-        }
-        Ok((n, h))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
     })
 }
 
