@@ -126,6 +126,68 @@ fn the_cluster_view_lists_every_node_with_its_groups_from_any_node() {
     assert!(String::from_utf8_lossy(&table.stdout).contains("2 nodes, 9 worker processes"));
 }
 
+/// `cluster --json` run on `s`, as (node, reachable) pairs in the order listed.
+fn census_of(s: &Server) -> Vec<(String, bool)> {
+    let out = s.run(&["cluster", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap_or("").to_string(),
+                n["reachable"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn a_node_that_does_not_answer_is_listed_as_unreachable_and_a_stopped_one_is_gone() {
+    let Some(nats) = Nats::start() else { return };
+    let echo_node = |name: &str| {
+        let env = [
+            ("ECHO_LISTEN", format!("text://127.0.0.1:{}", free_port())),
+            ("ECHO_COUNT", "1".to_string()),
+        ];
+        node("echo", &nats, name, &[], &env, 1)
+    };
+    let a = echo_node("a");
+    let mut b = echo_node("b");
+    let yes = |n: &str| (n.to_string(), true);
+    assert_eq!(census_of(&a), [yes("a"), yes("b")]);
+    // A frozen master is alive and registered but silent: what a node cut off looks like.
+    signal(b.master_pid(), "STOP");
+    let frozen = census_of(&a);
+    let table = String::from_utf8_lossy(&a.run(&["cluster"]).stdout).to_string();
+    signal(b.master_pid(), "CONT");
+    assert_eq!(frozen, [yes("a"), ("b".to_string(), false)]);
+    assert!(
+        table.contains("UNREACHABLE")
+            && table.contains("2 nodes, 1 worker processes, 1 unreachable"),
+        "{table}"
+    );
+    assert!(eventually(Duration::from_secs(20), || census_of(&a)
+        == [yes("a"), yes("b")]));
+    assert!(b.run(&["stop"]).status.success());
+    assert!(b.wait_exit(Duration::from_secs(20)), "node b did not stop");
+    assert_eq!(census_of(&a), [yes("a")], "a stopped node is still listed");
+}
+
 #[test]
 fn a_client_on_node_a_gets_what_node_b_sends_to_its_uid_group_and_channels() {
     let Some(nats) = Nats::start() else { return };

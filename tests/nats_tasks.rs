@@ -370,3 +370,125 @@ fn hostile_task_messages_from_a_foreign_client_cost_nothing_but_themselves() {
         == 0));
     assert_eq!(pool.group_pids("square").len(), 2, "no pool process died");
 }
+
+#[test]
+fn a_redelivered_task_whose_result_already_reached_its_submitter_is_not_run_again() {
+    use futures_util::StreamExt as _;
+    let Some(nats) = Nats::start() else { return };
+    // The pool's queue and consumer exist once a node of it has run; then the node stops.
+    let mut first = squares(&nats, "b", &[]);
+    assert!(
+        eventually(Duration::from_secs(20), || first.status()["bus"]["pools"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())),
+        "the pool's queue was not made"
+    );
+    assert!(first.run(&["stop"]).status.success());
+    assert!(
+        first.wait_exit(Duration::from_secs(20)),
+        "the pool did not stop"
+    );
+    drop(first);
+
+    // A submitter on a thread of its own, alive (answering questions) until told to end.
+    let (result_tx, result_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let url = nats.url.clone();
+    let submitter = std::thread::spawn(move || {
+        local_runtime().block_on(async move {
+            let bus = Bus::connect_nats(&url, "test").expect("settings");
+            let opts = oxwork::bus::SubmitOptions {
+                timeout: Duration::from_secs(60),
+                max_retries: 3,
+            };
+            let answer = bus.submit("square", "7", opts).await;
+            let _ = result_tx.send(answer.map(|b| b.to_vec()).map_err(|e| e.to_string()));
+            while end_rx.try_recv().is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+
+    // A pool process that answers the task and dies before acknowledging it: played by a
+    // plain NATS client pulling from the pool's consumer.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(&nats.url).await.expect("connect");
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = js
+            .get_stream("OX_TASKS_square")
+            .await
+            .expect("the pool's stream");
+        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer("workers")
+            .await
+            .expect("the pool's consumer");
+        let mut batch = consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(15))
+            .messages()
+            .await
+            .expect("pull");
+        let task = batch
+            .next()
+            .await
+            .expect("the task is delivered")
+            .expect("a task");
+        let reply = task
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("ox-reply"))
+            .expect("a reply subject")
+            .to_string();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("status", "ok");
+        headers.insert("ox-receipt", "1");
+        // Retried while nobody listens yet, as a pool process does.
+        let mut confirmed = false;
+        for _ in 0..100 {
+            let sent = client
+                .request_with_headers(reply.clone(), headers.clone(), "49 from the first".into())
+                .await;
+            if sent.is_ok() {
+                confirmed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(confirmed, "the submitter did not confirm the result");
+        // No acknowledgement: the task comes back when its lease runs out.
+    });
+    let answer = result_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the submitter got an answer");
+    assert_eq!(answer, Ok(b"49 from the first".to_vec()));
+
+    // The pool comes back and is handed the task again: it asks the submitter, which has the
+    // result, and acknowledges the task instead of running it.
+    let second = squares(&nats, "b", &[]);
+    // Gone from the work queue: acknowledged by the pool.
+    let drained = rt.block_on(async {
+        let client = async_nats::connect(&nats.url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            let mut stream = js.get_stream("OX_TASKS_square").await.expect("stream");
+            let info = stream.info().await.expect("info");
+            if info.state.messages == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    });
+    let figures = nats_pool(&second);
+    let _ = end_tx.send(());
+    submitter.join().expect("submitter thread");
+    assert!(drained, "the redelivered task stayed queued: {figures}");
+    assert_eq!(figures["done"], 0, "the task ran a second time: {figures}");
+    assert_eq!(figures["dead"], 0, "{figures}");
+}

@@ -28,6 +28,17 @@ const MAX_PENDING: usize = 100_000;
 const GATHER_STALL: Duration = Duration::from_millis(150);
 /// Header marking a task result that wants a receipt (durable tasks on NATS).
 pub(crate) const RECEIPT_HEADER: &str = "ox-receipt";
+/// Header of a question to a submitter's reply subject (durable tasks on NATS): "has the result
+/// of this task reached you?" It is asked before a redelivered task runs again, and only of
+/// submitters whose task carries [`ANSWERS_PROBE_HEADER`].
+pub(crate) const PROBE_HEADER: &str = "ox-probe";
+/// Header of a task message: its submitter answers [`PROBE_HEADER`] questions.
+pub(crate) const ANSWERS_PROBE_HEADER: &str = "ox-answers-probe";
+/// The probe's answer when the result has arrived.
+pub(crate) const PROBE_ANSWERED: &str = "answered";
+/// How many reply tokens whose durable result arrived a `Bus` remembers for probes; older
+/// ones are forgotten (their task then runs again if redelivered, as without the record).
+const ANSWERED_MEMORY: usize = 4096;
 
 pub(crate) type Handler = Rc<dyn Fn(BusMessage)>;
 /// Receives the one answer to a request.
@@ -67,6 +78,33 @@ struct Inner {
     next_token: Cell<u64>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Result<BusMessage, BusError>>>>,
     gathers: RefCell<HashMap<u64, tokio::sync::mpsc::UnboundedSender<BusMessage>>>,
+    /// Reply tokens whose durable task result arrived (bounded).
+    answered: RefCell<RecentTokens>,
+}
+
+/// The last [`ANSWERED_MEMORY`] tokens inserted.
+#[derive(Default)]
+struct RecentTokens {
+    set: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl RecentTokens {
+    fn insert(&mut self, token: u64) {
+        if !self.set.insert(token) {
+            return;
+        }
+        self.order.push_back(token);
+        if self.order.len() > ANSWERED_MEMORY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, token: u64) -> bool {
+        self.set.contains(&token)
+    }
 }
 
 /// A connection to the bus. Cheap to clone; every clone is the same connection.
@@ -117,6 +155,7 @@ impl Bus {
                 next_token: Cell::new(0),
                 pending: RefCell::new(HashMap::new()),
                 gathers: RefCell::new(HashMap::new()),
+                answered: RefCell::new(RecentTokens::default()),
             }),
         };
         if let Link::Hub(h) = &bus.inner.link {
@@ -277,9 +316,22 @@ impl Bus {
             .rsplit('.')
             .next()
             .and_then(|t| t.parse::<u64>().ok());
+        if msg.headers.get(PROBE_HEADER).is_some() {
+            // A pool process about to run a redelivered task asks whether its result is here.
+            if let (Some(r), Some(t)) = (&msg.reply, token) {
+                let known = self.inner.answered.borrow().contains(t);
+                let answer = if known { PROBE_ANSWERED } else { "waiting" };
+                let _ = self.publish_with(r, Headers::new(), answer, None);
+            }
+            return;
+        }
         if msg.headers.get(RECEIPT_HEADER).is_some() {
             // A durable task's result: confirm it whether or not it is still awaited (it may be
-            // a second delivery), so the task can be acknowledged and not run again.
+            // a second delivery), so the task can be acknowledged and not run again, and
+            // remember it, so that a redelivery caused by a lost acknowledgement is not run.
+            if let Some(t) = token {
+                self.inner.answered.borrow_mut().insert(t);
+            }
             if let Some(r) = &msg.reply {
                 let _ = self.publish_with(r, Headers::new(), Bytes::new(), None);
             }
@@ -403,6 +455,26 @@ impl Bus {
         match &self.inner.link {
             Link::Hub(h) => h.kv(op, timeout).await,
             Link::Nats(n) => n.kv(op, timeout).await,
+        }
+    }
+
+    /// Every live shared-state entry whose key starts with `prefix` (ending with `.`), at
+    /// most `timeout`. NATS only: the hub serves one machine and keeps no such listing.
+    pub(crate) async fn kv_entries(
+        &self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(String, Bytes)>, BusError> {
+        match &self.inner.link {
+            Link::Hub(_) => Err(BusError::NotAvailable),
+            Link::Nats(n) => {
+                match tokio::time::timeout(timeout, super::nats_state::entries_under(n, prefix))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(BusError::Timeout),
+                }
+            }
         }
     }
 

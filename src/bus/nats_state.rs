@@ -94,7 +94,16 @@ fn subject(key: &str) -> String {
 }
 
 async fn current(stream: &jetstream::stream::Stream, key: &str) -> Result<Current, BusError> {
-    match stream.get_last_raw_message_by_subject(&subject(key)).await {
+    current_at(stream, &subject(key), key).await
+}
+
+/// The stored entry at the bucket's subject `at` (of `key`, named in errors).
+async fn current_at(
+    stream: &jetstream::stream::Stream,
+    at: &str,
+    key: &str,
+) -> Result<Current, BusError> {
+    match stream.get_last_raw_message_by_subject(at).await {
         Ok(m) => {
             let deleted = m
                 .headers
@@ -241,6 +250,36 @@ pub(crate) async fn run(link: &NatsLink, op: KvOp) -> Result<KvResult, BusError>
             Err(contended(&key))
         }
     }
+}
+
+/// Every live entry whose key starts with `prefix` (which must end with `.`), as key and value:
+/// the bucket's subjects under the prefix, each read as `get` would.
+pub(crate) async fn entries_under(
+    link: &NatsLink,
+    prefix: &str,
+) -> Result<Vec<(String, Bytes)>, BusError> {
+    use futures_util::StreamExt as _;
+    let stream = bucket(link).await?;
+    let head = format!("$KV.{BUCKET}.");
+    let mut subjects = stream
+        .info_with_subjects(format!("{head}{prefix}>"))
+        .await
+        .map_err(|e| state_error(&format!("cannot list {prefix}"), e))?;
+    let mut found = Vec::new();
+    while let Some(entry) = subjects.next().await {
+        let (subject, _) = entry.map_err(|e| state_error(&format!("cannot list {prefix}"), e))?;
+        found.push(subject);
+    }
+    let mut out = Vec::with_capacity(found.len());
+    for subject in found {
+        let Some(key) = subject.strip_prefix(&head) else {
+            continue;
+        };
+        if let Some(value) = current_at(&stream, &subject, key).await?.value {
+            out.push((key.to_string(), value));
+        }
+    }
+    Ok(out)
 }
 
 fn contended(key: &str) -> BusError {

@@ -8,7 +8,10 @@
 //! runs again and the submitter, which takes the first result only, confirms and ignores the
 //! second. A task whose process dies is redelivered when its lease runs out; one delivered
 //! more often than its retry limit allows is moved to the `OX_DEAD` stream (subject
-//! `ox.dead.<pool>`) for an operator, and its submitter gets `RetriesExhausted`.
+//! `ox.dead.<pool>.<task id>`, one message per task) for an operator, and its submitter gets
+//! `RetriesExhausted`. Before a redelivered task runs again its submitter is asked whether the
+//! result already reached it (the process that ran it may have died just before its
+//! acknowledgement); if so, the task is acknowledged instead of run twice.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -21,7 +24,10 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::{spawn_local, AbortHandle};
 
-use super::client::{Bus, PoolSpec, TaskDelivery, TaskHandler, RECEIPT_HEADER};
+use super::client::{
+    Bus, PoolSpec, TaskDelivery, TaskHandler, ANSWERS_PROBE_HEADER, PROBE_ANSWERED, PROBE_HEADER,
+    RECEIPT_HEADER,
+};
 use super::nats::NatsLink;
 use super::{subject, BusError, Headers, PoolStats, STATUS_HEADER};
 
@@ -35,6 +41,8 @@ const REASON_HEADER: &str = "ox-dead-reason";
 const CONSUMER: &str = "workers";
 /// The stream keeping tasks that ran out of retries.
 pub(crate) const DEAD_STREAM: &str = "OX_DEAD";
+/// How long a redelivered task waits for its submitter to say whether it has the result.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one pull request waits for tasks before asking again.
 const PULL_WAIT: Duration = Duration::from_secs(2);
 /// How long a result's delivery is retried while the submitter does not confirm it (it may be
@@ -44,6 +52,16 @@ const RESULT_PATIENCE: Duration = Duration::from_secs(20);
 /// The shared-state key counting `pool`'s redelivered tasks.
 fn redelivered_key(pool: &str) -> String {
     format!("oxwork.pools.{}.redelivered", subject::token(pool))
+}
+
+/// The dead-letter subject of `task`: `ox.dead.<pool>.<task id>`, the id being the message id
+/// its submitter gave it (else its sequence in the pool's stream).
+fn dead_subject(pool: &str, task: &jetstream::Message) -> String {
+    let id = match header(task.headers.as_ref(), "Nats-Msg-Id") {
+        Some(id) => subject::token(id),
+        None => format!("seq{}", task.info().map(|i| i.stream_sequence).unwrap_or(0)),
+    };
+    format!("ox.dead.{}.{id}", subject::token(pool))
 }
 
 /// The subject tasks of `pool` are published to.
@@ -112,17 +130,27 @@ async fn ensure_stream(
 }
 
 async fn ensure_dead_stream(js: &jetstream::Context) -> Result<(), BusError> {
-    js.get_or_create_stream(jetstream::stream::Config {
+    let config = jetstream::stream::Config {
         name: DEAD_STREAM.into(),
         subjects: vec!["ox.dead.>".into()],
         max_messages: 100_000,
+        max_messages_per_subject: 1,
         discard: jetstream::stream::DiscardPolicy::Old,
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| BusError::State(format!("cannot set up {DEAD_STREAM}: {e}")))
+    };
+    let fail =
+        |e: &dyn std::fmt::Display| BusError::State(format!("cannot set up {DEAD_STREAM}: {e}"));
+    let mut stream = js
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|e| fail(&e))?;
+    let existing = stream.info().await.map_err(|e| fail(&e))?;
+    if existing.config.max_messages_per_subject != 1 {
+        // Made by an earlier version, which kept every copy of a task retired twice.
+        js.update_stream(config).await.map_err(|e| fail(&e))?;
+    }
+    Ok(())
 }
 
 struct Running {
@@ -274,7 +302,9 @@ impl PoolMember {
         }
     }
 
-    /// Starts one delivered task, or retires it when it has been delivered too often.
+    /// Takes one delivered task. A redelivery whose submitter already has the result (the
+    /// process that ran it died between the result and its acknowledgement) is acknowledged
+    /// without running again; any other is started, or retired when delivered too often.
     fn take(self: &Rc<Self>, js: &jetstream::Context, bus: &Bus, message: jetstream::Message) {
         if self.stopping.get() {
             // Pulled just as the process began to stop: straight back to the queue.
@@ -283,8 +313,8 @@ impl PoolMember {
             });
             return;
         }
-        let (sequence, delivered) = match message.info() {
-            Ok(i) => (i.stream_sequence, i.delivered.max(1)),
+        let delivered = match message.info() {
+            Ok(i) => i.delivered.max(1),
             Err(e) => {
                 tracing::warn!("task pool {}: a delivery without metadata: {e}", self.pool);
                 return;
@@ -292,7 +322,44 @@ impl PoolMember {
         };
         let headers = message.headers.as_ref();
         let reply = header(headers, REPLY_HEADER).map(str::to_string);
-        let max_retries = header(headers, RETRIES_HEADER)
+        let probe = delivered > 1 && header(headers, ANSWERS_PROBE_HEADER).is_some();
+        match reply {
+            Some(reply) if probe => {
+                // The slot is held while the submitter is asked, so no more is pulled.
+                self.busy.set(self.busy.get() + 1);
+                let (me, js, bus) = (self.clone(), js.clone(), bus.clone());
+                spawn_local(async move {
+                    let answered = submitter_has_result(&bus, &reply).await;
+                    me.busy.set(me.busy.get().saturating_sub(1));
+                    me.room.notify_one();
+                    if answered {
+                        tracing::debug!("task pool {}: a redelivered task was answered", me.pool);
+                        let _ = message.ack().await;
+                    } else if me.stopping.get() {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                    } else {
+                        me.begin(&js, &bus, message, delivered, Some(reply));
+                    }
+                });
+            }
+            reply => self.begin(js, bus, message, delivered, reply),
+        }
+    }
+
+    /// Starts a task, or retires it when it has been delivered too often.
+    fn begin(
+        self: &Rc<Self>,
+        js: &jetstream::Context,
+        bus: &Bus,
+        message: jetstream::Message,
+        delivered: i64,
+        reply: Option<String>,
+    ) {
+        let sequence = match message.info() {
+            Ok(i) => i.stream_sequence,
+            Err(_) => return,
+        };
+        let max_retries = header(message.headers.as_ref(), RETRIES_HEADER)
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(i64::from(super::DEFAULT_TASK_RETRIES));
         if delivered > max_retries + 1 {
@@ -353,7 +420,9 @@ impl PoolMember {
             tracing::warn!("task pool {pool}: a task is dead after {reason}");
             let mut headers = message.headers.clone().unwrap_or_default();
             headers.insert(REASON_HEADER, reason.as_str());
-            let dead = format!("ox.dead.{}", subject::token(&pool));
+            // One subject per task in a stream keeping one message per subject: a task retired
+            // twice (a delivery that raced the lease's end) is still one dead task.
+            let dead = dead_subject(&pool, &message);
             let kept = match js
                 .publish_with_headers(dead, headers, message.payload.clone())
                 .await
@@ -420,6 +489,20 @@ impl PoolMember {
     }
 }
 
+/// Whether the submitter listening at `reply` says the task's result has reached it. Anything
+/// but a clear yes (no answer, no such submitter) means no: the task runs again.
+async fn submitter_has_result(bus: &Bus, reply: &str) -> bool {
+    let asked = bus
+        .request(
+            reply,
+            Headers::new().with(PROBE_HEADER, "1"),
+            Bytes::new(),
+            PROBE_TIMEOUT,
+        )
+        .await;
+    asked.is_ok_and(|answer| answer.payload == PROBE_ANSWERED.as_bytes())
+}
+
 /// Sends a result until its submitter confirms it, for a while. A result too large for the
 /// bus becomes a failure the submitter can read; a reply subject that is not one (a hostile or
 /// broken submitter) is given up at once.
@@ -478,6 +561,7 @@ pub(crate) async fn submit(
     let mut headers = async_nats::HeaderMap::new();
     if let Some(r) = &reply {
         headers.insert(REPLY_HEADER, r.as_str());
+        headers.insert(ANSWERS_PROBE_HEADER, "1");
     }
     headers.insert(RETRIES_HEADER, max_retries.to_string().as_str());
     let id = format!("{}-{}", super::client::unique_token(), next_submission());
@@ -534,7 +618,7 @@ pub(crate) async fn pool_stats(js: &jetstream::Context, pool: &str) -> Option<Po
     let mut dead = 0u64;
     if let Ok(s) = js.get_stream(DEAD_STREAM).await {
         if let Ok(mut subjects) = s
-            .info_with_subjects(format!("ox.dead.{}", subject::token(pool)))
+            .info_with_subjects(format!("ox.dead.{}.>", subject::token(pool)))
             .await
         {
             while let Some(Ok((_, n))) = subjects.next().await {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::spawn_local;
 
 use super::cli::Paths;
-use super::cluster::{BusStatus, GroupInfo, NodeInfo};
+use super::cluster::{BusStatus, GroupInfo, NodeInfo, NodeRecord};
 use super::control::{read_msg, write_msg, FromWorker, Request, Response, ToWorker};
 use super::env;
 use super::status::{self, ConnectionListing, ExitRow, ProcessRow, StatusReport};
@@ -273,16 +273,24 @@ pub(crate) fn run(
         let control = bind_control(&paths.control_socket)?;
         spawn_local(master.clone().serve_cli(control));
         spawn_local(master.clone().handle_signals());
-        if let Some(bus) = &master.bus {
-            let me = master.clone();
-            super::cluster::answer_census(bus, move || me.node_info());
-        }
+        let registration = match &master.bus {
+            Some(bus) => {
+                let me = master.clone();
+                let node = me.state.borrow().node.clone();
+                super::cluster::answer_census(bus, &node, move || me.node_info());
+                Some(super::cluster::register(bus, master.node_record()).await)
+            }
+            None => None,
+        };
         master.start_all().await;
         if !daemon {
             println!("{}", master.banner(paths));
         }
         master.all_gone.notified().await;
         tracing::info!("all workers have exited; master stops");
+        if let Some(registration) = registration {
+            registration.end().await;
+        }
         Ok(())
     });
     let _ = std::fs::remove_file(&paths.control_socket);
@@ -930,6 +938,25 @@ impl Master {
             bus: st.options.bus.describe(),
             uptime_secs: st.started_at.elapsed().as_secs(),
             groups,
+            reachable: true,
+            last_heard_secs: None,
+        }
+    }
+
+    /// This node's record in the cluster registry.
+    fn node_record(&self) -> NodeRecord {
+        let st = self.state.borrow();
+        NodeRecord {
+            node: st.node.clone(),
+            master_pid: std::process::id(),
+            host: sys::hostname(),
+            bus: st.options.bus.describe(),
+            started_ms: st
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            written_ms: 0,
         }
     }
 
