@@ -31,7 +31,7 @@ fn node(
 
 #[test]
 fn seed_tasks_split_across_two_nodes_asks_and_submits_across_them() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let listen = (
         "SEED_TASKS_LISTEN",
         format!("text://127.0.0.1:{}", free_port()),
@@ -77,7 +77,7 @@ fn seed_tasks_split_across_two_nodes_asks_and_submits_across_them() {
 
 #[test]
 fn the_cluster_view_lists_every_node_with_its_groups_from_any_node() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let listen = (
         "SEED_TASKS_LISTEN",
         format!("text://127.0.0.1:{}", free_port()),
@@ -158,7 +158,7 @@ fn signal(pid: u32, name: &str) {
 
 #[test]
 fn a_node_that_does_not_answer_is_listed_as_unreachable_and_a_stopped_one_is_gone() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let echo_node = |name: &str| {
         let env = [
             ("ECHO_LISTEN", format!("text://127.0.0.1:{}", free_port())),
@@ -190,7 +190,7 @@ fn a_node_that_does_not_answer_is_listed_as_unreachable_and_a_stopped_one_is_gon
 
 #[test]
 fn a_client_on_node_a_gets_what_node_b_sends_to_its_uid_group_and_channels() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let gateway = |name: &str| {
         let port = free_port();
         let env = [
@@ -270,9 +270,7 @@ fn a_wrong_url_wrong_credentials_or_an_unreachable_server_each_fail_start_with_o
         "cannot use the NATS bus",
     );
     drop(silent);
-    let Some(secured) = Nats::start_with("authorization { user: oxwork, password: right }") else {
-        return;
-    };
+    let secured = Nats::start_with("authorization { user: oxwork, password: right }");
     let wrong = secured.url.replace("nats://", "nats://oxwork:wrong@");
     start_fails_clearly(&wrong, &[], "refused our credentials");
     start_fails_clearly(
@@ -287,9 +285,7 @@ fn a_wrong_url_wrong_credentials_or_an_unreachable_server_each_fail_start_with_o
 
 #[test]
 fn right_credentials_from_the_environment_are_used_by_every_process() {
-    let Some(nats) = Nats::start_with("authorization { token: s3cret-token }") else {
-        return;
-    };
+    let nats = Nats::start_with("authorization { token: s3cret-token }");
     let port = free_port();
     let env = [
         ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
@@ -342,9 +338,7 @@ fn an_nkey_seed_from_the_environment_authenticates_every_process() {
         "authorization {{ users = [ {{ nkey: {} }} ] }}",
         user.public_key()
     );
-    let Some(nats) = Nats::start_with(&config) else {
-        return;
-    };
+    let nats = Nats::start_with(&config);
     let seed = user.seed().expect("seed");
     gateway_works_with(&nats, &[("OXWORK_BUS_NKEY", seed)]);
     let other = nkeys::KeyPair::new_user().seed().expect("seed");
@@ -368,9 +362,7 @@ fn tls_to_nats_with_a_private_authority() {
         cert.display().to_string(),
         key.display().to_string()
     );
-    let Some(mut nats) = Nats::start_with(&config) else {
-        return;
-    };
+    let mut nats = Nats::start_with(&config);
     nats.url = nats.url.replace("nats://", "tls://");
     gateway_works_with(&nats, &[("OXWORK_BUS_CA", cert.display().to_string())]);
     start_fails_clearly(&nats.url, &[], "TLS");
@@ -405,7 +397,7 @@ impl Drop for DaemonNode {
 
 #[test]
 fn two_nodes_of_one_program_on_one_machine_get_their_own_run_directories() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let tag = std::process::id();
     let mut nodes = Vec::new();
     for n in 0..2 {
@@ -511,9 +503,7 @@ fn a_credentials_file_authenticates_every_process() {
         acc = account.public_key(),
         sys = system.public_key(),
     );
-    let Some(nats) = Nats::start_with(&config) else {
-        return;
-    };
+    let nats = Nats::start_with(&config);
     let dir = tempfile::tempdir().expect("tmp");
     let creds = dir.path().join("user.creds");
     std::fs::write(
@@ -531,9 +521,7 @@ fn a_credentials_file_authenticates_every_process() {
 
 #[test]
 fn a_node_with_task_pools_refuses_to_start_on_a_server_without_jetstream() {
-    let Some(core) = Nats::start_core_only() else {
-        return;
-    };
+    let core = Nats::start_core_only();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new(example_bin("pool_lab"))
         .args([

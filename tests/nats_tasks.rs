@@ -58,7 +58,7 @@ fn nats_pool(s: &Server) -> Value {
 
 #[test]
 fn five_thousand_tasks_survive_a_node_killed_mid_run_each_reported_once() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let _submitters = lab_node(&nats, "a", "submitter", &[], 2);
     let survivor = squares(&nats, "b", &[]);
     let doomed = squares(&nats, "c", &[]);
@@ -101,7 +101,7 @@ fn five_thousand_tasks_survive_a_node_killed_mid_run_each_reported_once() {
 
 #[test]
 fn a_nats_restart_mid_run_is_ridden_out_and_durable_tasks_all_complete() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let nats = std::sync::Arc::new(std::sync::Mutex::new(nats));
     let (url, shared) = {
         let n = nats.lock().expect("nats");
@@ -144,7 +144,7 @@ fn a_nats_restart_mid_run_is_ridden_out_and_durable_tasks_all_complete() {
 
 #[test]
 fn a_task_that_kills_every_process_ends_as_retries_exhausted_and_is_kept_dead() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let workers = squares(
         &nats,
         "b",
@@ -180,7 +180,7 @@ fn a_task_that_kills_every_process_ends_as_retries_exhausted_and_is_kept_dead() 
 
 #[test]
 fn a_reload_of_the_pool_hands_unfinished_tasks_back_instead_of_waiting_out_their_lease() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let _submitters = lab_node(&nats, "a", "submitter", &[], 2);
     // A lease far longer than the submitters wait: a task left to its lease would time out.
     let pool = squares(
@@ -222,7 +222,7 @@ fn a_reload_of_the_pool_hands_unfinished_tasks_back_instead_of_waiting_out_their
 
 #[test]
 fn a_full_durable_queue_refuses_with_pool_full_and_loses_nothing_it_took() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let _pool = lab_node(
         &nats,
         "b",
@@ -277,7 +277,7 @@ fn a_full_durable_queue_refuses_with_pool_full_and_loses_nothing_it_took() {
 
 #[test]
 fn a_task_running_longer_than_its_lease_keeps_it_and_is_not_redelivered() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let pool = squares(
         &nats,
         "b",
@@ -323,7 +323,7 @@ fn a_task_running_longer_than_its_lease_keeps_it_and_is_not_redelivered() {
 
 #[test]
 fn hostile_task_messages_from_a_foreign_client_cost_nothing_but_themselves() {
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     let pool = squares(&nats, "b", &[]);
     let url = nats.url.clone();
     let answer = local_runtime().block_on(async move {
@@ -374,7 +374,7 @@ fn hostile_task_messages_from_a_foreign_client_cost_nothing_but_themselves() {
 #[test]
 fn a_redelivered_task_whose_result_already_reached_its_submitter_is_not_run_again() {
     use futures_util::StreamExt as _;
-    let Some(nats) = Nats::start() else { return };
+    let nats = Nats::start();
     // The pool's queue and consumer exist once a node of it has run; then the node stops.
     let mut first = squares(&nats, "b", &[]);
     assert!(

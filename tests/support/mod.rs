@@ -374,38 +374,34 @@ pub struct Nats {
 }
 
 impl Nats {
-    /// Starts one, or returns `None` after a loud message when `nats-server` is not installed
-    /// (`.ci/run` sets `OXWORK_REQUIRE_NATS=1`, which makes that a failure instead).
-    pub fn start() -> Option<Nats> {
+    /// Starts one. A machine without `nats-server` fails the test with how to install it
+    /// (`.ci/run` installs it).
+    pub fn start() -> Nats {
         Nats::start_with("")
     }
 
     /// [`Nats::start`] with more server configuration (authorization, limits).
-    pub fn start_with(extra_config: &str) -> Option<Nats> {
+    pub fn start_with(extra_config: &str) -> Nats {
         Nats::launch_new(extra_config, true)
     }
 
     /// A server without JetStream (core NATS only).
-    pub fn start_core_only() -> Option<Nats> {
+    pub fn start_core_only() -> Nats {
         Nats::launch_new("", false)
     }
 
-    fn launch_new(extra_config: &str, jetstream: bool) -> Option<Nats> {
+    fn launch_new(extra_config: &str, jetstream: bool) -> Nats {
         let installed = Command::new("nats-server")
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        if !installed {
-            if std::env::var("OXWORK_REQUIRE_NATS").as_deref() == Ok("1") {
-                panic!("nats-server is not installed and OXWORK_REQUIRE_NATS=1");
-            }
-            eprintln!(
-                "\n*** SKIPPED: nats-server is not installed; this NATS test did not run ***\n"
-            );
-            return None;
-        }
+        assert!(
+            installed,
+            "nats-server is not installed: `apt-get install nats-server` (Debian), or put a \
+             nats-server 2.9+ binary on PATH; `bash .ci/run` installs it"
+        );
         let port = free_port();
         let mut n = Nats {
             child: None,
@@ -416,7 +412,7 @@ impl Nats {
             jetstream,
         };
         n.launch();
-        Some(n)
+        n
     }
 
     fn launch(&mut self) {
