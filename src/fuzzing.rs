@@ -63,7 +63,7 @@ pub fn websocket(data: &[u8]) {
 /// The bus's frame decoder on arbitrary bytes.
 pub fn bus_wire(data: &[u8]) {
     let mut buf = BytesMut::from(data);
-    while let Ok(Some(_)) = crate::bus::wire::decode(&mut buf, 1 << 20) {}
+    while let Ok(Some(_)) = crate::bus::hub::wire::decode(&mut buf, 1 << 20) {}
 }
 
 #[cfg(test)]
@@ -152,8 +152,8 @@ mod tests {
     #[test]
     fn bus_wire_decoder_never_panics() {
         let mut seed = BytesMut::new();
-        crate::bus::wire::encode(
-            &crate::bus::wire::Frame::Pub {
+        crate::bus::hub::wire::encode(
+            &crate::bus::hub::wire::Frame::Pub {
                 subject: "a.b".into(),
                 reply: Some("r".into()),
                 headers: crate::bus::Headers::new().with("k", "v"),

@@ -13,7 +13,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::bus::{self, client::TaskDelivery, Task, WorkerMessage};
+use crate::bus::{self, transport::TaskDelivery, Task, WorkerMessage};
 use crate::connection::{Connection, ConnectionError, Handlers};
 use crate::error::Result;
 use crate::guard::guarded;
@@ -574,7 +574,7 @@ impl<P: Protocol> Worker<P> {
         if let Some(f) = task_fn {
             let spec = {
                 let c = self.shared.config.borrow();
-                bus::client::PoolSpec {
+                bus::transport::PoolSpec {
                     pool: me.group.clone(),
                     concurrency: c.task_concurrency,
                     max_queue: c.task_queue_limit,

@@ -8,9 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::client::Link;
 use super::local::{self, bus};
-use super::nats_tasks;
+use super::transport::Submission;
 use super::{subject, BusError, BusMessage, Headers, Subscription, STATUS_HEADER};
 
 /// Header naming the sending process (`node/group/id`).
@@ -269,15 +268,18 @@ impl super::Bus {
         payload: impl Into<Bytes>,
         opts: SubmitOptions,
     ) -> Result<Bytes, BusError> {
-        let payload = payload.into();
-        self.check_payload(&payload)?;
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let (reply, token, rx) = self.reply_slot()?;
-        let queued = match self.link() {
-            Link::Hub(h) => h.submit(pool, Some(reply), opts.max_retries, payload),
-            Link::Nats(n) => {
-                nats_tasks::submit(n, pool, Some(reply), opts.max_retries, payload, deadline).await
-            }
+        let queued = self.queue_task(Submission {
+            pool: pool.to_string(),
+            reply: Some(reply),
+            max_retries: opts.max_retries,
+            payload: payload.into(),
+            deadline,
+        });
+        let queued = match queued {
+            Ok(queuing) => queuing.await,
+            Err(e) => Err(e),
         };
         if let Err(e) = queued {
             self.forget_pending(token);
@@ -301,29 +303,20 @@ impl super::Bus {
     /// Submits a task to `pool` without waiting for (or receiving) its result. On NATS the
     /// task is queued in the background; a failure to queue it is logged.
     pub fn submit_detached(&self, pool: &str, payload: impl Into<Bytes>) -> Result<(), BusError> {
-        let payload = payload.into();
-        self.check_payload(&payload)?;
-        match self.link() {
-            Link::Hub(h) => h.submit(pool, None, DEFAULT_TASK_RETRIES, payload),
-            Link::Nats(n) => {
-                let (n, pool) = (n.clone(), pool.to_string());
-                tokio::task::spawn_local(async move {
-                    let deadline = tokio::time::Instant::now() + DEFAULT_TASK_TIMEOUT;
-                    let queued = nats_tasks::submit(
-                        &n,
-                        &pool,
-                        None,
-                        DEFAULT_TASK_RETRIES,
-                        payload,
-                        deadline,
-                    );
-                    if let Err(e) = queued.await {
-                        tracing::error!("a task for pool {pool} was not queued: {e}");
-                    }
-                });
-                Ok(())
+        let queuing = self.queue_task(Submission {
+            pool: pool.to_string(),
+            reply: None,
+            max_retries: DEFAULT_TASK_RETRIES,
+            payload: payload.into(),
+            deadline: tokio::time::Instant::now() + DEFAULT_TASK_TIMEOUT,
+        })?;
+        let pool = pool.to_string();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = queuing.await {
+                tracing::error!("a task for pool {pool} was not queued: {e}");
             }
-        }
+        });
+        Ok(())
     }
 }
 

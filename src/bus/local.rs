@@ -117,7 +117,7 @@ pub fn bus() -> Result<Bus, BusError> {
 /// process's tasks itself.)
 pub(crate) async fn wind_down(limit: std::time::Duration) {
     let bus = LOCAL.with(|l| l.borrow().as_ref().and_then(|l| l.bus.clone()));
-    if let Some(super::client::Link::Nats(n)) = bus.as_ref().map(|b| b.link().clone()) {
-        n.wind_down(limit).await;
+    if let Some(bus) = bus {
+        bus.wind_down(limit).await;
     }
 }

@@ -1,26 +1,26 @@
 //! Communication between processes: one bus with NATS's semantics (subjects, wildcards, queue
 //! groups, request/reply with deadlines, headers), served on one machine by the embedded hub
-//! process the master supervises.
+//! process the master supervises, or across machines by NATS.
 //!
-//! Layers, bottom up: `wire` (the hub's framing, I/O-free), `subject` (rules and matching),
-//! `hub` (the hub process), `client` ([`Bus`], a connection to the hub), then the features
-//! built on it, reached through the free functions of this module from any callback of a worker
-//! process: worker addressing, channels, task pools, client routing and shared state.
-//! The subject layout and payload format are documented in `docs/wire.md`.
+//! Layers, bottom up: `subject` (rules and matching); `transport` (the contract a backend
+//! provides) with its two backends, `hub/` (the embedded hub: framing, server, link) and `nats/`
+//! (NATS and JetStream); `handle` ([`Bus`], the one door to a transport: size and subject
+//! checks, request inboxes, scatter-gather); then the features built on `Bus`, reached through
+//! the free functions of this module from any callback of a worker process: worker addressing
+//! and channels and task submission (`api`), client routing (`routing`), shared state
+//! (`state`), and the process's own connection (`local`). The subject layout and payload format
+//! are documented in `docs/wire.md`.
 
 mod api;
-pub(crate) mod client;
 pub(crate) mod config;
+pub(crate) mod handle;
 pub(crate) mod hub;
-mod hub_link;
 pub(crate) mod local;
 mod nats;
-mod nats_state;
-pub(crate) mod nats_tasks;
 pub(crate) mod routing;
 pub mod state;
 pub(crate) mod subject;
-pub(crate) mod wire;
+pub(crate) mod transport;
 
 use std::fmt;
 
@@ -32,14 +32,15 @@ pub use api::{
     Task, WorkerAddr, WorkerMessage, DEFAULT_TASK_RETRIES, DEFAULT_TASK_TIMEOUT,
 };
 pub(crate) use api::{group_subject, worker_subject};
-pub use client::{Bus, Subscription};
 pub use config::{set_default_bus, NatsSettings, BUS_ENV};
-pub use hub::{HubStats, PoolStats};
+pub use handle::{Bus, Subscription};
+pub use hub::HubStats;
 pub use local::bus;
 pub use routing::{
     broadcast, client_count, close_client, group_client_ids, group_count, is_online,
     send_to_client, send_to_group, send_to_uid, uid_client_ids, uid_is_online, ClientId,
 };
+pub use transport::PoolStats;
 
 /// `text` as one subject token (for names that go into subjects and file names).
 pub(crate) fn subject_token(text: &str) -> String {
@@ -52,6 +53,17 @@ pub(crate) const GATHER_HEADER: &str = "gather";
 
 /// Header name carrying a reply's status (`503` no responders; task outcomes).
 pub(crate) const STATUS_HEADER: &str = "status";
+
+/// Header marking a task result that wants a receipt (durable tasks on NATS).
+pub(crate) const RECEIPT_HEADER: &str = "ox-receipt";
+/// Header of a question to a submitter's reply subject (durable tasks on NATS): "has the result
+/// of this task reached you?" It is asked before a redelivered task runs again, and only of
+/// submitters whose task carries [`ANSWERS_PROBE_HEADER`].
+pub(crate) const PROBE_HEADER: &str = "ox-probe";
+/// Header of a task message: its submitter answers [`PROBE_HEADER`] questions.
+pub(crate) const ANSWERS_PROBE_HEADER: &str = "ox-answers-probe";
+/// The probe's answer when the result has arrived.
+pub(crate) const PROBE_ANSWERED: &str = "answered";
 
 /// Message headers: ordered `(name, value)` pairs, names compared case-insensitively.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,6 +143,18 @@ pub enum BusError {
         /// The limit.
         limit: usize,
     },
+    /// A name, key or header is longer than the bus carries.
+    TooLong {
+        /// What it is (`"subject"`, `"shared-state key"`, `"header value"`, ...).
+        what: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A header's name or value cannot travel on the bus (a name with a space or colon, a
+    /// value with a line break).
+    InvalidHeader(String),
     /// Nobody is subscribed to the subject of a request.
     NoResponders(String),
     /// No reply within the deadline.
@@ -165,6 +189,10 @@ impl fmt::Display for BusError {
                     "payload of {size} bytes exceeds the bus limit of {limit}"
                 )
             }
+            BusError::TooLong { what, size, limit } => {
+                write!(f, "{what} of {size} bytes exceeds the bus limit of {limit}")
+            }
+            BusError::InvalidHeader(m) => write!(f, "invalid header: {m}"),
             BusError::NoResponders(s) => write!(f, "no responders on {s}"),
             BusError::Timeout => f.write_str("no reply before the deadline"),
             BusError::Backpressure => {

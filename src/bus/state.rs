@@ -1,5 +1,6 @@
 //! Shared state across every process (Workerman's GlobalData): get, set, compare-and-set,
-//! increment and delete, each atomic, with an optional expiry. Held by the hub.
+//! increment and delete, each atomic, with an optional expiry. Held by the hub, or on NATS in
+//! the `oxwork` JetStream KV bucket.
 //!
 //! The free functions use the current worker process's bus; the same operations are methods
 //! of any [`Bus`] connection.
@@ -8,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::client::Bus;
 use super::local::bus;
-use super::wire::{KvOp, KvResult};
+use super::transport::{KvOp, KvResult};
+use super::Bus;
 use super::BusError;
 
 /// How long a shared-state call waits for the hub.

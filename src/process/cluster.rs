@@ -365,21 +365,7 @@ pub(crate) async fn census(bus: &Bus) -> Vec<NodeInfo> {
 
 /// Task-pool figures from JetStream for the pools this node runs.
 pub(crate) async fn nats_pools(bus: &Bus, pools: &[String]) -> Vec<PoolStats> {
-    let Some(js) = bus.jetstream().await else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for p in pools {
-        if let Ok(Some(s)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            crate::bus::nats_tasks::pool_stats(&js, p),
-        )
-        .await
-        {
-            out.push(s);
-        }
-    }
-    out
+    bus.pool_stats(pools.to_vec()).await
 }
 
 /// The `cluster` table.

@@ -10,74 +10,52 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
 use super::config::NatsSettings;
-use super::hub_link::HubLink;
+use super::hub::HubLink;
 use super::nats::NatsLink;
 use super::subject;
-use super::wire::{KvOp, KvResult};
-use super::{BusError, BusMessage, Headers, STATUS_HEADER};
+use super::transport::{
+    Handler, KvOp, KvResult, PoolSpec, PoolStats, Submission, TaskHandler, TaskOutcome, Transport,
+};
+use super::{
+    BusError, BusMessage, Headers, PROBE_ANSWERED, PROBE_HEADER, RECEIPT_HEADER, STATUS_HEADER,
+};
 
-/// Bytes a connection holds while the bus is unreachable (or slow) before refusing more.
-pub(crate) const MAX_OUTBOUND: usize = 16 * 1024 * 1024;
 /// Requests waiting for replies at once.
 const MAX_PENDING: usize = 100_000;
+/// Scatter-gathers under way at once.
+const MAX_GATHERS: usize = 1024;
+/// Answers one scatter-gather collects at most; later ones are dropped (and logged).
+const MAX_GATHER_ANSWERS: usize = 10_000;
 /// On NATS, which does not say how many subscribers a message reached, a gather ends when no
 /// further answer has come for this long after the last one.
 const GATHER_STALL: Duration = Duration::from_millis(150);
-/// Header marking a task result that wants a receipt (durable tasks on NATS).
-pub(crate) const RECEIPT_HEADER: &str = "ox-receipt";
-/// Header of a question to a submitter's reply subject (durable tasks on NATS): "has the result
-/// of this task reached you?" It is asked before a redelivered task runs again, and only of
-/// submitters whose task carries [`ANSWERS_PROBE_HEADER`].
-pub(crate) const PROBE_HEADER: &str = "ox-probe";
-/// Header of a task message: its submitter answers [`PROBE_HEADER`] questions.
-pub(crate) const ANSWERS_PROBE_HEADER: &str = "ox-answers-probe";
-/// The probe's answer when the result has arrived.
-pub(crate) const PROBE_ANSWERED: &str = "answered";
 /// How many reply tokens whose durable result arrived a `Bus` remembers for probes; older
 /// ones are forgotten (their task then runs again if redelivered, as without the record).
 const ANSWERED_MEMORY: usize = 4096;
 
-pub(crate) type Handler = Rc<dyn Fn(BusMessage)>;
+/// Longest subject, reply subject, queue group, pool name or shared-state key, in bytes (NATS
+/// refuses protocol lines over 4 KiB; a key is escaped to twice its length at worst).
+pub(crate) const MAX_NAME: usize = 1024;
+/// Longest header value, in bytes.
+const MAX_HEADER_VALUE: usize = 16 * 1024;
+/// All of a message's headers together, in bytes (the hub frames them within 64 KiB with the
+/// subjects).
+const MAX_HEADERS: usize = 32 * 1024;
+
 /// Receives the one answer to a request.
 pub(crate) type ReplyReceiver = oneshot::Receiver<Result<BusMessage, BusError>>;
-pub(crate) type TaskHandler = Rc<dyn Fn(TaskDelivery)>;
-
-/// How a process joins its pool: the pool's name and the group's pool settings.
-#[derive(Debug, Clone)]
-pub(crate) struct PoolSpec {
-    pub(crate) pool: String,
-    /// Tasks this process runs at once.
-    pub(crate) concurrency: u32,
-    /// Tasks the pool queues before refusing more.
-    pub(crate) max_queue: u32,
-    /// (NATS) how long a task may go without a sign of life before it is redelivered.
-    pub(crate) lease: Duration,
-}
-
-/// A task handed to this process.
-pub(crate) struct TaskDelivery {
-    pub(crate) pool: String,
-    pub(crate) task: u64,
-    pub(crate) attempt: u8,
-    pub(crate) payload: Bytes,
-}
-
-#[derive(Clone)]
-pub(crate) enum Link {
-    Hub(HubLink),
-    Nats(NatsLink),
-}
 
 struct Inner {
-    link: Link,
+    link: Rc<dyn Transport>,
     inbox: String,
     inbox_sid: Cell<Option<u32>>,
     next_token: Cell<u64>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Result<BusMessage, BusError>>>>,
-    gathers: RefCell<HashMap<u64, tokio::sync::mpsc::UnboundedSender<BusMessage>>>,
+    gathers: RefCell<HashMap<u64, tokio::sync::mpsc::Sender<BusMessage>>>,
     /// Reply tokens whose durable task result arrived (bounded).
     answered: RefCell<RecentTokens>,
 }
@@ -120,11 +98,9 @@ pub struct Bus {
 impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Bus");
-        match &self.inner.link {
-            Link::Hub(h) => d.field("hub", &h.path()),
-            Link::Nats(n) => d.field("nats", &n.describe()),
-        };
-        d.field("connected", &self.is_connected()).finish()
+        d.field("transport", &self.inner.link.describe())
+            .field("connected", &self.is_connected())
+            .finish()
     }
 }
 
@@ -146,7 +122,7 @@ pub(crate) fn unique_token() -> String {
 }
 
 impl Bus {
-    fn with_link(link: Link) -> Bus {
+    fn with_link(link: Rc<dyn Transport>) -> Bus {
         let bus = Bus {
             inner: Rc::new(Inner {
                 link,
@@ -158,23 +134,21 @@ impl Bus {
                 answered: RefCell::new(RecentTokens::default()),
             }),
         };
-        if let Link::Hub(h) = &bus.inner.link {
-            let me = Rc::downgrade(&bus.inner);
-            h.set_on_lost(Rc::new(move || {
-                if let Some(inner) = me.upgrade() {
-                    for (_, tx) in inner.pending.borrow_mut().drain() {
-                        let _ = tx.send(Err(BusError::Disconnected));
-                    }
+        let me = Rc::downgrade(&bus.inner);
+        bus.inner.link.set_on_lost(Rc::new(move || {
+            if let Some(inner) = me.upgrade() {
+                for (_, tx) in inner.pending.borrow_mut().drain() {
+                    let _ = tx.send(Err(BusError::Disconnected));
                 }
-            }));
-        }
+            }
+        }));
         bus
     }
 
     /// Connects to the hub listening at `path`, reconnecting by itself whenever the connection
     /// drops. Must be called inside a worker process's loop (or any tokio `LocalSet`).
     pub fn connect_hub(path: impl Into<PathBuf>, name: &str) -> Bus {
-        Bus::with_link(Link::Hub(HubLink::connect(path.into(), name)))
+        Bus::with_link(Rc::new(HubLink::connect(path.into(), name)))
     }
 
     /// Connects to NATS at `urls` (comma-separated, `nats://host:port`), with authentication
@@ -188,53 +162,27 @@ impl Bus {
 
     /// [`connect_nats`](Self::connect_nats) with settings given explicitly.
     pub fn connect_nats_with(settings: NatsSettings, name: &str) -> Bus {
-        Bus::with_link(Link::Nats(NatsLink::connect(settings, name)))
-    }
-
-    /// A JetStream context on this connection (NATS only), once the client exists.
-    pub(crate) async fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
-        match &self.inner.link {
-            Link::Hub(_) => None,
-            Link::Nats(n) => tokio::time::timeout(Duration::from_secs(1), n.client())
-                .await
-                .ok()
-                .map(async_nats::jetstream::new),
-        }
-    }
-
-    pub(crate) fn link(&self) -> &Link {
-        &self.inner.link
+        Bus::with_link(Rc::new(NatsLink::connect(settings, name)))
     }
 
     /// Called whenever the hub cannot be reached (the worker asks the master to start it).
     pub(crate) fn set_on_unreachable(&self, f: Rc<dyn Fn()>) {
-        if let Link::Hub(h) = &self.inner.link {
-            h.set_on_unreachable(f);
-        }
+        self.inner.link.set_on_unreachable(f);
     }
 
     /// True while connected.
     pub fn is_connected(&self) -> bool {
-        match &self.inner.link {
-            Link::Hub(h) => h.is_connected(),
-            Link::Nats(n) => n.is_connected(),
-        }
+        self.inner.link.is_connected()
     }
 
     /// Waits until connected, at most `limit`; returns whether it is.
     pub async fn wait_connected(&self, limit: Duration) -> bool {
-        match &self.inner.link {
-            Link::Hub(h) => h.wait_connected(limit).await,
-            Link::Nats(n) => n.wait_connected(limit).await,
-        }
+        self.inner.link.wait_connected(limit).await
     }
 
     /// The largest payload this bus accepts.
     pub fn max_payload(&self) -> usize {
-        match &self.inner.link {
-            Link::Hub(h) => h.max_payload(),
-            Link::Nats(n) => n.max_payload(),
-        }
+        self.inner.link.max_payload()
     }
 
     pub(crate) fn check_payload(&self, payload: &[u8]) -> Result<(), BusError> {
@@ -261,13 +209,14 @@ impl Bus {
         payload: impl Into<Bytes>,
         reply: Option<&str>,
     ) -> Result<(), BusError> {
-        subject::check_publish(subject)?;
+        check_subject(subject)?;
+        if let Some(r) = reply {
+            check_subject(r)?;
+        }
+        check_headers(&headers)?;
         let payload = payload.into();
         self.check_payload(&payload)?;
-        match &self.inner.link {
-            Link::Hub(h) => h.publish(subject, headers, payload, reply),
-            Link::Nats(n) => n.publish(subject, headers, payload, reply),
-        }
+        self.inner.link.publish(subject, headers, payload, reply)
     }
 
     /// Subscribes `handler` to `subject` (wildcards allowed). With a `queue` group, each
@@ -278,24 +227,19 @@ impl Bus {
         queue: Option<&str>,
         handler: impl Fn(BusMessage) + 'static,
     ) -> Result<Subscription, BusError> {
+        check_length("subject", subject, MAX_NAME)?;
         subject::check_subscribe(subject)?;
         if let Some(q) = queue {
-            subject::check_publish(q)?;
+            check_subject(q)?;
         }
         let handler: Handler = Rc::new(handler);
-        let sid = match &self.inner.link {
-            Link::Hub(h) => h.subscribe(subject, queue, handler)?,
-            Link::Nats(n) => n.subscribe(subject, queue, handler)?,
-        };
+        let sid = self.inner.link.subscribe(subject, queue, handler)?;
         Ok(Subscription(sid))
     }
 
     /// Ends a subscription.
     pub fn unsubscribe(&self, sub: Subscription) -> Result<(), BusError> {
-        match &self.inner.link {
-            Link::Hub(h) => h.unsubscribe(sub.0),
-            Link::Nats(n) => n.unsubscribe(sub.0),
-        }
+        self.inner.link.unsubscribe(sub.0)
     }
 
     fn ensure_inbox(&self) -> Result<(), BusError> {
@@ -337,7 +281,12 @@ impl Bus {
             }
         }
         if let Some(tx) = token.and_then(|t| self.inner.gathers.borrow().get(&t).cloned()) {
-            let _ = tx.send(msg);
+            if tx.try_send(msg).is_err() {
+                tracing::warn!(
+                    "a scatter-gather's answers passed {MAX_GATHER_ANSWERS} (or it ended); the \
+                     rest are dropped"
+                );
+            }
             return;
         }
         if let Some(tx) = token.and_then(|t| self.inner.pending.borrow_mut().remove(&t)) {
@@ -392,7 +341,7 @@ impl Bus {
         timeout: Duration,
     ) -> Result<BusMessage, BusError> {
         let payload = payload.into();
-        subject::check_publish(subject)?;
+        check_subject(subject)?;
         self.check_payload(&payload)?;
         let (reply, token, rx) = self.reply_slot()?;
         if let Err(e) = self.publish_with(subject, headers, payload, Some(&reply)) {
@@ -413,9 +362,12 @@ impl Bus {
         timeout: Duration,
     ) -> Result<Vec<BusMessage>, BusError> {
         self.ensure_inbox()?;
+        if self.inner.gathers.borrow().len() >= MAX_GATHERS {
+            return Err(BusError::Backpressure);
+        }
         let token = self.inner.next_token.get() + 1;
         self.inner.next_token.set(token);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(MAX_GATHER_ANSWERS);
         self.inner.gathers.borrow_mut().insert(token, tx);
         let reply = format!("{}.{token}", self.inner.inbox);
         let headers = headers.with(super::GATHER_HEADER, "1");
@@ -423,7 +375,7 @@ impl Bus {
             self.inner.gathers.borrow_mut().remove(&token);
             return Err(e);
         }
-        let counted = matches!(self.inner.link, Link::Hub(_));
+        let counted = self.inner.link.capabilities().counted_gather;
         let mut expected: Option<usize> = None;
         let mut answers = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -451,45 +403,116 @@ impl Bus {
         Ok(answers)
     }
 
+    /// Runs one shared-state operation, its key and values checked first.
     pub(crate) async fn kv(&self, op: KvOp, timeout: Duration) -> Result<KvResult, BusError> {
-        match &self.inner.link {
-            Link::Hub(h) => h.kv(op, timeout).await,
-            Link::Nats(n) => n.kv(op, timeout).await,
+        check_length("shared-state key", op.key(), MAX_NAME)?;
+        for value in op.values() {
+            self.check_payload(value)?;
         }
+        self.inner.link.state(op, timeout).await
     }
 
     /// Every live shared-state entry whose key starts with `prefix` (ending with `.`), at
-    /// most `timeout`. NATS only: the hub serves one machine and keeps no such listing.
+    /// most `timeout`, where the transport can list them (NATS); otherwise `NotAvailable`.
     pub(crate) async fn kv_entries(
         &self,
         prefix: &str,
         timeout: Duration,
     ) -> Result<Vec<(String, Bytes)>, BusError> {
-        match &self.inner.link {
-            Link::Hub(_) => Err(BusError::NotAvailable),
-            Link::Nats(n) => {
-                match tokio::time::timeout(timeout, super::nats_state::entries_under(n, prefix))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(BusError::Timeout),
-                }
-            }
-        }
+        check_length("shared-state key", prefix, MAX_NAME)?;
+        self.inner.link.state_entries(prefix, timeout).await
     }
 
     /// Joins a pool as a consumer taking up to `spec.concurrency` tasks at once.
     pub(crate) fn join_pool(&self, spec: PoolSpec, handler: TaskHandler) -> Result<(), BusError> {
-        match &self.inner.link {
-            Link::Hub(h) => h.join_pool(&spec, handler),
-            Link::Nats(n) => n.join_pool(self, spec, handler),
-        }
+        check_subject(&spec.pool)?;
+        self.inner.link.join_pool(spec, handler)
     }
 
+    /// Reports a task's outcome. A result too large for the bus becomes a failure that says
+    /// so, which the submitter can read.
     pub(crate) fn task_done(&self, task: u64, ok: bool, payload: Bytes) -> Result<(), BusError> {
-        match &self.inner.link {
-            Link::Hub(h) => h.task_done(task, ok, payload),
-            Link::Nats(n) => n.task_done(self, task, ok, payload),
-        }
+        let outcome = match self.check_payload(&payload) {
+            Ok(()) => TaskOutcome { task, ok, payload },
+            Err(e) => TaskOutcome {
+                task,
+                ok: false,
+                payload: Bytes::from(format!("the task's result is too large: {e}")),
+            },
+        };
+        self.inner.link.task_done(outcome)
     }
+
+    /// Queues a task on its pool, checked first. The future owns what it needs, so it may run
+    /// detached.
+    pub(crate) fn queue_task(
+        &self,
+        task: Submission,
+    ) -> Result<LocalBoxFuture<'static, Result<(), BusError>>, BusError> {
+        check_subject(&task.pool)?;
+        if let Some(r) = &task.reply {
+            check_subject(r)?;
+        }
+        self.check_payload(&task.payload)?;
+        Ok(self.inner.link.submit(task))
+    }
+
+    /// Figures of the named pools where the transport keeps them (NATS); empty on the hub,
+    /// whose own report has them.
+    pub(crate) async fn pool_stats(&self, pools: Vec<String>) -> Vec<PoolStats> {
+        self.inner.link.pool_stats(pools).await
+    }
+
+    /// Before the process exits: running tasks get up to `limit`, the rest go back to their
+    /// queue, and what is queued to send is sent.
+    pub(crate) async fn wind_down(&self, limit: Duration) {
+        self.inner.link.wind_down(limit).await
+    }
+}
+
+/// A subject (or queue group, pool name, reply subject) the bus can carry: NATS's rules, and at
+/// most [`MAX_NAME`] bytes.
+fn check_subject(subject: &str) -> Result<(), BusError> {
+    check_length("subject", subject, MAX_NAME)?;
+    subject::check_publish(subject)
+}
+
+fn check_length(what: &'static str, text: &str, limit: usize) -> Result<(), BusError> {
+    if text.len() > limit {
+        return Err(BusError::TooLong {
+            what,
+            size: text.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Headers both transports carry unchanged: names of visible ASCII without `:`, values without
+/// line breaks, within the size limits.
+pub(crate) fn check_headers(headers: &Headers) -> Result<(), BusError> {
+    let mut total = 0;
+    for (name, value) in headers.pairs() {
+        check_length("header name", name, MAX_NAME)?;
+        check_length("header value", value, MAX_HEADER_VALUE)?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(BusError::InvalidHeader(format!(
+                "name {name:?} (visible ASCII without ':' only)"
+            )));
+        }
+        if value.contains(['\r', '\n']) {
+            return Err(BusError::InvalidHeader(format!(
+                "the value of {name} has a line break"
+            )));
+        }
+        total += name.len() + value.len() + 4;
+    }
+    if total > MAX_HEADERS {
+        return Err(BusError::TooLong {
+            what: "headers",
+            size: total,
+            limit: MAX_HEADERS,
+        });
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! The NATS transport of the bus, on the official `async-nats` client: core publish/subscribe
-//! with the same semantics as the hub, shared state on JetStream KV (`nats_state`) and durable
-//! task pools on JetStream work-queue streams (`nats_tasks`).
+//! with the same semantics as the hub, shared state on JetStream KV (`state`) and durable task
+//! pools on JetStream work-queue streams (`tasks`).
 //!
 //! Publishing stays synchronous and ordered: every publish and subscribe is queued here, in
 //! order, and one task hands them to the client, so a subscription made before a request is in
@@ -19,12 +19,15 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::{spawn_local, AbortHandle};
 
-use super::client::{Bus, Handler, PoolSpec, TaskHandler, MAX_OUTBOUND};
-use super::config::NatsSettings;
-use super::hub::MAX_PAYLOAD;
-use super::nats_tasks::PoolMember;
-use super::wire::{KvOp, KvResult};
-use super::{BusError, BusMessage, Headers, STATUS_HEADER};
+use futures_util::future::LocalBoxFuture;
+
+use super::tasks::PoolMember;
+use crate::bus::config::NatsSettings;
+use crate::bus::transport::{
+    Capabilities, Handler, KvOp, KvResult, PoolSpec, PoolStats, Submission, TaskHandler,
+    TaskOutcome, Transport, MAX_OUTBOUND, MAX_PAYLOAD,
+};
+use crate::bus::{BusError, BusMessage, Headers, STATUS_HEADER};
 use crate::guard::guarded;
 
 /// Messages a subscription holds before NATS counts this process as a slow consumer.
@@ -103,35 +106,6 @@ impl NatsLink {
         link
     }
 
-    pub(crate) fn describe(&self) -> String {
-        self.inner.settings.display_servers()
-    }
-
-    pub(crate) fn is_connected(&self) -> bool {
-        self.inner
-            .client
-            .borrow()
-            .as_ref()
-            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
-    }
-
-    pub(crate) async fn wait_connected(&self, limit: Duration) -> bool {
-        let end = tokio::time::Instant::now() + limit;
-        while !self.is_connected() && tokio::time::Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        self.is_connected()
-    }
-
-    /// The server's limit once known (and never more than the hub's, so that one program
-    /// behaves the same on both).
-    pub(crate) fn max_payload(&self) -> usize {
-        match self.inner.client.borrow().as_ref() {
-            Some(c) if c.max_payload() > 0 => c.max_payload().min(MAX_PAYLOAD),
-            _ => MAX_PAYLOAD,
-        }
-    }
-
     /// The client, once the first connection attempt has been set up.
     pub(super) async fn client(&self) -> async_nats::Client {
         loop {
@@ -153,107 +127,6 @@ impl NatsLink {
         self.inner.out.borrow_mut().push_back(cmd);
         self.inner.wake.notify_one();
         Ok(())
-    }
-
-    pub(crate) fn publish(
-        &self,
-        subject: &str,
-        headers: Headers,
-        payload: Bytes,
-        reply: Option<&str>,
-    ) -> Result<(), BusError> {
-        self.queue(Command::Publish {
-            subject: subject.to_string(),
-            reply: reply.map(str::to_string),
-            headers,
-            payload,
-        })
-    }
-
-    pub(crate) fn subscribe(
-        &self,
-        subject: &str,
-        queue: Option<&str>,
-        handler: Handler,
-    ) -> Result<u32, BusError> {
-        let sid = self.inner.next_sid.get() + 1;
-        self.inner.next_sid.set(sid);
-        self.queue(Command::Subscribe {
-            sid,
-            subject: subject.to_string(),
-            queue: queue.map(str::to_string),
-        })?;
-        self.inner.subs.borrow_mut().insert(
-            sid,
-            SubEntry {
-                handler,
-                reader: None,
-            },
-        );
-        Ok(sid)
-    }
-
-    /// Ends a subscription at once: its reader stops (dropping the client's subscriber sends
-    /// the server an unsubscribe).
-    pub(crate) fn unsubscribe(&self, sid: u32) -> Result<(), BusError> {
-        if let Some(entry) = self.inner.subs.borrow_mut().remove(&sid) {
-            if let Some(r) = entry.reader {
-                r.abort();
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn kv(&self, op: KvOp, timeout: Duration) -> Result<KvResult, BusError> {
-        match tokio::time::timeout(timeout, super::nats_state::run(self, op)).await {
-            Ok(r) => r,
-            Err(_) => Err(BusError::Timeout),
-        }
-    }
-
-    pub(crate) fn join_pool(
-        &self,
-        bus: &Bus,
-        spec: PoolSpec,
-        handler: TaskHandler,
-    ) -> Result<(), BusError> {
-        let member = PoolMember::start(self, bus, spec, handler);
-        *self.inner.pool.borrow_mut() = Some(member);
-        Ok(())
-    }
-
-    pub(crate) fn task_done(
-        &self,
-        bus: &Bus,
-        task: u64,
-        ok: bool,
-        payload: Bytes,
-    ) -> Result<(), BusError> {
-        let member = self.inner.pool.borrow().clone();
-        match member {
-            Some(m) => {
-                m.done(bus, task, ok, payload);
-                Ok(())
-            }
-            None => Err(BusError::State(format!("task {task} is not running here"))),
-        }
-    }
-
-    /// Before the process exits: hand back unfinished tasks (after up to `limit` for them to
-    /// finish) and send what is queued.
-    pub(crate) async fn wind_down(&self, limit: Duration) {
-        let member = self.inner.pool.borrow().clone();
-        if let Some(m) = member {
-            m.wind_down(limit).await;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        while !self.inner.out.borrow().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let client = self.inner.client.borrow().clone();
-        if let Some(c) = client {
-            let _ = tokio::time::timeout(Duration::from_secs(1), c.flush()).await;
-        }
     }
 
     async fn run(self) {
@@ -377,8 +250,188 @@ impl NatsLink {
     }
 }
 
+impl Transport for NatsLink {
+    fn describe(&self) -> String {
+        self.inner.settings.display_servers()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            counted_gather: false,
+            lists_state: true,
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner
+            .client
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
+    fn wait_connected(&self, limit: Duration) -> LocalBoxFuture<'_, bool> {
+        Box::pin(async move {
+            let end = tokio::time::Instant::now() + limit;
+            while !self.is_connected() && tokio::time::Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.is_connected()
+        })
+    }
+
+    /// The server's limit once known (and never more than the hub's, so that one program
+    /// behaves the same on both).
+    fn max_payload(&self) -> usize {
+        match self.inner.client.borrow().as_ref() {
+            Some(c) if c.max_payload() > 0 => c.max_payload().min(MAX_PAYLOAD),
+            _ => MAX_PAYLOAD,
+        }
+    }
+
+    fn publish(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        reply: Option<&str>,
+    ) -> Result<(), BusError> {
+        self.queue(Command::Publish {
+            subject: subject.to_string(),
+            reply: reply.map(str::to_string),
+            headers,
+            payload,
+        })
+    }
+
+    fn subscribe(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+        handler: Handler,
+    ) -> Result<u32, BusError> {
+        let sid = self.inner.next_sid.get() + 1;
+        self.inner.next_sid.set(sid);
+        self.queue(Command::Subscribe {
+            sid,
+            subject: subject.to_string(),
+            queue: queue.map(str::to_string),
+        })?;
+        self.inner.subs.borrow_mut().insert(
+            sid,
+            SubEntry {
+                handler,
+                reader: None,
+            },
+        );
+        Ok(sid)
+    }
+
+    /// Ends a subscription at once: its reader stops (dropping the client's subscriber sends
+    /// the server an unsubscribe).
+    fn unsubscribe(&self, sid: u32) -> Result<(), BusError> {
+        if let Some(entry) = self.inner.subs.borrow_mut().remove(&sid) {
+            if let Some(r) = entry.reader {
+                r.abort();
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self, op: KvOp, timeout: Duration) -> LocalBoxFuture<'_, Result<KvResult, BusError>> {
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, super::state::run(self, op)).await {
+                Ok(r) => r,
+                Err(_) => Err(BusError::Timeout),
+            }
+        })
+    }
+
+    fn state_entries(
+        &self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'_, Result<Vec<(String, Bytes)>, BusError>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, super::state::entries_under(self, &prefix)).await {
+                Ok(r) => r,
+                Err(_) => Err(BusError::Timeout),
+            }
+        })
+    }
+
+    fn join_pool(&self, spec: PoolSpec, handler: TaskHandler) -> Result<(), BusError> {
+        let member = PoolMember::start(self, spec, handler);
+        *self.inner.pool.borrow_mut() = Some(member);
+        Ok(())
+    }
+
+    fn task_done(&self, outcome: TaskOutcome) -> Result<(), BusError> {
+        let member = self.inner.pool.borrow().clone();
+        match member {
+            Some(m) => {
+                m.done(self, outcome);
+                Ok(())
+            }
+            None => Err(BusError::State(format!(
+                "task {} is not running here",
+                outcome.task
+            ))),
+        }
+    }
+
+    fn submit(&self, task: Submission) -> LocalBoxFuture<'static, Result<(), BusError>> {
+        let link = self.clone();
+        Box::pin(async move { super::tasks::submit(&link, task).await })
+    }
+
+    fn pool_stats(&self, pools: Vec<String>) -> LocalBoxFuture<'_, Vec<PoolStats>> {
+        Box::pin(async move {
+            let Ok(client) = tokio::time::timeout(Duration::from_secs(1), self.client()).await
+            else {
+                return Vec::new();
+            };
+            let js = jetstream::new(client);
+            let mut out = Vec::new();
+            for p in &pools {
+                let stats = super::tasks::pool_stats(&js, p);
+                if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(1), stats).await {
+                    out.push(s);
+                }
+            }
+            out
+        })
+    }
+
+    /// Hands back unfinished tasks (after up to `limit` for them to finish) and sends what is
+    /// queued.
+    fn wind_down(&self, limit: Duration) -> LocalBoxFuture<'_, ()> {
+        Box::pin(async move {
+            let member = self.inner.pool.borrow().clone();
+            if let Some(m) = member {
+                m.wind_down(limit).await;
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while !self.inner.out.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let client = self.inner.client.borrow().clone();
+            if let Some(c) = client {
+                let _ = tokio::time::timeout(Duration::from_secs(1), c.flush()).await;
+            }
+        })
+    }
+
+    /// Requests on NATS are answered or time out; a lost connection needs no hook.
+    fn set_on_lost(&self, _f: Rc<dyn Fn()>) {}
+
+    /// The NATS servers are not ours to start.
+    fn set_on_unreachable(&self, _f: Rc<dyn Fn()>) {}
+}
+
 /// Our headers as NATS headers; names or values NATS cannot carry are left out with a warning.
-pub(super) fn to_header_map(headers: &Headers) -> async_nats::HeaderMap {
+pub(crate) fn to_header_map(headers: &Headers) -> async_nats::HeaderMap {
     use std::str::FromStr;
     let mut map = async_nats::HeaderMap::new();
     for (name, value) in headers.pairs() {
@@ -394,7 +447,7 @@ pub(super) fn to_header_map(headers: &Headers) -> async_nats::HeaderMap {
 }
 
 /// A NATS message as the bus's own; "no responders" becomes status 503 as on the hub.
-pub(super) fn from_nats(m: async_nats::Message) -> BusMessage {
+pub(crate) fn from_nats(m: async_nats::Message) -> BusMessage {
     let mut headers = Headers::new();
     if let Some(h) = &m.headers {
         for (name, values) in h.iter() {

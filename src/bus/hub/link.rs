@@ -1,5 +1,6 @@
-//! The hub transport of the bus: one Unix-socket connection to the hub, with reconnection,
-//! re-subscription, a bounded outbound buffer, shared-state calls and task-pool membership.
+//! The hub transport of the bus: one Unix-socket connection to the hub, with reconnection
+//! (backing off while the hub refuses or drops it), re-subscription, a bounded outbound buffer,
+//! shared-state calls and task-pool membership.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -13,10 +14,14 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::spawn_local;
 
-use super::client::{Handler, PoolSpec, TaskDelivery, TaskHandler, MAX_OUTBOUND};
-use super::hub::MAX_PAYLOAD;
-use super::wire::{self, Frame, KvOp, KvResult};
-use super::{BusError, BusMessage, Headers};
+use futures_util::future::LocalBoxFuture;
+
+use super::wire::{self, Frame};
+use crate::bus::transport::{
+    Capabilities, Handler, KvOp, KvResult, PoolSpec, PoolStats, Submission, TaskDelivery,
+    TaskHandler, TaskOutcome, Transport, MAX_OUTBOUND, MAX_PAYLOAD,
+};
+use crate::bus::{BusError, BusMessage, Headers};
 use crate::guard::guarded;
 
 /// Bytes handed to the socket per write call.
@@ -81,41 +86,6 @@ impl HubLink {
         link
     }
 
-    pub(crate) fn path(&self) -> &std::path::Path {
-        &self.inner.path
-    }
-
-    /// Called whenever the hub cannot be reached (the worker asks the master to start it).
-    pub(crate) fn set_on_unreachable(&self, f: Rc<dyn Fn()>) {
-        *self.inner.on_unreachable.borrow_mut() = Some(f);
-    }
-
-    /// Called when an established connection is lost (requests in flight fail).
-    pub(crate) fn set_on_lost(&self, f: Rc<dyn Fn()>) {
-        *self.inner.on_lost.borrow_mut() = Some(f);
-    }
-
-    pub(crate) fn is_connected(&self) -> bool {
-        self.inner.connected.get()
-    }
-
-    pub(crate) async fn wait_connected(&self, limit: Duration) -> bool {
-        if self.is_connected() {
-            return true;
-        }
-        let _ = tokio::time::timeout(limit, async {
-            while !self.is_connected() {
-                self.inner.connected_notify.notified().await;
-            }
-        })
-        .await;
-        self.is_connected()
-    }
-
-    pub(crate) fn max_payload(&self) -> usize {
-        MAX_PAYLOAD
-    }
-
     fn queue(&self, frame: &Frame) -> Result<(), BusError> {
         let mut out = self.inner.out.borrow_mut();
         if out.len() >= MAX_OUTBOUND {
@@ -127,114 +97,22 @@ impl HubLink {
         Ok(())
     }
 
-    pub(crate) fn publish(
-        &self,
-        subject: &str,
-        headers: Headers,
-        payload: Bytes,
-        reply: Option<&str>,
-    ) -> Result<(), BusError> {
-        self.queue(&Frame::Pub {
-            subject: subject.to_string(),
-            reply: reply.map(str::to_string),
-            headers,
-            payload,
-        })
-    }
-
-    pub(crate) fn subscribe(
-        &self,
-        subject: &str,
-        queue: Option<&str>,
-        handler: Handler,
-    ) -> Result<u32, BusError> {
-        let sid = self.inner.next_sid.get() + 1;
-        self.inner.next_sid.set(sid);
-        self.inner.subs.borrow_mut().insert(
-            sid,
-            SubState {
-                subject: subject.to_string(),
-                queue: queue.map(str::to_string),
-                handler,
-            },
-        );
-        self.queue(&Frame::Sub {
-            sid,
-            subject: subject.to_string(),
-            queue: queue.map(str::to_string),
-        })?;
-        Ok(sid)
-    }
-
-    pub(crate) fn unsubscribe(&self, sid: u32) -> Result<(), BusError> {
-        if self.inner.subs.borrow_mut().remove(&sid).is_some() {
-            self.queue(&Frame::Unsub { sid })?;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn kv(&self, op: KvOp, timeout: Duration) -> Result<KvResult, BusError> {
-        let req = self.inner.next_kv.get().wrapping_add(1);
-        self.inner.next_kv.set(req);
-        let (tx, rx) = oneshot::channel();
-        self.inner.kv_pending.borrow_mut().insert(req, tx);
-        if let Err(e) = self.queue(&Frame::Kv { req, op }) {
-            self.inner.kv_pending.borrow_mut().remove(&req);
-            return Err(e);
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(KvResult::Error(e))) => Err(BusError::State(e)),
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(BusError::Disconnected),
-            Err(_) => {
-                self.inner.kv_pending.borrow_mut().remove(&req);
-                Err(BusError::Timeout)
-            }
-        }
-    }
-
-    /// Joins a pool as a consumer taking up to `spec.concurrency` tasks at once.
-    pub(crate) fn join_pool(&self, spec: &PoolSpec, handler: TaskHandler) -> Result<(), BusError> {
-        *self.inner.task_handler.borrow_mut() = Some(handler);
-        self.inner
-            .pools
-            .borrow_mut()
-            .push((spec.pool.clone(), spec.concurrency, spec.max_queue));
-        self.queue(&Frame::PoolJoin {
-            pool: spec.pool.clone(),
-            concurrency: spec.concurrency,
-            max_queue: spec.max_queue,
-        })
-    }
-
-    pub(crate) fn task_done(&self, task: u64, ok: bool, payload: Bytes) -> Result<(), BusError> {
-        self.queue(&Frame::TaskDone { task, ok, payload })
-    }
-
-    pub(crate) fn submit(
-        &self,
-        pool: &str,
-        reply: Option<String>,
-        max_retries: u8,
-        payload: Bytes,
-    ) -> Result<(), BusError> {
-        self.queue(&Frame::Submit {
-            pool: pool.to_string(),
-            reply,
-            max_retries,
-            payload,
-        })
-    }
-
     async fn connection_loop(self) {
         let mut backoff = Duration::from_millis(20);
         loop {
             match UnixStream::connect(&self.inner.path).await {
                 Ok(stream) => {
-                    backoff = Duration::from_millis(20);
+                    let since = tokio::time::Instant::now();
                     self.on_connected();
                     let why = self.run(stream).await;
                     self.on_disconnected(&why);
+                    // A connection the hub drops at once (it refused what we sent) is retried
+                    // with growing pauses, not in a hot loop; one that lived is retried soon.
+                    if since.elapsed() >= Duration::from_secs(1) {
+                        backoff = Duration::from_millis(20);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 Err(_) => {
                     let hook = self.inner.on_unreachable.borrow().clone();
@@ -423,6 +301,167 @@ impl HubLink {
                 _ => {}
             }
         }
+    }
+}
+
+impl Transport for HubLink {
+    fn describe(&self) -> String {
+        format!("hub at {}", self.inner.path.display())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            counted_gather: true,
+            lists_state: false,
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.connected.get()
+    }
+
+    fn wait_connected(&self, limit: Duration) -> LocalBoxFuture<'_, bool> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(limit, async {
+                loop {
+                    let notified = self.inner.connected_notify.notified();
+                    if self.is_connected() {
+                        return;
+                    }
+                    notified.await;
+                }
+            })
+            .await;
+            self.is_connected()
+        })
+    }
+
+    fn max_payload(&self) -> usize {
+        MAX_PAYLOAD
+    }
+
+    fn publish(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        reply: Option<&str>,
+    ) -> Result<(), BusError> {
+        self.queue(&Frame::Pub {
+            subject: subject.to_string(),
+            reply: reply.map(str::to_string),
+            headers,
+            payload,
+        })
+    }
+
+    fn subscribe(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+        handler: Handler,
+    ) -> Result<u32, BusError> {
+        let sid = self.inner.next_sid.get() + 1;
+        self.inner.next_sid.set(sid);
+        self.inner.subs.borrow_mut().insert(
+            sid,
+            SubState {
+                subject: subject.to_string(),
+                queue: queue.map(str::to_string),
+                handler,
+            },
+        );
+        self.queue(&Frame::Sub {
+            sid,
+            subject: subject.to_string(),
+            queue: queue.map(str::to_string),
+        })?;
+        Ok(sid)
+    }
+
+    fn unsubscribe(&self, sid: u32) -> Result<(), BusError> {
+        if self.inner.subs.borrow_mut().remove(&sid).is_some() {
+            self.queue(&Frame::Unsub { sid })?;
+        }
+        Ok(())
+    }
+
+    fn state(&self, op: KvOp, timeout: Duration) -> LocalBoxFuture<'_, Result<KvResult, BusError>> {
+        Box::pin(async move {
+            let req = self.inner.next_kv.get().wrapping_add(1);
+            self.inner.next_kv.set(req);
+            let (tx, rx) = oneshot::channel();
+            self.inner.kv_pending.borrow_mut().insert(req, tx);
+            if let Err(e) = self.queue(&Frame::Kv { req, op }) {
+                self.inner.kv_pending.borrow_mut().remove(&req);
+                return Err(e);
+            }
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(KvResult::Error(e))) => Err(BusError::State(e)),
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(_)) => Err(BusError::Disconnected),
+                Err(_) => {
+                    self.inner.kv_pending.borrow_mut().remove(&req);
+                    Err(BusError::Timeout)
+                }
+            }
+        })
+    }
+
+    fn state_entries(
+        &self,
+        _prefix: &str,
+        _timeout: Duration,
+    ) -> LocalBoxFuture<'_, Result<Vec<(String, Bytes)>, BusError>> {
+        Box::pin(std::future::ready(Err(BusError::NotAvailable)))
+    }
+
+    fn join_pool(&self, spec: PoolSpec, handler: TaskHandler) -> Result<(), BusError> {
+        *self.inner.task_handler.borrow_mut() = Some(handler);
+        self.inner
+            .pools
+            .borrow_mut()
+            .push((spec.pool.clone(), spec.concurrency, spec.max_queue));
+        self.queue(&Frame::PoolJoin {
+            pool: spec.pool,
+            concurrency: spec.concurrency,
+            max_queue: spec.max_queue,
+        })
+    }
+
+    fn task_done(&self, outcome: TaskOutcome) -> Result<(), BusError> {
+        self.queue(&Frame::TaskDone {
+            task: outcome.task,
+            ok: outcome.ok,
+            payload: outcome.payload,
+        })
+    }
+
+    fn submit(&self, task: Submission) -> LocalBoxFuture<'static, Result<(), BusError>> {
+        let queued = self.queue(&Frame::Submit {
+            pool: task.pool,
+            reply: task.reply,
+            max_retries: task.max_retries,
+            payload: task.payload,
+        });
+        Box::pin(std::future::ready(queued))
+    }
+
+    fn pool_stats(&self, _pools: Vec<String>) -> LocalBoxFuture<'_, Vec<PoolStats>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
+
+    fn wind_down(&self, _limit: Duration) -> LocalBoxFuture<'_, ()> {
+        // The hub hands a departed process's tasks to another itself.
+        Box::pin(std::future::ready(()))
+    }
+
+    fn set_on_lost(&self, f: Rc<dyn Fn()>) {
+        *self.inner.on_lost.borrow_mut() = Some(f);
+    }
+
+    fn set_on_unreachable(&self, f: Rc<dyn Fn()>) {
+        *self.inner.on_unreachable.borrow_mut() = Some(f);
     }
 }
 

@@ -12,9 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, context::PublishErrorKind, stream::LastRawMessageErrorKind};
 use bytes::Bytes;
 
-use super::nats::NatsLink;
-use super::wire::{KvOp, KvResult};
-use super::BusError;
+use super::link::NatsLink;
+use crate::bus::transport::{KvOp, KvResult};
+use crate::bus::BusError;
 
 /// The bucket's name; its stream is `KV_oxwork`.
 pub(crate) const BUCKET: &str = "oxwork";
@@ -38,7 +38,7 @@ pub(crate) fn kv_key(key: &str) -> String {
     if plain {
         return key.to_string();
     }
-    super::subject::hex_escaped('=', key)
+    crate::bus::subject::hex_escaped('=', key)
 }
 
 fn now_ms() -> u64 {

@@ -24,12 +24,14 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::{spawn_local, AbortHandle};
 
-use super::client::{
-    Bus, PoolSpec, TaskDelivery, TaskHandler, ANSWERS_PROBE_HEADER, PROBE_ANSWERED, PROBE_HEADER,
-    RECEIPT_HEADER,
+use super::link::{to_header_map, NatsLink};
+use crate::bus::transport::{
+    KvOp, PoolSpec, PoolStats, Submission, TaskDelivery, TaskHandler, TaskOutcome, Transport,
 };
-use super::nats::NatsLink;
-use super::{subject, BusError, Headers, PoolStats, STATUS_HEADER};
+use crate::bus::{
+    subject, BusError, Headers, ANSWERS_PROBE_HEADER, PROBE_ANSWERED, PROBE_HEADER, RECEIPT_HEADER,
+    STATUS_HEADER,
+};
 
 /// Header of a task message: where its result goes.
 pub(crate) const REPLY_HEADER: &str = "ox-reply";
@@ -173,12 +175,7 @@ pub(crate) struct PoolMember {
 }
 
 impl PoolMember {
-    pub(crate) fn start(
-        link: &NatsLink,
-        bus: &Bus,
-        spec: PoolSpec,
-        handler: TaskHandler,
-    ) -> Rc<PoolMember> {
+    pub(crate) fn start(link: &NatsLink, spec: PoolSpec, handler: TaskHandler) -> Rc<PoolMember> {
         let max_queue = spec.max_queue;
         let member = Rc::new(PoolMember {
             pool: spec.pool,
@@ -190,8 +187,8 @@ impl PoolMember {
             handler,
             stopping: Cell::new(false),
         });
-        let (m, link, bus) = (member.clone(), link.clone(), bus.clone());
-        spawn_local(async move { m.pull_loop(link, bus, max_queue).await });
+        let (m, link) = (member.clone(), link.clone());
+        spawn_local(async move { m.pull_loop(link, max_queue).await });
         member
     }
 
@@ -226,7 +223,7 @@ impl PoolMember {
         Ok(consumer)
     }
 
-    async fn pull_loop(self: Rc<Self>, link: NatsLink, bus: Bus, max_queue: u32) {
+    async fn pull_loop(self: Rc<Self>, link: NatsLink, max_queue: u32) {
         let js = jetstream::new(link.client().await);
         let mut pause = Duration::from_millis(50);
         loop {
@@ -284,7 +281,7 @@ impl PoolMember {
                     match m {
                         Ok(m) => {
                             got += 1;
-                            self.take(&js, &bus, m)
+                            self.take(&js, &link, m)
                         }
                         Err(e) => {
                             tracing::debug!("task pool {}: pull ended: {e}", self.pool);
@@ -305,7 +302,12 @@ impl PoolMember {
     /// Takes one delivered task. A redelivery whose submitter already has the result (the
     /// process that ran it died between the result and its acknowledgement) is acknowledged
     /// without running again; any other is started, or retired when delivered too often.
-    fn take(self: &Rc<Self>, js: &jetstream::Context, bus: &Bus, message: jetstream::Message) {
+    fn take(
+        self: &Rc<Self>,
+        js: &jetstream::Context,
+        link: &NatsLink,
+        message: jetstream::Message,
+    ) {
         if self.stopping.get() {
             // Pulled just as the process began to stop: straight back to the queue.
             spawn_local(async move {
@@ -327,9 +329,9 @@ impl PoolMember {
             Some(reply) if probe => {
                 // The slot is held while the submitter is asked, so no more is pulled.
                 self.busy.set(self.busy.get() + 1);
-                let (me, js, bus) = (self.clone(), js.clone(), bus.clone());
+                let (me, js, link) = (self.clone(), js.clone(), link.clone());
                 spawn_local(async move {
-                    let answered = submitter_has_result(&bus, &reply).await;
+                    let answered = submitter_has_result(&link, &reply).await;
                     me.busy.set(me.busy.get().saturating_sub(1));
                     me.room.notify_one();
                     if answered {
@@ -338,11 +340,11 @@ impl PoolMember {
                     } else if me.stopping.get() {
                         let _ = message.ack_with(AckKind::Nak(None)).await;
                     } else {
-                        me.begin(&js, &bus, message, delivered, Some(reply));
+                        me.begin(&js, &link, message, delivered, Some(reply));
                     }
                 });
             }
-            reply => self.begin(js, bus, message, delivered, reply),
+            reply => self.begin(js, link, message, delivered, reply),
         }
     }
 
@@ -350,7 +352,7 @@ impl PoolMember {
     fn begin(
         self: &Rc<Self>,
         js: &jetstream::Context,
-        bus: &Bus,
+        link: &NatsLink,
         message: jetstream::Message,
         delivered: i64,
         reply: Option<String>,
@@ -361,17 +363,25 @@ impl PoolMember {
         };
         let max_retries = header(message.headers.as_ref(), RETRIES_HEADER)
             .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(i64::from(super::DEFAULT_TASK_RETRIES));
+            .unwrap_or(i64::from(crate::bus::DEFAULT_TASK_RETRIES));
         if delivered > max_retries + 1 {
-            self.retire(js, bus, message, reply, delivered);
+            self.retire(js, link, message, reply, delivered);
             return;
         }
         if delivered > 1 {
             // Counted cluster-wide, in shared state, for `status` (JetStream's own figure
             // counts only redeliveries still unacknowledged).
-            let (bus, key) = (bus.clone(), redelivered_key(&self.pool));
+            let (link, key) = (link.clone(), redelivered_key(&self.pool));
             spawn_local(async move {
-                if let Err(e) = bus.increment(&key, 1, None).await {
+                let counted = super::state::run(
+                    &link,
+                    KvOp::Incr {
+                        key,
+                        by: 1,
+                        ttl_ms: 0,
+                    },
+                );
+                if let Err(e) = counted.await {
                     tracing::debug!("redelivery not counted: {e}");
                 }
             });
@@ -409,12 +419,12 @@ impl PoolMember {
     fn retire(
         &self,
         js: &jetstream::Context,
-        bus: &Bus,
+        link: &NatsLink,
         message: jetstream::Message,
         reply: Option<String>,
         delivered: i64,
     ) {
-        let (js, bus, pool) = (js.clone(), bus.clone(), self.pool.clone());
+        let (js, link, pool) = (js.clone(), link.clone(), self.pool.clone());
         spawn_local(async move {
             let reason = format!("{} deliveries, none finished", delivered - 1);
             tracing::warn!("task pool {pool}: a task is dead after {reason}");
@@ -436,7 +446,9 @@ impl PoolMember {
             }
             if let Some(r) = reply {
                 let h = Headers::new().with(STATUS_HEADER, "retries-exhausted");
-                let _ = bus.publish_with(&r, h, reason, None);
+                if subject::check_publish(&r).is_ok() {
+                    let _ = link.publish(&r, h, Bytes::from(reason), None);
+                }
             }
             let _ = message.ack_with(AckKind::Term).await;
         });
@@ -466,20 +478,21 @@ impl PoolMember {
     }
 
     /// A task's handler finished: deliver the result, then acknowledge.
-    pub(crate) fn done(&self, bus: &Bus, task: u64, ok: bool, payload: Bytes) {
+    pub(crate) fn done(&self, link: &NatsLink, outcome: TaskOutcome) {
+        let task = outcome.task;
         let Some(run) = self.running.borrow_mut().remove(&task) else {
             tracing::warn!("task pool {}: task {task} finished twice", self.pool);
             return;
         };
         self.busy.set(self.busy.get().saturating_sub(1));
         self.room.notify_one();
-        let bus = bus.clone();
+        let link = link.clone();
         spawn_local(async move {
             if let Some(reply) = &run.reply {
                 let headers = Headers::new()
-                    .with(STATUS_HEADER, if ok { "ok" } else { "failed" })
+                    .with(STATUS_HEADER, if outcome.ok { "ok" } else { "failed" })
                     .with(RECEIPT_HEADER, "1");
-                deliver_result(&bus, reply, headers, payload).await;
+                deliver_result(&link, reply, headers, outcome.payload).await;
             }
             run.keep_alive.abort();
             if let Err(e) = run.message.ack().await {
@@ -489,49 +502,60 @@ impl PoolMember {
     }
 }
 
+/// Sends a request straight through the client (its own inbox), at most `limit`.
+async fn request(
+    link: &NatsLink,
+    subject: &str,
+    headers: &Headers,
+    payload: Bytes,
+    limit: Duration,
+) -> Result<async_nats::Message, String> {
+    let asked = tokio::time::timeout(limit, async {
+        let client = link.client().await;
+        client
+            .request_with_headers(subject.to_string(), to_header_map(headers), payload)
+            .await
+    })
+    .await;
+    match asked {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer in time".into()),
+    }
+}
+
 /// Whether the submitter listening at `reply` says the task's result has reached it. Anything
-/// but a clear yes (no answer, no such submitter) means no: the task runs again.
-async fn submitter_has_result(bus: &Bus, reply: &str) -> bool {
-    let asked = bus
-        .request(
-            reply,
-            Headers::new().with(PROBE_HEADER, "1"),
-            Bytes::new(),
-            PROBE_TIMEOUT,
-        )
-        .await;
+/// but a clear yes (no answer, no such submitter, no usable subject) means no: the task runs.
+async fn submitter_has_result(link: &NatsLink, reply: &str) -> bool {
+    if subject::check_publish(reply).is_err() {
+        return false;
+    }
+    let probe = Headers::new().with(PROBE_HEADER, "1");
+    let asked = request(link, reply, &probe, Bytes::new(), PROBE_TIMEOUT).await;
     asked.is_ok_and(|answer| answer.payload == PROBE_ANSWERED.as_bytes())
 }
 
-/// Sends a result until its submitter confirms it, for a while. A result too large for the
-/// bus becomes a failure the submitter can read; a reply subject that is not one (a hostile or
-/// broken submitter) is given up at once.
-async fn deliver_result(bus: &Bus, reply: &str, mut headers: Headers, mut payload: Bytes) {
+/// Sends a result until its submitter confirms it, for a while. (Its size was checked by the
+/// `Bus` that reported it.) A reply subject that is not one (a hostile or broken submitter) is
+/// given up at once.
+async fn deliver_result(link: &NatsLink, reply: &str, headers: Headers, payload: Bytes) {
+    if let Err(e) = subject::check_publish(reply) {
+        tracing::warn!("a task's reply subject is unusable ({e}); result dropped");
+        return;
+    }
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        let sent = bus
-            .request(
-                reply,
-                headers.clone(),
-                payload.clone(),
-                Duration::from_secs(2),
-            )
-            .await;
+        let sent = request(
+            link,
+            reply,
+            &headers,
+            payload.clone(),
+            Duration::from_secs(2),
+        )
+        .await;
         match sent {
             Ok(_) => return,
-            Err(BusError::PayloadTooLarge { size, limit }) => {
-                headers = Headers::new()
-                    .with(STATUS_HEADER, "failed")
-                    .with(RECEIPT_HEADER, "1");
-                payload = Bytes::from(format!(
-                    "the task's result of {size} bytes exceeds the bus limit of {limit}"
-                ));
-            }
-            Err(e @ BusError::InvalidSubject(_)) => {
-                tracing::warn!("a task's reply subject is unusable ({e}); result dropped");
-                return;
-            }
             Err(e) if started.elapsed() >= RESULT_PATIENCE => {
                 tracing::warn!("a task result was not confirmed by its submitter ({e}); dropped");
                 return;
@@ -546,14 +570,15 @@ async fn deliver_result(bus: &Bus, reply: &str, mut headers: Headers, mut payloa
 
 /// Queues a task on `pool`'s stream, retrying while NATS is away until `deadline`; the message
 /// id makes a retried publish that did arrive count once.
-pub(crate) async fn submit(
-    link: &NatsLink,
-    pool: &str,
-    reply: Option<String>,
-    max_retries: u8,
-    payload: Bytes,
-    deadline: tokio::time::Instant,
-) -> Result<(), BusError> {
+pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusError> {
+    let Submission {
+        pool,
+        reply,
+        max_retries,
+        payload,
+        deadline,
+    } = task;
+    let pool = pool.as_str();
     let client = tokio::time::timeout_at(deadline, link.client())
         .await
         .map_err(|_| BusError::Disconnected)?;
@@ -564,7 +589,11 @@ pub(crate) async fn submit(
         headers.insert(ANSWERS_PROBE_HEADER, "1");
     }
     headers.insert(RETRIES_HEADER, max_retries.to_string().as_str());
-    let id = format!("{}-{}", super::client::unique_token(), next_submission());
+    let id = format!(
+        "{}-{}",
+        crate::bus::handle::unique_token(),
+        next_submission()
+    );
     headers.insert("Nats-Msg-Id", id.as_str());
     let mut created = false;
     let mut pause = Duration::from_millis(50);
@@ -631,7 +660,7 @@ pub(crate) async fn pool_stats(js: &jetstream::Context, pool: &str) -> Option<Po
         consumers: info.num_waiting as u64,
         queued: queued_total.saturating_sub(info.num_ack_pending as u64),
         running: info.num_ack_pending as u64,
-        retried: super::nats_state::read_number(js, &redelivered_key(pool))
+        retried: super::state::read_number(js, &redelivered_key(pool))
             .await
             .unwrap_or(0)
             .max(0) as u64,

@@ -6,7 +6,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::Headers;
+pub(crate) use crate::bus::transport::{KvOp, KvResult};
+use crate::bus::Headers;
 
 /// Largest frame accepted by default: the payload limit plus room for subject and headers.
 pub(crate) const FRAME_OVERHEAD: usize = 64 * 1024;
@@ -72,42 +73,6 @@ pub(crate) enum Frame {
         ok: bool,
         payload: Bytes,
     },
-}
-
-/// Shared-state operations.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum KvOp {
-    Get {
-        key: String,
-    },
-    Set {
-        key: String,
-        value: Bytes,
-        ttl_ms: u64,
-    },
-    /// Set `value` if the current value is `expected` (`None`: if the key is absent).
-    Cas {
-        key: String,
-        expected: Option<Bytes>,
-        value: Bytes,
-        ttl_ms: u64,
-    },
-    Incr {
-        key: String,
-        by: i64,
-        ttl_ms: u64,
-    },
-    Delete {
-        key: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum KvResult {
-    Value(Option<Bytes>),
-    Done(bool),
-    Number(i64),
-    Error(String),
 }
 
 mod op {

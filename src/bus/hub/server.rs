@@ -19,12 +19,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio::task::spawn_local;
 
-use super::subject;
 use super::wire::{self, Frame, KvOp, KvResult};
-use super::{Headers, STATUS_HEADER};
-
-/// Largest payload the hub accepts (and clients refuse to send).
-pub(crate) const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+use crate::bus::subject;
+use crate::bus::transport::{PoolStats, MAX_PAYLOAD};
+use crate::bus::{Headers, STATUS_HEADER};
 /// Unwritten bytes the hub holds for one client; past it, messages to that client are dropped
 /// and counted (a slow consumer must not take the hub's memory).
 const MAX_CLIENT_BACKLOG: usize = 64 * 1024 * 1024;
@@ -53,28 +51,6 @@ pub struct HubStats {
     pub keys: u64,
     /// Task pools.
     pub pools: Vec<PoolStats>,
-}
-
-/// One task pool's figures.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PoolStats {
-    /// The pool (worker group) name.
-    pub name: String,
-    /// Processes taking tasks.
-    pub consumers: u64,
-    /// Waiting for a process.
-    pub queued: u64,
-    /// Being handled now.
-    pub running: u64,
-    /// Completed successfully.
-    pub done: u64,
-    /// Completed with an error, refused as full, or out of retries.
-    pub failed: u64,
-    /// Given to another process after theirs died.
-    pub retried: u64,
-    /// Out of retries and kept for an operator (NATS: in the `OX_DEAD` stream).
-    #[serde(default)]
-    pub dead: u64,
 }
 
 struct Client {
@@ -319,7 +295,7 @@ impl Hub {
                         payload.len()
                     ));
                 }
-                let gather = headers.get(super::GATHER_HEADER).is_some();
+                let gather = headers.get(crate::bus::GATHER_HEADER).is_some();
                 let n = self.publish(&subj, &reply, &headers, &payload);
                 if let Some(reply) = reply {
                     if n == 0 {
