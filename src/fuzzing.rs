@@ -160,7 +160,8 @@ mod tests {
                 payload: bytes::Bytes::from_static(b"x"),
             },
             &mut seed,
-        );
+        )
+        .expect("encodable");
         let seed = seed.to_vec();
         hammer("bus", &[&seed, b""], bus_wire);
     }

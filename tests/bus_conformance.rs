@@ -377,6 +377,83 @@ mod cases {
             other => panic!("oversized payload: {other:?}"),
         }
     }
+
+    pub(crate) async fn oversized_keys_values_and_headers_are_refused_alike_and_the_bus_carries_on(
+        connect: &dyn Fn() -> Bus,
+    ) {
+        let (s, p) = (connect(), connect());
+        let big = vec![7u8; 9 * 1024 * 1024];
+        assert!(
+            matches!(
+                p.set("conformance.big", big.clone(), None).await,
+                Err(BusError::PayloadTooLarge { .. })
+            ),
+            "a shared-state value over the limit"
+        );
+        assert!(
+            matches!(
+                p.compare_and_set("conformance.big", Some(&big[..]), "x", None)
+                    .await,
+                Err(BusError::PayloadTooLarge { .. })
+            ),
+            "an expected value over the limit"
+        );
+        let long_key = "k".repeat(70_000);
+        assert!(
+            matches!(
+                p.set(&long_key, "x", None).await,
+                Err(BusError::TooLong {
+                    what: "shared-state key",
+                    ..
+                })
+            ),
+            "a key over the limit"
+        );
+        assert!(matches!(
+            p.publish(&"s".repeat(2000), "x"),
+            Err(BusError::TooLong {
+                what: "subject",
+                ..
+            })
+        ));
+        let refused = [
+            Headers::new().with("a b", "x"),
+            Headers::new().with("a:b", "x"),
+            Headers::new().with("name", "line\r\nbreak"),
+        ];
+        for h in refused {
+            assert!(
+                matches!(
+                    p.publish_with("x", h.clone(), "x", None),
+                    Err(BusError::InvalidHeader(_))
+                ),
+                "{h:?}"
+            );
+        }
+        assert!(matches!(
+            p.publish_with(
+                "x",
+                Headers::new().with("v", &"v".repeat(70_000)),
+                "x",
+                None
+            ),
+            Err(BusError::TooLong {
+                what: "header value",
+                ..
+            })
+        ));
+        // Nothing was queued: the connection still works.
+        let (inbox, h) = collector();
+        s.subscribe("conformance.after", None, h).expect("sub");
+        settle(&[&s, &p]).await;
+        p.publish("conformance.after", "fine").expect("pub");
+        assert!(until(Duration::from_secs(5), || inbox.borrow().len() == 1).await);
+        p.set("conformance.small", "v", None).await.expect("set");
+        assert_eq!(
+            p.get("conformance.small").await.expect("get").as_deref(),
+            Some(&b"v"[..])
+        );
+    }
 }
 
 fn with_hub(case: impl for<'a> AsyncCase<'a>) {
@@ -469,6 +546,12 @@ macro_rules! conformance {
             #[test]
             fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender() {
                 $runner(cases::bad_subjects_and_oversized_payloads_are_refused_at_the_sender)
+            }
+            #[test]
+            fn oversized_keys_values_and_headers_are_refused_alike_and_the_bus_carries_on() {
+                $runner(
+                    cases::oversized_keys_values_and_headers_are_refused_alike_and_the_bus_carries_on,
+                )
             }
         }
     };

@@ -291,6 +291,7 @@ impl super::Bus {
             Some("ok") => Ok(answer.payload),
             Some("failed") => Err(BusError::TaskFailed(answer.text().into_owned())),
             Some("full") => Err(BusError::PoolFull(pool.to_string())),
+            Some("no-consumer") => Err(BusError::NoResponders(pool.to_string())),
             Some("retries-exhausted") => {
                 Err(BusError::RetriesExhausted(answer.text().into_owned()))
             }

@@ -65,7 +65,7 @@ impl HubLink {
         let link = HubLink {
             inner: Rc::new(Inner {
                 path,
-                name: name.to_string(),
+                name: label(name),
                 out: RefCell::new(BytesMut::new()),
                 written: Cell::new(0),
                 wake: Notify::new(),
@@ -91,7 +91,11 @@ impl HubLink {
         if out.len() >= MAX_OUTBOUND {
             return Err(BusError::Backpressure);
         }
-        wire::encode(frame, &mut out);
+        wire::encode(frame, &mut out).map_err(|e| BusError::TooLong {
+            what: "hub frame field",
+            size: e.size,
+            limit: e.limit,
+        })?;
         drop(out);
         self.inner.wake.notify_one();
         Ok(())
@@ -129,32 +133,31 @@ impl HubLink {
     fn on_connected(&self) {
         // Hello and every live subscription and pool membership go first, ahead of whatever
         // was queued while disconnected.
+        // Each of these was encodable when first queued (Bus checked its names).
         let mut prelude = BytesMut::new();
-        wire::encode(
-            &Frame::Hello {
-                name: self.inner.name.clone(),
-            },
-            &mut prelude,
-        );
-        for (sid, s) in self.inner.subs.borrow().iter() {
-            wire::encode(
-                &Frame::Sub {
-                    sid: *sid,
-                    subject: s.subject.clone(),
-                    queue: s.queue.clone(),
-                },
-                &mut prelude,
-            );
-        }
-        for (pool, concurrency, max_queue) in self.inner.pools.borrow().iter() {
-            wire::encode(
-                &Frame::PoolJoin {
+        let mut frames = vec![Frame::Hello {
+            name: self.inner.name.clone(),
+        }];
+        frames.extend(self.inner.subs.borrow().iter().map(|(sid, s)| Frame::Sub {
+            sid: *sid,
+            subject: s.subject.clone(),
+            queue: s.queue.clone(),
+        }));
+        frames.extend(
+            self.inner
+                .pools
+                .borrow()
+                .iter()
+                .map(|(pool, concurrency, max_queue)| Frame::PoolJoin {
                     pool: pool.clone(),
                     concurrency: *concurrency,
                     max_queue: *max_queue,
-                },
-                &mut prelude,
-            );
+                }),
+        );
+        for frame in &frames {
+            if let Err(e) = wire::encode(frame, &mut prelude) {
+                tracing::error!("cannot send {frame:?} again ({e:?}); left out");
+            }
         }
         let mut out = self.inner.out.borrow_mut();
         // Membership frames queued meanwhile are in the prelude already, from state; anything
@@ -465,6 +468,15 @@ impl Transport for HubLink {
     }
 }
 
+/// A connection's name is a label for the hub's logs: at most 256 bytes of it are kept.
+fn label(name: &str) -> String {
+    let mut end = name.len().min(256);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
 /// Removes Hello, Sub, Unsub and PoolJoin frames: on (re)connection they are sent from the
 /// client's state instead, exactly once.
 fn strip_membership_frames(out: &mut BytesMut) {
@@ -474,7 +486,8 @@ fn strip_membership_frames(out: &mut BytesMut) {
             frame,
             Frame::Sub { .. } | Frame::Unsub { .. } | Frame::PoolJoin { .. } | Frame::Hello { .. }
         ) {
-            wire::encode(&frame, &mut kept);
+            // Decoded from our own buffer, so it encodes again.
+            let _ = wire::encode(&frame, &mut kept);
         }
     }
     *out = kept;

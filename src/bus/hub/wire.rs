@@ -174,45 +174,70 @@ impl Reader {
     }
 }
 
-fn put_str(dst: &mut BytesMut, s: &str) {
-    // Lengths were checked when the frame was built (`check_str`); truncate defensively.
-    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
-    dst.put_u16(b.len() as u16);
-    dst.put_slice(b);
+/// A field too long for its length prefix: the frame is refused, never cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooLongForFrame {
+    pub(crate) size: usize,
+    pub(crate) limit: usize,
 }
 
-fn put_opt(dst: &mut BytesMut, s: &Option<String>) {
+fn fits<T: TryFrom<usize>>(size: usize, limit: usize) -> Result<T, TooLongForFrame> {
+    T::try_from(size).map_err(|_| TooLongForFrame { size, limit })
+}
+
+fn put_str(dst: &mut BytesMut, s: &str) -> Result<(), TooLongForFrame> {
+    dst.put_u16(fits(s.len(), u16::MAX as usize)?);
+    dst.put_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_opt(dst: &mut BytesMut, s: &Option<String>) -> Result<(), TooLongForFrame> {
     match s {
-        None => dst.put_u8(0),
+        None => {
+            dst.put_u8(0);
+            Ok(())
+        }
         Some(s) => {
             dst.put_u8(1);
-            put_str(dst, s);
+            put_str(dst, s)
         }
     }
 }
 
-fn put_bytes(dst: &mut BytesMut, b: &[u8]) {
-    dst.put_u32(b.len() as u32);
+fn put_bytes(dst: &mut BytesMut, b: &[u8]) -> Result<(), TooLongForFrame> {
+    dst.put_u32(fits(b.len(), u32::MAX as usize)?);
     dst.put_slice(b);
+    Ok(())
 }
 
-fn put_headers(dst: &mut BytesMut, h: &Headers) {
+fn put_headers(dst: &mut BytesMut, h: &Headers) -> Result<(), TooLongForFrame> {
     let pairs = h.pairs();
-    dst.put_u16(pairs.len().min(u16::MAX as usize) as u16);
-    for (k, v) in pairs.iter().take(u16::MAX as usize) {
-        put_str(dst, k);
-        put_str(dst, v);
+    dst.put_u16(fits(pairs.len(), u16::MAX as usize)?);
+    for (k, v) in pairs {
+        put_str(dst, k)?;
+        put_str(dst, v)?;
     }
+    Ok(())
 }
 
-/// Appends the wire form of `frame` to `dst`.
-pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
+/// Appends the wire form of `frame` to `dst`; a frame whose strings or sizes do not fit the
+/// format is refused and leaves `dst` as it was.
+pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
+    let start = dst.len();
+    let written = encode_fields(frame, dst);
+    if written.is_err() {
+        dst.truncate(start);
+    }
+    written
+}
+
+fn encode_fields(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
     let start = dst.len();
     dst.put_u32(0);
     match frame {
         Frame::Hello { name } => {
             dst.put_u8(op::HELLO);
-            put_str(dst, name);
+            put_str(dst, name)?;
         }
         Frame::Sub {
             sid,
@@ -221,8 +246,8 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
         } => {
             dst.put_u8(op::SUB);
             dst.put_u32(*sid);
-            put_str(dst, subject);
-            put_opt(dst, queue);
+            put_str(dst, subject)?;
+            put_opt(dst, queue)?;
         }
         Frame::Unsub { sid } => {
             dst.put_u8(op::UNSUB);
@@ -235,10 +260,10 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
             payload,
         } => {
             dst.put_u8(op::PUB);
-            put_str(dst, subject);
-            put_opt(dst, reply);
-            put_headers(dst, headers);
-            put_bytes(dst, payload);
+            put_str(dst, subject)?;
+            put_opt(dst, reply)?;
+            put_headers(dst, headers)?;
+            put_bytes(dst, payload)?;
         }
         Frame::Msg {
             sid,
@@ -249,16 +274,16 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
         } => {
             dst.put_u8(op::MSG);
             dst.put_u32(*sid);
-            put_str(dst, subject);
-            put_opt(dst, reply);
-            put_headers(dst, headers);
-            put_bytes(dst, payload);
+            put_str(dst, subject)?;
+            put_opt(dst, reply)?;
+            put_headers(dst, headers)?;
+            put_bytes(dst, payload)?;
         }
         Frame::Ping => dst.put_u8(op::PING),
         Frame::Pong => dst.put_u8(op::PONG),
         Frame::Err { message } => {
             dst.put_u8(op::ERR);
-            put_str(dst, message);
+            put_str(dst, message)?;
         }
         Frame::Kv { req, op: kv } => {
             dst.put_u8(op::KV);
@@ -266,12 +291,12 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
             match kv {
                 KvOp::Get { key } => {
                     dst.put_u8(0);
-                    put_str(dst, key);
+                    put_str(dst, key)?;
                 }
                 KvOp::Set { key, value, ttl_ms } => {
                     dst.put_u8(1);
-                    put_str(dst, key);
-                    put_bytes(dst, value);
+                    put_str(dst, key)?;
+                    put_bytes(dst, value)?;
                     dst.put_u64(*ttl_ms);
                 }
                 KvOp::Cas {
@@ -281,26 +306,26 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
                     ttl_ms,
                 } => {
                     dst.put_u8(2);
-                    put_str(dst, key);
+                    put_str(dst, key)?;
                     match expected {
                         None => dst.put_u8(0),
                         Some(e) => {
                             dst.put_u8(1);
-                            put_bytes(dst, e);
+                            put_bytes(dst, e)?;
                         }
                     }
-                    put_bytes(dst, value);
+                    put_bytes(dst, value)?;
                     dst.put_u64(*ttl_ms);
                 }
                 KvOp::Incr { key, by, ttl_ms } => {
                     dst.put_u8(3);
-                    put_str(dst, key);
+                    put_str(dst, key)?;
                     dst.put_i64(*by);
                     dst.put_u64(*ttl_ms);
                 }
                 KvOp::Delete { key } => {
                     dst.put_u8(4);
-                    put_str(dst, key);
+                    put_str(dst, key)?;
                 }
             }
         }
@@ -311,7 +336,7 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
                 KvResult::Value(None) => dst.put_u8(0),
                 KvResult::Value(Some(v)) => {
                     dst.put_u8(1);
-                    put_bytes(dst, v);
+                    put_bytes(dst, v)?;
                 }
                 KvResult::Done(b) => {
                     dst.put_u8(2);
@@ -323,7 +348,7 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
                 }
                 KvResult::Error(e) => {
                     dst.put_u8(4);
-                    put_str(dst, e);
+                    put_str(dst, e)?;
                 }
             }
         }
@@ -333,7 +358,7 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
             max_queue,
         } => {
             dst.put_u8(op::POOL_JOIN);
-            put_str(dst, pool);
+            put_str(dst, pool)?;
             dst.put_u32(*concurrency);
             dst.put_u32(*max_queue);
         }
@@ -344,10 +369,10 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
             payload,
         } => {
             dst.put_u8(op::SUBMIT);
-            put_str(dst, pool);
-            put_opt(dst, reply);
+            put_str(dst, pool)?;
+            put_opt(dst, reply)?;
             dst.put_u8(*max_retries);
-            put_bytes(dst, payload);
+            put_bytes(dst, payload)?;
         }
         Frame::Task {
             pool,
@@ -356,20 +381,21 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) {
             payload,
         } => {
             dst.put_u8(op::TASK);
-            put_str(dst, pool);
+            put_str(dst, pool)?;
             dst.put_u64(*task);
             dst.put_u8(*attempt);
-            put_bytes(dst, payload);
+            put_bytes(dst, payload)?;
         }
         Frame::TaskDone { task, ok, payload } => {
             dst.put_u8(op::TASK_DONE);
             dst.put_u64(*task);
             dst.put_u8(u8::from(*ok));
-            put_bytes(dst, payload);
+            put_bytes(dst, payload)?;
         }
     }
-    let len = (dst.len() - start - 4) as u32;
+    let len: u32 = fits(dst.len() - start - 4, u32::MAX as usize)?;
     dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
 }
 
 /// Cuts the next frame off `buf`: `Ok(None)` means more bytes are needed.
@@ -493,10 +519,43 @@ mod tests {
 
     fn round_trip(f: Frame) {
         let mut buf = BytesMut::new();
-        encode(&f, &mut buf);
+        encode(&f, &mut buf).expect("encodable");
         let back = decode(&mut buf, 1 << 20).expect("valid").expect("complete");
         assert_eq!(back, f);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_string_too_long_for_its_prefix_is_refused_and_nothing_is_written() {
+        let mut buf = BytesMut::from(&b"kept"[..]);
+        let long = "k".repeat(u16::MAX as usize + 1);
+        let refused = encode(
+            &Frame::Kv {
+                req: 1,
+                op: KvOp::Get { key: long.clone() },
+            },
+            &mut buf,
+        );
+        assert_eq!(
+            refused,
+            Err(TooLongForFrame {
+                size: long.len(),
+                limit: u16::MAX as usize
+            })
+        );
+        assert_eq!(&buf[..], b"kept");
+        let headers = Headers::default().with("h", &long);
+        let refused = encode(
+            &Frame::Pub {
+                subject: "s".into(),
+                reply: None,
+                headers,
+                payload: Bytes::new(),
+            },
+            &mut buf,
+        );
+        assert!(refused.is_err());
+        assert_eq!(&buf[..], b"kept");
     }
 
     #[test]
@@ -592,7 +651,8 @@ mod tests {
                 payload: Bytes::from_static(b"hello"),
             },
             &mut whole,
-        );
+        )
+        .expect("encodable");
         let mut buf = BytesMut::new();
         for (i, b) in whole.iter().enumerate() {
             buf.put_u8(*b);
