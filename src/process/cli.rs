@@ -373,8 +373,8 @@ fn stop(paths: &Paths, program: &str, graceful: bool) -> Result<()> {
     let wait_limit = Duration::from_secs(600);
     let started = Instant::now();
     let _ = reader.get_ref().set_read_timeout(Some(wait_limit));
-    let mut sink = Vec::new();
-    let _ = reader.read_to_end(&mut sink);
+    // Nothing more is expected on it: whatever comes is read and forgotten, in bounded pieces.
+    let _ = std::io::copy(&mut reader, &mut std::io::sink());
     while sys::pid_file_locked(&paths.pid_file) && started.elapsed() < wait_limit {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -417,10 +417,20 @@ fn send_request(stream: &mut UnixStream, req: &Request) -> Result<()> {
 }
 
 fn read_response(reader: &mut BufReader<UnixStream>) -> Result<Response> {
+    use std::io::Read as _;
     let mut line = String::new();
+    let limit = super::control::MAX_LINE as u64;
     reader
+        .by_ref()
+        .take(limit)
         .read_line(&mut line)
         .map_err(|e| Error::io("no answer from the master", e))?;
+    if line.len() as u64 >= limit && !line.ends_with('\n') {
+        return Err(Error::new(
+            ErrorKind::Control,
+            format!("the master's answer is longer than {limit} bytes"),
+        ));
+    }
     if line.is_empty() {
         return Err(Error::new(
             ErrorKind::Control,

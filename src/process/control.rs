@@ -114,6 +114,12 @@ pub(crate) async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
 
 /// Reads one message; `Ok(None)` at end of stream. A line that is too long or not a valid
 /// message is an error, which ends that control connection.
+/// Control messages queued for one process (either way) before more are refused: commands
+/// and answers are few and small, so a full queue means the other side stopped reading. The
+/// master then drops the message (its question times out; a stop is backed by the kill
+/// timer), and a worker drops the answer (the master's question times out).
+pub(crate) const CONTROL_QUEUE: usize = 256;
+
 pub(crate) async fn read_msg<R: AsyncBufRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
     line: &mut Vec<u8>,

@@ -80,7 +80,7 @@ struct Slot {
 
 struct Proc {
     slot: usize,
-    tx: mpsc::UnboundedSender<ToWorker>,
+    tx: mpsc::Sender<ToWorker>,
     pending: HashMap<u64, oneshot::Sender<FromWorker>>,
     ready_tx: Option<oneshot::Sender<()>>,
     retiring: bool,
@@ -379,7 +379,7 @@ impl Master {
         let stream =
             UnixStream::from_std(parent_end).map_err(|e| Error::io("control socket", e))?;
         let (read_half, mut write_half) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<ToWorker>();
+        let (tx, mut rx) = mpsc::channel::<ToWorker>(super::control::CONTROL_QUEUE);
         spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 if write_msg(&mut write_half, &msg).await.is_err() {
@@ -622,7 +622,9 @@ impl Master {
 
     fn send(&self, pid: u32, msg: ToWorker) {
         if let Some(p) = self.state.borrow().procs.get(&pid) {
-            let _ = p.tx.send(msg);
+            if let Err(mpsc::error::TrySendError::Full(msg)) = p.tx.try_send(msg) {
+                tracing::warn!("process {pid} does not read its control socket; {msg:?} dropped");
+            }
         }
     }
 
@@ -810,8 +812,11 @@ impl Master {
             st.next_req += 1;
             let req = st.next_req;
             let proc = st.procs.get_mut(&pid)?;
+            if proc.tx.try_send(make(req)).is_err() {
+                // Gone, or not reading its control socket: it does not answer.
+                return None;
+            }
             proc.pending.insert(req, tx);
-            proc.tx.send(make(req)).ok()?;
         }
         tokio::time::timeout(limit, rx).await.ok()?.ok()
     }

@@ -80,7 +80,8 @@ fn run_inner(role: &Role) -> Result<()> {
         .build_local(Default::default())
         .map_err(|e| Error::io("cannot start the event loop", e))?;
     rt.block_on(async move {
-        let (to_master, mut outbox) = tokio::sync::mpsc::unbounded_channel::<FromWorker>();
+        let (to_master, mut outbox) =
+            tokio::sync::mpsc::channel::<FromWorker>(super::control::CONTROL_QUEUE);
         init_bus(role, &config.name, to_master.clone());
         let url = config.url();
         let listener = match (inherited, &url) {
@@ -99,7 +100,7 @@ fn run_inner(role: &Role) -> Result<()> {
                 }
             }
         });
-        let _ = to_master.send(FromWorker::Ready);
+        let _ = to_master.try_send(FromWorker::Ready);
         serve_master(worker, BufReader::new(read_half), to_master, &config).await;
         Ok(())
     })
@@ -108,7 +109,7 @@ fn run_inner(role: &Role) -> Result<()> {
 async fn serve_master(
     worker: Rc<dyn AnyWorker>,
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
-    writer: tokio::sync::mpsc::UnboundedSender<FromWorker>,
+    writer: tokio::sync::mpsc::Sender<FromWorker>,
     config: &crate::worker::WorkerConfig,
 ) {
     let mut line = Vec::new();
@@ -121,7 +122,7 @@ async fn serve_master(
                 if let Some(reason) = recycle_reason(config) {
                     tracing::info!("asking to be recycled: {reason}");
                     recycle_asked = true;
-                    let _ = writer.send(FromWorker::Recycle { reason });
+                    let _ = writer.try_send(FromWorker::Recycle { reason });
                 }
                 continue;
             }
@@ -173,8 +174,15 @@ async fn serve_master(
             }
         };
         if let Some(reply) = reply {
-            if writer.send(reply).is_err() {
-                return;
+            use tokio::sync::mpsc::error::TrySendError;
+            match writer.try_send(reply) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(
+                        "the master does not read its control socket; an answer dropped"
+                    );
+                }
+                Err(TrySendError::Closed(_)) => return,
             }
         }
     }
@@ -182,7 +190,7 @@ async fn serve_master(
 
 /// Tells the process's bus who it is, where the hub listens, and how to ask the master to
 /// start the hub (at most every 200 ms).
-fn init_bus(role: &Role, group: &str, to_master: tokio::sync::mpsc::UnboundedSender<FromWorker>) {
+fn init_bus(role: &Role, group: &str, to_master: tokio::sync::mpsc::Sender<FromWorker>) {
     let identity = crate::bus::local::Identity {
         node: std::env::var(env::NODE).unwrap_or_else(|_| sys::hostname()),
         group: group.to_string(),
@@ -196,7 +204,7 @@ fn init_bus(role: &Role, group: &str, to_master: tokio::sync::mpsc::UnboundedSen
             .is_none_or(|t| t.elapsed() > Duration::from_millis(200))
         {
             last_ask.set(Some(Instant::now()));
-            let _ = to_master.send(FromWorker::NeedHub);
+            let _ = to_master.try_send(FromWorker::NeedHub);
         }
     };
     let choice = crate::bus::config::BusChoice::from_env().unwrap_or_else(|e| {

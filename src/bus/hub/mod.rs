@@ -17,5 +17,5 @@ mod state;
 pub(crate) mod wire;
 
 pub(crate) use link::HubLink;
-pub use server::HubStats;
 pub(crate) use server::start;
+pub use server::HubStats;

@@ -294,9 +294,8 @@ impl Pools {
                 }
             }
         }
-        self.pools.retain(|_, p| {
-            !p.consumers.is_empty() || !p.queue.is_empty() || !p.running.is_empty()
-        });
+        self.pools
+            .retain(|_, p| !p.consumers.is_empty() || !p.queue.is_empty() || !p.running.is_empty());
         notices
     }
 
@@ -356,7 +355,11 @@ mod tests {
         let (name, reply) = p.done(1, given[0].task, true).expect("its task");
         assert_eq!(name, "sq");
         assert!(reply.is_some());
-        assert_eq!(p.assign("sq").len(), 1, "the freed slot takes the last task");
+        assert_eq!(
+            p.assign("sq").len(),
+            1,
+            "the freed slot takes the last task"
+        );
     }
 
     #[test]
@@ -368,7 +371,8 @@ mod tests {
         assert_eq!(submit(&mut p, "sq", "c", now), Err(Refused::Full));
         let big = Bytes::from(vec![0u8; MAX_POOL_BYTES / 2 + 1]);
         p.join("big", peer(2), 1, 100);
-        p.submit("big", None, 1, big.clone(), now).expect("one fits");
+        p.submit("big", None, 1, big.clone(), now)
+            .expect("one fits");
         assert_eq!(p.submit("big", None, 1, big, now), Err(Refused::Full));
     }
 

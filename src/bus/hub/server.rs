@@ -73,7 +73,10 @@ impl Hub {
             Err(NotSent::Closed) => false,
             Err(why) => {
                 if why == NotSent::Unencodable {
-                    tracing::warn!("a frame for peer {} does not fit the wire; dropped", peer.id);
+                    tracing::warn!(
+                        "a frame for peer {} does not fit the wire; dropped",
+                        peer.id
+                    );
                 }
                 self.stats.borrow_mut().dropped += 1;
                 false

@@ -168,7 +168,10 @@ mod tests {
         assert_eq!(s.apply(incr(3, 0), now), KvResult::Number(5));
         let later = now + Duration::from_millis(1500);
         assert_eq!(get(&mut s, "n", later), None, "the first expiry held");
-        assert_eq!(s.apply(incr(i64::MAX - 5, 0), now), KvResult::Number(i64::MAX));
+        assert_eq!(
+            s.apply(incr(i64::MAX - 5, 0), now),
+            KvResult::Number(i64::MAX)
+        );
         assert!(matches!(s.apply(incr(1, 0), now), KvResult::Error(_)));
         s.apply(set("t", "text", 0), now);
         assert!(matches!(
