@@ -24,13 +24,47 @@ pub fn example_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// Where ports handed out by [`free_port`] are claimed, one file each, across every test
+/// process of the machine.
+fn port_claims() -> PathBuf {
+    std::env::temp_dir().join("oxwork-test-ports")
+}
+
+/// A claim older than this belongs to a run that is over (no test lasts this long).
+const STALE_CLAIM: Duration = Duration::from_secs(30 * 60);
+
+/// A port free on 127.0.0.1 (TCP and UDP) that no other test of any test process on this
+/// machine was given in the last half hour. Chosen below the kernel's ephemeral range (32768
+/// and up), so that no outgoing connection takes it between now and the server's bind, and
+/// claimed with a file, so that suites run side by side never pick the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    let dir = port_claims();
+    std::fs::create_dir_all(&dir).expect("port claims directory");
+    for _ in 0..10_000 {
+        let port = 20_000 + fastrand::u16(..12_000);
+        let claim = dir.join(port.to_string());
+        let fresh = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+            .is_ok();
+        if !fresh {
+            let stale = std::fs::metadata(&claim)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_CLAIM);
+            if !stale {
+                continue;
+            }
+            // Taken over: refresh its time.
+            let _ = std::fs::write(&claim, b"");
+        }
+        let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if tcp && udp {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000 on 127.0.0.1");
 }
 
 pub struct Server {
