@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 use super::control::{Request, Response};
-use super::master::TreeOptions;
+use super::tree::{program_name, PathChoices, Paths, TreeOptions};
 use super::{env, master, status, sys};
 use crate::bus::config::BusChoice;
 use crate::error::{Error, ErrorKind, Result};
@@ -105,77 +105,6 @@ enum Command {
     },
 }
 
-/// Where a running master keeps its files.
-#[derive(Debug, Clone)]
-pub(crate) struct Paths {
-    pub(crate) run_dir: PathBuf,
-    pub(crate) pid_file: PathBuf,
-    pub(crate) control_socket: PathBuf,
-    pub(crate) log_file: PathBuf,
-}
-
-fn program_name() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "oxwork".into())
-}
-
-/// FNV-1a: a stable, dependency-free hash, so a program's default run directory is the same
-/// in every run and every build.
-fn stable_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-impl Paths {
-    fn resolve(cli: &Cli) -> Result<Paths> {
-        let run_dir = match &cli.run_dir {
-            Some(d) => d.clone(),
-            None => {
-                let exe = std::env::current_exe().unwrap_or_default();
-                // A node named explicitly has a directory of its own, so that two nodes of one
-                // program on one machine never share a pid file or control socket.
-                let node = cli
-                    .node
-                    .as_deref()
-                    .map(|n| format!("-{}", crate::bus::subject_token(n)))
-                    .unwrap_or_default();
-                std::env::temp_dir()
-                    .join(format!("oxwork-{}", sys::uid()))
-                    .join(format!(
-                        "{}-{:08x}{node}",
-                        program_name(),
-                        stable_hash(exe.as_os_str().as_encoded_bytes()) as u32
-                    ))
-            }
-        };
-        create_private_dir(&run_dir)?;
-        Ok(Paths {
-            pid_file: cli
-                .pid_file
-                .clone()
-                .unwrap_or_else(|| run_dir.join("master.pid")),
-            control_socket: run_dir.join("master.sock"),
-            log_file: cli
-                .log_file
-                .clone()
-                .unwrap_or_else(|| run_dir.join("oxwork.log")),
-            run_dir,
-        })
-    }
-}
-
-fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io(format!("cannot create run directory {}", dir.display()), e))
-}
-
 /// Parses the command (`args` without the program name) and carries it out.
 pub(crate) fn main<I, T>(args: I) -> Result<()>
 where
@@ -185,7 +114,12 @@ where
     let argv = std::iter::once(std::ffi::OsString::from(program_name()))
         .chain(args.into_iter().map(Into::into));
     let cli = Cli::parse_from(argv);
-    let paths = Paths::resolve(&cli)?;
+    let paths = Paths::resolve(&PathChoices {
+        run_dir: cli.run_dir.clone(),
+        node: cli.node.clone(),
+        pid_file: cli.pid_file.clone(),
+        log_file: cli.log_file.clone(),
+    })?;
     let program = program_name();
     let tree = |groups: Vec<String>| -> Result<TreeOptions> {
         let bus_spec = cli

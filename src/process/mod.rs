@@ -11,6 +11,7 @@ pub(crate) mod hub_main;
 mod master;
 pub(crate) mod status;
 mod sys;
+pub(crate) mod tree;
 pub(crate) mod worker_main;
 
 /// Environment variables by which the master tells a re-executed program what it is.

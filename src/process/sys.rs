@@ -111,6 +111,16 @@ pub(crate) fn signal(pid: u32, sig: Signal) -> bool {
     kill(Pid::from_raw(pid as i32), sig).is_ok()
 }
 
+/// Kills `pid` outright (`SIGKILL`); false if there is no such process of ours.
+pub(crate) fn kill_now(pid: u32) -> bool {
+    signal(pid, Signal::SIGKILL)
+}
+
+/// The name of signal number `number` (`SIGTERM`), or `?`.
+pub(crate) fn signal_name(number: i32) -> &'static str {
+    Signal::try_from(number).map(|s| s.as_str()).unwrap_or("?")
+}
+
 /// Raises this process's open-file limit to its hard limit (inherited by the workers), since a
 /// server holds one descriptor per connection and the usual soft limit of 1024 is far too low.
 pub(crate) fn raise_fd_limit() {
