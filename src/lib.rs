@@ -59,7 +59,7 @@ pub use protocol::{
 pub use stats::Snapshot;
 pub use timer::{IntoInterval, Timer, TimerId};
 pub use url::{Endpoint, SocketUrl, Transport};
-pub use worker::{ConnectionRow, Worker};
+pub use worker::Worker;
 
 /// Runs the program: parses the command line (`start`, `stop`, `reload`, `status`, ...) in
 /// the process you launched, or becomes the worker process the master started.

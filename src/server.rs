@@ -36,6 +36,29 @@ impl AcceptControl {
 
 pub(crate) type ConnectionMap<P> = Rc<RefCell<BTreeMap<u64, Connection<P>>>>;
 
+/// Runs with the id of a connection that ended.
+type ClosedHook = Rc<dyn Fn(u64)>;
+
+thread_local! {
+    /// What the layers above the core run when a connection of this process ends (client
+    /// routing drops its memberships), so that the core never names them.
+    static CLOSED_HOOKS: RefCell<Vec<ClosedHook>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `hook` with the id of every connection of this process that ends from now on.
+pub(crate) fn on_connection_closed(hook: impl Fn(u64) + 'static) {
+    CLOSED_HOOKS.with(|h| h.borrow_mut().push(Rc::new(hook)));
+}
+
+/// A connection's driver returned: it leaves the process's table, and the hooks hear of it.
+fn connection_ended<P: Protocol>(connections: &ConnectionMap<P>, id: u64) {
+    connections.borrow_mut().remove(&id);
+    let hooks = CLOSED_HOOKS.with(|h| h.borrow().clone());
+    for hook in hooks {
+        hook(id);
+    }
+}
+
 struct ServeCtx<P: Protocol> {
     tls: Option<tokio_rustls::TlsAcceptor>,
     proto: P,
@@ -179,8 +202,7 @@ where
         None => {
             spawn_local(async move {
                 drive(conn, a.stream, opts).await;
-                connections.borrow_mut().remove(&id);
-                crate::bus::routing::forget(id);
+                connection_ended(&connections, id);
             });
         }
         Some(acceptor) => {
@@ -196,8 +218,7 @@ where
                         tracing::debug!("TLS handshake with {} timed out", conn.remote_addr())
                     }
                 }
-                connections.borrow_mut().remove(&id);
-                crate::bus::routing::forget(id);
+                connection_ended(&connections, id);
             });
         }
     }
@@ -285,7 +306,6 @@ pub(crate) fn adopt<P: Protocol + Clone>(
     };
     spawn_local(async move {
         crate::driver::drive_from(conn, stream, unread, opts).await;
-        connections.borrow_mut().remove(&id);
-        crate::bus::routing::forget(id);
+        connection_ended(&connections, id);
     });
 }

@@ -73,3 +73,18 @@ pub(crate) fn snapshot() -> Snapshot {
         tasks_failed: c.tasks_failed.get(),
     })
 }
+
+/// One open connection, as `connections` lists it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub(crate) struct ConnectionRow {
+    /// Connection id within its process.
+    pub(crate) id: u64,
+    /// Peer address.
+    pub(crate) peer: String,
+    /// Bytes received.
+    pub(crate) bytes_in: u64,
+    /// Bytes sent.
+    pub(crate) bytes_out: u64,
+    /// Seconds since it was established.
+    pub(crate) age_secs: f64,
+}

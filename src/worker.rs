@@ -9,11 +9,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use std::future::Future;
-use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::bus::{self, transport::TaskDelivery, Task, WorkerMessage};
+use crate::bus::pool_member::{TaskFn, TaskFuture};
+use crate::bus::{self, Task, WorkerMessage};
 use crate::connection::{Connection, ConnectionError, Handlers};
 use crate::error::Result;
 use crate::guard::guarded;
@@ -74,31 +74,8 @@ impl WorkerConfig {
     }
 }
 
-/// One open connection, as `connections` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ConnectionRow {
-    /// Connection id within its process.
-    pub id: u64,
-    /// Peer address.
-    pub peer: String,
-    /// Bytes received.
-    pub bytes_in: u64,
-    /// Bytes sent.
-    pub bytes_out: u64,
-    /// Seconds since it was established.
-    pub age_secs: f64,
-}
-
 type WorkerFn<P> = Box<dyn Fn(&Worker<P>)>;
 type WorkerMessageFn<P> = Rc<dyn Fn(&Worker<P>, WorkerMessage)>;
-type TaskFuture = Pin<Box<dyn Future<Output = Result<Bytes, String>>>>;
-
-/// A pool process's task handler.
-#[derive(Clone)]
-enum TaskFn {
-    Sync(Rc<dyn Fn(Task) -> Result<Bytes, String>>),
-    Async(Rc<dyn Fn(Task) -> TaskFuture>),
-}
 
 pub(crate) struct WorkerShared<P: Protocol> {
     config: RefCell<WorkerConfig>,
@@ -543,7 +520,17 @@ impl<P: Protocol> Worker<P> {
             .unwrap_or_default()
     }
 
-    fn on_start_internal(&mut self, f: impl Fn(&Worker<P>) + 'static) {
+    /// The worker group's protocol (its settings), for protocol-specific builder methods.
+    pub(crate) fn protocol(&self) -> &P {
+        &self.shared.proto
+    }
+
+    /// The group's shared state, for a route served on another worker's port.
+    pub(crate) fn shared(&self) -> Rc<WorkerShared<P>> {
+        self.shared.clone()
+    }
+
+    pub(crate) fn on_start_internal(&mut self, f: impl Fn(&Worker<P>) + 'static) {
         self.shared.internal_start.borrow_mut().push(Box::new(f));
     }
 
@@ -581,13 +568,7 @@ impl<P: Protocol> Worker<P> {
                     lease: c.task_lease,
                 }
             };
-            bus::local::when_connected(move |b| {
-                let (bus, f) = (b.clone(), f.clone());
-                let handler = Rc::new(move |d: TaskDelivery| run_task(&bus, &f, d));
-                if let Err(e) = b.join_pool(spec.clone(), handler) {
-                    tracing::error!("cannot join task pool {}: {e}", spec.pool);
-                }
-            });
+            bus::pool_member::serve(spec, f);
         }
         if self.shared.config.borrow().gateway {
             if let Err(e) = bus::routing::activate() {
@@ -608,161 +589,10 @@ impl<P: Protocol> Worker<P> {
     }
 }
 
-fn run_task(bus: &bus::Bus, f: &TaskFn, d: TaskDelivery) {
-    let task = Task {
-        pool: d.pool,
-        attempt: d.attempt,
-        payload: d.payload,
-    };
-    let id = d.task;
-    let finish = move |bus: &bus::Bus, r: Option<Result<Bytes, String>>| {
-        let (ok, payload) = match r {
-            Some(Ok(b)) => (true, b),
-            Some(Err(e)) => (false, Bytes::from(e)),
-            None => (false, Bytes::from_static(b"the task handler panicked")),
-        };
-        crate::stats::with(|c| {
-            crate::stats::bump(if ok { &c.tasks_done } else { &c.tasks_failed })
-        });
-        if let Err(e) = bus.task_done(id, ok, payload) {
-            tracing::error!("cannot report task {id} done: {e}");
-        }
-    };
-    match f {
-        TaskFn::Sync(f) => finish(bus, guarded("on_task", || f(task))),
-        TaskFn::Async(f) => {
-            let fut = guarded("on_task", || f(task));
-            let bus = bus.clone();
-            tokio::task::spawn_local(async move {
-                let r = match fut {
-                    Some(fut) => crate::guard::GuardedFuture::new("on_task", fut).await,
-                    None => None,
-                };
-                finish(&bus, r);
-            });
-        }
-    }
-}
-
-impl Worker<crate::http::Http> {
-    /// Accepts WebSocket upgrades on `path` and serves them with `route`'s callbacks (made
-    /// with [`Worker::websocket_route`]), on this worker's own port: HTTP and WebSocket on one
-    /// port. Other requests, and upgrades on other paths, stay HTTP.
-    pub fn websocket_path(
-        &mut self,
-        path: &str,
-        route: &Worker<crate::websocket::WebSocket>,
-    ) -> &mut Self {
-        let upgrader: Rc<dyn crate::protocol::HandOver> = Rc::new(RouteUpgrade {
-            route: route.shared.clone(),
-        });
-        self.shared
-            .proto
-            .ws_routes
-            .borrow_mut()
-            .push((path.to_string(), upgrader));
-        let route = route.shared.clone();
-        self.on_start_internal(move |w| {
-            if route.running.borrow().is_none() {
-                if let Err(e) = route.clone().start(w.id(), None) {
-                    tracing::error!("cannot start the websocket route: {e}");
-                }
-                crate::registry::add_running(route.clone());
-            }
-        });
-        self
-    }
-}
-
-/// Takes an upgraded HTTP connection into a WebSocket route.
-struct RouteUpgrade {
-    route: Rc<WorkerShared<crate::websocket::WebSocket>>,
-}
-
-impl crate::protocol::HandOver for RouteUpgrade {
-    fn take_over(
-        &self,
-        stream: Box<dyn crate::protocol::Stream>,
-        unread: bytes::BytesMut,
-        peer: crate::connection::PeerAddr,
-        local: Option<std::net::SocketAddr>,
-    ) {
-        let running = self.route.running.borrow();
-        let Some(r) = running.as_ref() else {
-            tracing::error!("a websocket upgrade arrived before its route started");
-            return;
-        };
-        let config = self.route.config.borrow();
-        server::adopt(
-            self.route.proto.clone(),
-            r.handlers.clone(),
-            r.connections.clone(),
-            &config,
-            stream,
-            unread,
-            peer,
-            local,
-        );
-    }
-}
-
-impl Worker<crate::websocket::WebSocket> {
-    /// Runs on each opening handshake with the upgrade request (path, query, headers,
-    /// cookies); returning `Err(response)` refuses the connection with that response
-    /// (Workerman's `onWebSocketConnect`, for authentication).
-    pub fn on_websocket_connect(
-        &mut self,
-        f: impl Fn(&crate::http::Request) -> std::result::Result<(), crate::http::Response> + 'static,
-    ) -> &mut Self {
-        *self.shared.proto.hook.borrow_mut() = Some(Rc::new(f));
-        self
-    }
-
-    /// Answers plain HTTP requests that arrive on the WebSocket port (the page that opens the
-    /// socket, say); each gets its response and its connection closes. Without it they get 400.
-    pub fn on_http_request(
-        &mut self,
-        f: impl Fn(&crate::http::Request) -> crate::http::Response + 'static,
-    ) -> &mut Self {
-        *self.shared.proto.plain_http.borrow_mut() = Some(Rc::new(f));
-        self
-    }
-
-    /// How long a client has to complete its opening handshake (default 10 s).
-    pub fn handshake_timeout(&mut self, t: impl IntoInterval) -> &mut Self {
-        self.shared.proto.handshake_timeout.set(t.into_interval());
-        self
-    }
-
-    /// Sends a ping to every connection of the process this often, so that live but quiet
-    /// clients answer (with a pong) and are not closed by `idle_timeout`.
-    pub fn ping_interval(&mut self, every: impl IntoInterval) -> &mut Self {
-        let every = every.into_interval();
-        self.on_start_internal(move |w| {
-            let w = w.clone();
-            crate::timer::Timer::add(every, true, move || {
-                for c in w.connections() {
-                    if c.inner.proto.borrow().handshake_done() {
-                        c.send(crate::websocket::WsOutput::Ping(Bytes::new()));
-                    }
-                }
-            });
-        });
-        self
-    }
-}
-
 impl<P: Protocol> Connection<P> {
     /// Runs `f` with this connection's protocol state (for protocol-specific views).
     pub(crate) fn with_protocol<R>(&self, f: impl FnOnce(&P) -> R) -> R {
         f(&self.inner.proto.borrow())
-    }
-}
-
-impl Connection<crate::websocket::WebSocket> {
-    /// The WebSocket handshake's request (path, query, headers), once the connection is open.
-    pub fn handshake(&self) -> Option<crate::websocket::HandshakeInfo> {
-        self.with_protocol(|ws| ws.handshake().cloned())
     }
 }
 
@@ -776,7 +606,7 @@ pub(crate) trait AnyWorker {
     /// Closes every connection after what it has queued is written.
     fn close_connections(&self);
     fn connection_count(&self) -> usize;
-    fn connection_rows(&self) -> Vec<ConnectionRow>;
+    fn connection_rows(&self) -> Vec<crate::stats::ConnectionRow>;
     fn worker_stop(self: Rc<Self>);
     fn worker_reload(self: Rc<Self>);
     fn connection_ids(&self) -> Vec<u64>;
@@ -788,6 +618,43 @@ pub(crate) trait AnyWorker {
 }
 
 impl<P: Protocol + Clone> WorkerShared<P> {
+    /// Starts this group as a route of process `id` (served on another worker's port), once.
+    pub(crate) fn start_as_route(self: &Rc<Self>, id: u32) {
+        if self.running.borrow().is_some() {
+            return;
+        }
+        if let Err(e) = self.clone().start(id, None) {
+            tracing::error!("cannot start the route: {e}");
+        }
+        crate::registry::add_running(self.clone());
+    }
+
+    /// Serves a connection another worker accepted (an HTTP upgrade to this route).
+    pub(crate) fn adopt(
+        &self,
+        stream: Box<dyn crate::protocol::Stream>,
+        unread: bytes::BytesMut,
+        peer: crate::connection::PeerAddr,
+        local: Option<std::net::SocketAddr>,
+    ) {
+        let running = self.running.borrow();
+        let Some(r) = running.as_ref() else {
+            tracing::error!("a connection was handed to a route that has not started");
+            return;
+        };
+        let config = self.config.borrow();
+        server::adopt(
+            self.proto.clone(),
+            r.handlers.clone(),
+            r.connections.clone(),
+            &config,
+            stream,
+            unread,
+            peer,
+            local,
+        );
+    }
+
     fn find(&self, id: u64) -> Option<Connection<P>> {
         self.running
             .borrow()
@@ -892,7 +759,7 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
             .unwrap_or(0)
     }
 
-    fn connection_rows(&self) -> Vec<ConnectionRow> {
+    fn connection_rows(&self) -> Vec<crate::stats::ConnectionRow> {
         let running = self.running.borrow();
         let Some(r) = running.as_ref() else {
             return Vec::new();
@@ -901,7 +768,7 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
             .connections
             .borrow()
             .values()
-            .map(|c| ConnectionRow {
+            .map(|c| crate::stats::ConnectionRow {
                 id: c.id(),
                 peer: c.remote_addr().to_string(),
                 bytes_in: c.bytes_read(),

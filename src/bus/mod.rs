@@ -17,6 +17,7 @@ pub(crate) mod handle;
 pub(crate) mod hub;
 pub(crate) mod local;
 mod nats;
+pub(crate) mod pool_member;
 pub(crate) mod routing;
 pub mod state;
 pub(crate) mod subject;

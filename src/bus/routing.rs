@@ -250,7 +250,10 @@ fn join(conn: u64, name: &str, is_uid: bool) -> Result<(), BusError> {
         }
         first && !r.subs.contains_key(&subject)
     });
-    ANY_MEMBERSHIP.with(|a| a.set(true));
+    if !ANY_MEMBERSHIP.with(|a| a.replace(true)) {
+        // From now on a closing connection leaves its uids and groups.
+        crate::server::on_connection_closed(forget);
+    }
     if need_sub {
         let sub = bus()?.subscribe(&subject, None, on_member_op(name.to_string(), is_uid))?;
         ROUTER.with(|r| r.borrow_mut().subs.insert(subject, sub));
@@ -291,10 +294,7 @@ fn leave(conn: u64, name: &str, is_uid: bool) {
 }
 
 /// A connection closed: it leaves every uid and group it belonged to.
-pub(crate) fn forget(conn: u64) {
-    if !ANY_MEMBERSHIP.with(|a| a.get()) {
-        return;
-    }
+fn forget(conn: u64) {
     let Some((uids, groups)) = ROUTER.with(|r| r.borrow_mut().member_of.remove(&conn)) else {
         return;
     };

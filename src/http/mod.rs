@@ -23,6 +23,7 @@ mod codec;
 mod multipart;
 mod request;
 mod response;
+mod worker;
 
 pub(crate) use codec::{encode_standalone, error_reply};
 pub use codec::{Http, HttpLimits};

@@ -6,5 +6,6 @@
 //! a deadline. The codec is hand-written (see ARCHITECTURE.md for why).
 
 mod codec;
+mod worker;
 
 pub use codec::{HandshakeInfo, WebSocket, WsMessage, WsOutput};
