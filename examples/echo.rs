@@ -98,7 +98,7 @@ fn routing(c: &Connection, cmd: &str) -> bool {
         }
         "online" | "uid-online" | "group-count" | "group-ids" | "count" => {
             let (c, verb, arg) = (c.clone(), verb.to_string(), rest.to_string());
-            bus::spawn(async move {
+            oxwork::spawn(async move {
                 let answer = match verb.as_str() {
                     "online" => match arg.parse::<ClientId>() {
                         Ok(id) => bus::is_online(&id).await.map(|b| b.to_string()),

@@ -87,7 +87,7 @@ fn main() -> oxwork::Result<()> {
                 return;
             }
         };
-        bus::spawn(async move {
+        oxwork::spawn(async move {
             let summary = Rc::new(RefCell::new(Summary::default()));
             let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(run.in_flight.max(1)));
             let opts = SubmitOptions {

@@ -92,7 +92,7 @@ fn main() -> oxwork::Result<()> {
                 Some(node) => WorkerAddr::new(node, "task", task_id),
                 None => WorkerAddr::local("task", task_id),
             };
-            bus::spawn(async move {
+            oxwork::spawn(async move {
                 match bus::ask(&target, "Upload message", Duration::from_secs(2)).await {
                     Ok(reply) => println!("UploadWorker {me} got reply: {}", reply.text()),
                     Err(e) => eprintln!("UploadWorker {me}: task {task_id} did not answer: {e}"),

@@ -26,40 +26,36 @@
 //! need not be `Send`. A panic in a callback closes only the connection it was handling.
 
 pub mod bus;
-mod client;
-mod connection;
-mod driver;
 mod error;
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`); not part of the API.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-mod guard;
 pub mod http;
-mod listener;
 mod process;
 mod protocol;
-mod registry;
-mod server;
-mod stats;
-mod timer;
-mod tls;
-mod url;
+mod runtime;
 pub mod websocket;
-mod worker;
 
 pub use bus::state;
 /// The `bytes` crate, re-exported so a custom [`Protocol`] can name `BytesMut` without
 /// depending on it separately.
 pub use bytes;
-pub use client::AsyncConnection;
-pub use connection::{Connection, ConnectionError, PeerAddr};
 pub use error::{Error, ErrorKind, Result};
 pub use protocol::{
     BodySource, Dynamic, Frame, Input, Message, Payload, Protocol, Raw, Rejection, Text, Wire,
 };
-pub use stats::Snapshot;
-pub use timer::{IntoInterval, Timer, TimerId};
-pub use url::{Endpoint, SocketUrl, Transport};
-pub use worker::Worker;
+pub use runtime::connection::{Connection, ConnectionError, PeerAddr};
+pub use runtime::outbound::AsyncConnection;
+pub use runtime::timer::{IntoInterval, Timer, TimerId};
+pub use runtime::worker::Worker;
+
+/// Runs a future on the current process's event loop, beside its connections and timers: for
+/// async work (`bus::ask_worker`, `bus::submit`, any tokio-based crate) started from a
+/// synchronous callback. The future may hold `Rc` state; it need not be `Send`.
+pub fn spawn<F: std::future::Future<Output = ()> + 'static>(fut: F) {
+    tokio::task::spawn_local(fut);
+}
 
 /// Runs the program: parses the command line (`start`, `stop`, `reload`, `status`, ...) in
 /// the process you launched, or becomes the worker process the master started.

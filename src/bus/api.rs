@@ -349,8 +349,8 @@ impl Task {
     }
 }
 
-/// Runs a future on this process's loop (for `ask_worker`, `submit` and the like from a
-/// synchronous callback).
+/// Runs a future on this process's loop: now [`oxwork::spawn`](crate::spawn).
+#[deprecated(since = "0.1.0", note = "use oxwork::spawn")]
 pub fn spawn<F: Future<Output = ()> + 'static>(fut: F) {
-    tokio::task::spawn_local(fut);
+    crate::spawn(fut);
 }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use super::BusError;
 
 /// The environment variable naming the bus (`hub` or `nats://host:port[,nats://...]`).
-pub const BUS_ENV: &str = "OXWORK_BUS";
+pub(crate) const BUS_ENV: &str = "OXWORK_BUS";
 
 static PROGRAM_DEFAULT: Mutex<Option<String>> = Mutex::new(None);
 

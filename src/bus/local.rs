@@ -75,7 +75,7 @@ pub(crate) fn when_connected(f: impl Fn(&Bus) + 'static) {
     });
     // Called outside the borrow: `f` may use the bus API.
     if let (Some(b), Some(f)) = (existing, f) {
-        let _ = crate::guard::guarded("bus setup", || f(&b));
+        let _ = crate::runtime::guard::guarded("bus setup", || f(&b));
     }
 }
 
@@ -106,7 +106,7 @@ pub fn bus() -> Result<Bus, BusError> {
     })?;
     if fresh {
         for hook in hooks {
-            let _ = crate::guard::guarded("bus setup", || hook(&bus));
+            let _ = crate::runtime::guard::guarded("bus setup", || hook(&bus));
         }
     }
     Ok(bus)

@@ -27,21 +27,25 @@ use std::fmt;
 
 use bytes::Bytes;
 
+/// The old path of [`crate::spawn`].
+#[allow(deprecated)]
+pub use api::spawn;
 pub use api::{
-    ask, ask_worker, broadcast_to_group, publish, send_to, send_to_worker, spawn, submit,
-    submit_detached, submit_with, subscribe, subscribe_queue, to_json, unsubscribe, SubmitOptions,
-    Task, WorkerAddr, WorkerMessage, DEFAULT_TASK_RETRIES, DEFAULT_TASK_TIMEOUT,
+    ask, ask_worker, broadcast_to_group, publish, send_to, send_to_worker, submit, submit_detached,
+    submit_with, subscribe, subscribe_queue, to_json, unsubscribe, SubmitOptions, Task, WorkerAddr,
+    WorkerMessage, DEFAULT_TASK_RETRIES, DEFAULT_TASK_TIMEOUT,
 };
 pub(crate) use api::{group_subject, worker_subject};
-pub use config::{set_default_bus, NatsSettings, BUS_ENV};
+pub(crate) use config::BUS_ENV;
+pub use config::{set_default_bus, NatsSettings};
 pub use handle::{Bus, Subscription};
-pub use hub::HubStats;
+pub(crate) use hub::HubStats;
 pub use local::bus;
 pub use routing::{
     broadcast, client_count, close_client, group_client_ids, group_count, is_online,
     send_to_client, send_to_group, send_to_uid, uid_client_ids, uid_is_online, ClientId,
 };
-pub use transport::PoolStats;
+pub(crate) use transport::PoolStats;
 
 /// `text` as one subject token (for names that go into subjects and file names).
 pub(crate) fn subject_token(text: &str) -> String {

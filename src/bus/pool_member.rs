@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::transport::{PoolSpec, TaskDelivery};
 use super::{local, Bus, Task};
-use crate::guard::guarded;
+use crate::runtime::guard::guarded;
 
 /// What an async task handler returns.
 pub(crate) type TaskFuture = Pin<Box<dyn Future<Output = Result<Bytes, String>>>>;
@@ -46,8 +46,8 @@ fn run_task(bus: &Bus, f: &TaskFn, d: TaskDelivery) {
             Some(Err(e)) => (false, Bytes::from(e)),
             None => (false, Bytes::from_static(b"the task handler panicked")),
         };
-        crate::stats::with(|c| {
-            crate::stats::bump(if ok { &c.tasks_done } else { &c.tasks_failed })
+        crate::runtime::stats::with(|c| {
+            crate::runtime::stats::bump(if ok { &c.tasks_done } else { &c.tasks_failed })
         });
         if let Err(e) = bus.task_done(id, ok, payload) {
             tracing::error!("cannot report task {id} done: {e}");
@@ -60,7 +60,7 @@ fn run_task(bus: &Bus, f: &TaskFn, d: TaskDelivery) {
             let bus = bus.clone();
             tokio::task::spawn_local(async move {
                 let r = match fut {
-                    Some(fut) => crate::guard::GuardedFuture::new("on_task", fut).await,
+                    Some(fut) => crate::runtime::guard::GuardedFuture::new("on_task", fut).await,
                     None => None,
                 };
                 finish(&bus, r);

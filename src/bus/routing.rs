@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::local::{self, bus};
 use super::{subject, BusError, BusMessage, Headers, Subscription};
 use crate::protocol::Payload;
-use crate::registry;
+use crate::runtime::registry;
 
 const OP: &str = "op";
 const CLIENT: &str = "client";
@@ -252,7 +252,7 @@ fn join(conn: u64, name: &str, is_uid: bool) -> Result<(), BusError> {
     });
     if !ANY_MEMBERSHIP.with(|a| a.replace(true)) {
         // From now on a closing connection leaves its uids and groups.
-        crate::server::on_connection_closed(forget);
+        crate::runtime::server::on_connection_closed(forget);
     }
     if need_sub {
         let sub = bus()?.subscribe(&subject, None, on_member_op(name.to_string(), is_uid))?;

@@ -139,24 +139,24 @@ pub(crate) enum KvResult {
 
 /// One task pool's figures.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PoolStats {
+pub(crate) struct PoolStats {
     /// The pool (worker group) name.
-    pub name: String,
+    pub(crate) name: String,
     /// Processes taking tasks.
-    pub consumers: u64,
+    pub(crate) consumers: u64,
     /// Waiting for a process.
-    pub queued: u64,
+    pub(crate) queued: u64,
     /// Being handled now.
-    pub running: u64,
+    pub(crate) running: u64,
     /// Completed successfully.
-    pub done: u64,
+    pub(crate) done: u64,
     /// Completed with an error, refused as full, or out of retries.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Given to another process after theirs died.
-    pub retried: u64,
+    pub(crate) retried: u64,
     /// Out of retries and kept for an operator (NATS: in the `OX_DEAD` stream).
     #[serde(default)]
-    pub dead: u64,
+    pub(crate) dead: u64,
 }
 
 /// What a transport can do beyond the contract's common part.

@@ -3,8 +3,8 @@
 use std::rc::Rc;
 
 use super::Http;
+use crate::runtime::worker::{Worker, WorkerShared};
 use crate::websocket::WebSocket;
-use crate::worker::{Worker, WorkerShared};
 
 impl Worker<Http> {
     /// Accepts WebSocket upgrades on `path` and serves them with `route`'s callbacks (made
@@ -34,7 +34,7 @@ impl crate::protocol::HandOver for RouteUpgrade {
         &self,
         stream: Box<dyn crate::protocol::Stream>,
         unread: bytes::BytesMut,
-        peer: crate::connection::PeerAddr,
+        peer: crate::runtime::connection::PeerAddr,
         local: Option<std::net::SocketAddr>,
     ) {
         self.route.adopt(stream, unread, peer, local);

@@ -14,7 +14,7 @@ use super::tree::{program_name, PathChoices, Paths, TreeOptions};
 use super::{env, master, status, sys};
 use crate::bus::config::BusChoice;
 use crate::error::{Error, ErrorKind, Result};
-use crate::registry;
+use crate::runtime::registry;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -4,8 +4,8 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::stats::ConnectionRow;
-use crate::stats::Snapshot;
+use crate::runtime::stats::ConnectionRow;
+use crate::runtime::stats::Snapshot;
 
 /// The longest control line accepted (a `connections` listing of a busy process is large).
 pub(crate) const MAX_LINE: usize = 64 * 1024 * 1024;

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::ConnectionRow;
-use crate::stats::Snapshot;
+use crate::runtime::stats::ConnectionRow;
+use crate::runtime::stats::Snapshot;
 
 /// One worker process in `status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::sys;
 use crate::bus::config::BusChoice;
 use crate::error::{Error, Result};
-use crate::worker::WorkerConfig;
+use crate::runtime::worker::WorkerConfig;
 
 /// Where a running master keeps its files.
 #[derive(Debug, Clone)]

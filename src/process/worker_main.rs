@@ -8,9 +8,9 @@ use tokio::io::BufReader;
 use super::control::{read_msg, write_msg, FromWorker, ToWorker};
 use super::{env, sys};
 use crate::error::{Error, ErrorKind, Result};
-use crate::listener::Listener;
-use crate::worker::AnyWorker;
-use crate::{registry, stats};
+use crate::runtime::listener::Listener;
+use crate::runtime::worker::AnyWorker;
+use crate::runtime::{registry, stats};
 
 /// How long a non-graceful retirement keeps serving, so that what clients already sent (or
 /// are sending right now) is answered before the connections close.
@@ -88,7 +88,7 @@ fn run_inner(role: &Role) -> Result<()> {
             (Some(fd), Some(url)) => Some(Listener::from_owned_fd(url.transport, fd)),
             _ => None,
         };
-        crate::registry::set_running(worker.clone(), role.id);
+        crate::runtime::registry::set_running(worker.clone(), role.id);
         worker.clone().start(role.id, listener)?;
 
         let control = super::control_stream(control)?;
@@ -110,7 +110,7 @@ async fn serve_master(
     worker: Rc<dyn AnyWorker>,
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: tokio::sync::mpsc::Sender<FromWorker>,
-    config: &crate::worker::WorkerConfig,
+    config: &crate::runtime::worker::WorkerConfig,
 ) {
     let mut line = Vec::new();
     let mut recycle_check = tokio::time::interval(Duration::from_secs(1));
@@ -214,7 +214,7 @@ fn init_bus(role: &Role, group: &str, to_master: tokio::sync::mpsc::Sender<FromW
     crate::bus::local::init(identity, choice, hub.into(), Rc::new(need_hub));
 }
 
-fn recycle_reason(config: &crate::worker::WorkerConfig) -> Option<String> {
+fn recycle_reason(config: &crate::runtime::worker::WorkerConfig) -> Option<String> {
     if let Some(max) = config.max_requests {
         let done = stats::with(|c| c.messages.get());
         if done >= max {

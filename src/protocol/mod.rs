@@ -93,7 +93,7 @@ pub(crate) trait HandOver {
         &self,
         stream: Box<dyn Stream>,
         unread: BytesMut,
-        peer: crate::connection::PeerAddr,
+        peer: crate::runtime::connection::PeerAddr,
         local: Option<std::net::SocketAddr>,
     );
 }

@@ -344,7 +344,7 @@ impl WebSocket {
             {
                 request.method = m;
             }
-            let response = crate::guard::guarded("on_http_request", || plain(&request))
+            let response = crate::runtime::guard::guarded("on_http_request", || plain(&request))
                 .unwrap_or_else(|| Response::new(500).body("Internal Server Error\n"));
             crate::http::encode_standalone(response, wire.buf());
             self.phase = Phase::Closing;
@@ -389,7 +389,7 @@ impl WebSocket {
         if let Some(hook) = hook {
             let request = crate::http::request_from_handshake(&info);
             if let Some(Err(refusal)) =
-                crate::guard::guarded("on_websocket_connect", || hook(&request))
+                crate::runtime::guard::guarded("on_websocket_connect", || hook(&request))
             {
                 let mut out = BytesMut::new();
                 crate::http::encode_standalone(refusal, &mut out);

@@ -6,11 +6,11 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::{HandshakeInfo, WebSocket, WsOutput};
-use crate::connection::Connection;
 use crate::http::{Request, Response};
 use crate::protocol::Protocol as _;
-use crate::timer::IntoInterval;
-use crate::worker::Worker;
+use crate::runtime::connection::Connection;
+use crate::runtime::timer::IntoInterval;
+use crate::runtime::worker::Worker;
 
 impl Worker<WebSocket> {
     /// Runs on each opening handshake with the upgrade request (path, query, headers,
@@ -43,7 +43,7 @@ impl Worker<WebSocket> {
         let every = every.into_interval();
         self.on_start_internal(move |w| {
             let w = w.clone();
-            crate::timer::Timer::add(every, true, move || {
+            crate::runtime::timer::Timer::add(every, true, move || {
                 for c in w.connections() {
                     if c.with_protocol(|ws| ws.handshake_done()) {
                         c.send(WsOutput::Ping(Bytes::new()));

@@ -22,7 +22,7 @@ use crate::bus::transport::{
     TaskHandler, TaskOutcome, Transport, MAX_OUTBOUND, MAX_PAYLOAD,
 };
 use crate::bus::{BusError, BusMessage, Headers};
-use crate::guard::guarded;
+use crate::runtime::guard::guarded;
 
 /// Bytes handed to the socket per write call.
 const MAX_WRITE: usize = 256 * 1024;

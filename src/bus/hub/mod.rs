@@ -18,4 +18,4 @@ pub(crate) mod wire;
 
 pub(crate) use link::HubLink;
 pub(crate) use server::start;
-pub use server::HubStats;
+pub(crate) use server::HubStats;

@@ -29,23 +29,23 @@ use crate::bus::{Headers, STATUS_HEADER};
 
 /// Figures for `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HubStats {
+pub(crate) struct HubStats {
     /// Connected processes (the field keeps its name in `status --json`).
-    pub clients: u64,
+    pub(crate) clients: u64,
     /// Active subscriptions.
-    pub subscriptions: u64,
+    pub(crate) subscriptions: u64,
     /// Messages published.
-    pub published: u64,
+    pub(crate) published: u64,
     /// Messages delivered to subscribers.
-    pub delivered: u64,
+    pub(crate) delivered: u64,
     /// Messages dropped because a subscriber's backlog was full.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
     /// Requests answered with "no responders".
-    pub no_responders: u64,
+    pub(crate) no_responders: u64,
     /// Keys in shared state.
-    pub keys: u64,
+    pub(crate) keys: u64,
     /// Task pools.
-    pub pools: Vec<PoolStats>,
+    pub(crate) pools: Vec<PoolStats>,
 }
 
 #[derive(Default)]

@@ -28,7 +28,7 @@ use crate::bus::transport::{
     TaskOutcome, Transport, MAX_OUTBOUND, MAX_PAYLOAD,
 };
 use crate::bus::{BusError, BusMessage, Headers, STATUS_HEADER};
-use crate::guard::guarded;
+use crate::runtime::guard::guarded;
 
 /// Messages a subscription holds before NATS counts this process as a slow consumer.
 const SUBSCRIPTION_CAPACITY: usize = 16 * 1024;

@@ -26,14 +26,14 @@ use tokio::task::spawn_local;
 
 use crate::bus::config::BusChoice;
 use crate::error::{Error, ErrorKind, Result};
-use crate::listener::{self, Listener};
 use crate::process::cluster::{BusStatus, GroupInfo, NodeInfo, NodeRecord};
 use crate::process::control::{read_msg, write_msg, FromWorker, Request, Response, ToWorker};
 use crate::process::env;
 use crate::process::status::{self, ConnectionListing, ExitRow, ProcessRow, StatusReport};
 use crate::process::sys::{self, SpawnSpec};
 use crate::process::tree::{Paths, TreeOptions};
-use crate::worker::WorkerConfig;
+use crate::runtime::listener::{self, Listener};
+use crate::runtime::worker::WorkerConfig;
 
 /// How long a new process may take to start accepting before a reload gives up on it.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -14,13 +14,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::task::spawn_local;
 
-use crate::connection::{ConnSettings, Connection, Handlers, PeerAddr, Sink};
-use crate::driver::{drive, DriveOptions};
 use crate::error::{Error, Result};
-use crate::listener::Listener;
 use crate::protocol::{next_message, Protocol, Wire};
-use crate::url::Transport;
-use crate::worker::WorkerConfig;
+use crate::runtime::connection::{ConnSettings, Connection, Handlers, PeerAddr, Sink};
+use crate::runtime::driver::{drive, DriveOptions};
+use crate::runtime::listener::Listener;
+use crate::runtime::url::Transport;
+use crate::runtime::worker::WorkerConfig;
 
 /// Stops a running accept loop.
 #[derive(Debug)]
@@ -305,7 +305,7 @@ pub(crate) fn adopt<P: Protocol + Clone>(
         idle_timeout: config.idle_timeout,
     };
     spawn_local(async move {
-        crate::driver::drive_from(conn, stream, unread, opts).await;
+        crate::runtime::driver::drive_from(conn, stream, unread, opts).await;
         connection_ended(&connections, id);
     });
 }

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::guard::guarded;
 use crate::protocol::{BodySource, Dynamic, HandOver, Protocol, Rejection, Wire};
-use crate::stats;
+use crate::runtime::guard::guarded;
+use crate::runtime::stats;
 
 /// Why a connection reported an error to `on_error`.
 #[derive(Debug, Clone, PartialEq, Eq)]

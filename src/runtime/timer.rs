@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::task::AbortHandle;
 
-use crate::guard::guarded;
-use crate::stats;
+use crate::runtime::guard::guarded;
+use crate::runtime::stats;
 
 /// Identifies a timer for [`Timer::del`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

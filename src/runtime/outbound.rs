@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use tokio::task::{spawn_local, AbortHandle};
 
-use crate::connection::{ConnSettings, Connection, ConnectionError, Handlers, PeerAddr, Sink};
-use crate::driver::{drive, DriveOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{Dynamic, Protocol};
-use crate::timer::IntoInterval;
-use crate::url::{Endpoint, SocketUrl, Transport};
-use crate::worker::defaults;
+use crate::runtime::connection::{
+    ConnSettings, Connection, ConnectionError, Handlers, PeerAddr, Sink,
+};
+use crate::runtime::driver::{drive, DriveOptions};
+use crate::runtime::timer::IntoInterval;
+use crate::runtime::url::{Endpoint, SocketUrl, Transport};
+use crate::runtime::worker::defaults;
 
 /// Messages `send` may queue while the connection is still being established.
 const MAX_QUEUED_BEFORE_CONNECT: usize = 1024;
@@ -346,7 +348,7 @@ impl<P: Protocol> AsyncConnection<P> {
                 return true;
             }
         }
-        crate::stats::with(|c| crate::stats::bump(&c.failed_sends));
+        crate::runtime::stats::with(|c| crate::runtime::stats::bump(&c.failed_sends));
         false
     }
 

@@ -37,7 +37,7 @@ pub(crate) fn drop_one(cell: &Cell<u64>) {
 
 /// A copy of the counters, as sent to the master for `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Connections open now.
     pub connections: u64,
     /// Connections accepted or opened since the process started.

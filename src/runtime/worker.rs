@@ -14,14 +14,14 @@ use bytes::Bytes;
 
 use crate::bus::pool_member::{TaskFn, TaskFuture};
 use crate::bus::{self, Task, WorkerMessage};
-use crate::connection::{Connection, ConnectionError, Handlers};
 use crate::error::Result;
-use crate::guard::guarded;
-use crate::listener::Listener;
 use crate::protocol::{Dynamic, Protocol};
-use crate::server::{self, AcceptControl};
-use crate::timer::IntoInterval;
-use crate::url::SocketUrl;
+use crate::runtime::connection::{Connection, ConnectionError, Handlers};
+use crate::runtime::guard::guarded;
+use crate::runtime::listener::Listener;
+use crate::runtime::server::{self, AcceptControl};
+use crate::runtime::timer::IntoInterval;
+use crate::runtime::url::SocketUrl;
 
 /// Defaults, in one place.
 pub(crate) mod defaults {
@@ -62,7 +62,7 @@ pub(crate) struct WorkerConfig {
     /// Has a task handler: the group is a task pool.
     pub(crate) is_pool: bool,
     /// TLS on this worker's listener.
-    pub(crate) tls: Option<crate::tls::TlsFiles>,
+    pub(crate) tls: Option<crate::runtime::tls::TlsFiles>,
 }
 
 impl WorkerConfig {
@@ -207,14 +207,14 @@ impl<P: Protocol + Clone> Worker<P> {
 
     fn declare(url: Option<SocketUrl>, proto: P) -> Worker<P> {
         let w = Worker::unregistered(url, proto);
-        crate::registry::register(w.shared.clone());
+        crate::runtime::registry::register(w.shared.clone());
         w
     }
 
     /// A worker that runs inside others' processes (a WebSocket route of an HTTP worker),
     /// so the master starts no processes for it.
     fn unregistered(url: Option<SocketUrl>, proto: P) -> Worker<P> {
-        let n = crate::registry::len();
+        let n = crate::runtime::registry::len();
         let config = WorkerConfig {
             name: format!("worker{n}"),
             count: 1,
@@ -316,7 +316,7 @@ impl<P: Protocol> Worker<P> {
             Some("http" | "https" | "websocket" | "ws" | "wss") => vec!["http/1.1".to_string()],
             _ => Vec::new(),
         };
-        self.shared.config.borrow_mut().tls = Some(crate::tls::TlsFiles {
+        self.shared.config.borrow_mut().tls = Some(crate::runtime::tls::TlsFiles {
             cert: cert_pem.into(),
             key: key_pem.into(),
             alpn,
@@ -471,7 +471,7 @@ impl<P: Protocol> Worker<P> {
     where
         P: Clone,
     {
-        let Some(id) = crate::registry::process_id() else {
+        let Some(id) = crate::runtime::registry::process_id() else {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::Config,
                 "Worker::listen works inside a running worker process (call it from on_worker_start); \
@@ -484,9 +484,9 @@ impl<P: Protocol> Worker<P> {
                 "this worker has no address",
             )
         })?;
-        let listener = crate::listener::bind(&url, true)?;
+        let listener = crate::runtime::listener::bind(&url, true)?;
         self.shared.clone().start(id, Some(listener))?;
-        crate::registry::add_running(self.shared.clone());
+        crate::runtime::registry::add_running(self.shared.clone());
         Ok(())
     }
 
@@ -606,7 +606,7 @@ pub(crate) trait AnyWorker {
     /// Closes every connection after what it has queued is written.
     fn close_connections(&self);
     fn connection_count(&self) -> usize;
-    fn connection_rows(&self) -> Vec<crate::stats::ConnectionRow>;
+    fn connection_rows(&self) -> Vec<crate::runtime::stats::ConnectionRow>;
     fn worker_stop(self: Rc<Self>);
     fn worker_reload(self: Rc<Self>);
     fn connection_ids(&self) -> Vec<u64>;
@@ -626,7 +626,7 @@ impl<P: Protocol + Clone> WorkerShared<P> {
         if let Err(e) = self.clone().start(id, None) {
             tracing::error!("cannot start the route: {e}");
         }
-        crate::registry::add_running(self.clone());
+        crate::runtime::registry::add_running(self.clone());
     }
 
     /// Serves a connection another worker accepted (an HTTP upgrade to this route).
@@ -634,7 +634,7 @@ impl<P: Protocol + Clone> WorkerShared<P> {
         &self,
         stream: Box<dyn crate::protocol::Stream>,
         unread: bytes::BytesMut,
-        peer: crate::connection::PeerAddr,
+        peer: crate::runtime::connection::PeerAddr,
         local: Option<std::net::SocketAddr>,
     ) {
         let running = self.running.borrow();
@@ -759,7 +759,7 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
             .unwrap_or(0)
     }
 
-    fn connection_rows(&self) -> Vec<crate::stats::ConnectionRow> {
+    fn connection_rows(&self) -> Vec<crate::runtime::stats::ConnectionRow> {
         let running = self.running.borrow();
         let Some(r) = running.as_ref() else {
             return Vec::new();
@@ -768,7 +768,7 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
             .connections
             .borrow()
             .values()
-            .map(|c| crate::stats::ConnectionRow {
+            .map(|c| crate::runtime::stats::ConnectionRow {
                 id: c.id(),
                 peer: c.remote_addr().to_string(),
                 bytes_in: c.bytes_read(),

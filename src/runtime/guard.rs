@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::stats;
+use crate::runtime::stats;
 
 /// Runs `f`; a panic is caught, logged with its message and counted. `None` means it panicked.
 ///

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::worker::AnyWorker;
+use crate::runtime::worker::AnyWorker;
 
 thread_local! {
     static WORKERS: RefCell<Vec<Rc<dyn AnyWorker>>> = const { RefCell::new(Vec::new()) };

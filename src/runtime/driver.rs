@@ -12,9 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
-use crate::connection::{Connection, State};
 use crate::protocol::{next_message, Protocol};
-use crate::stats;
+use crate::runtime::connection::{Connection, State};
+use crate::runtime::stats;
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -282,8 +282,8 @@ const REFILL_BELOW: usize = 64 * 1024;
 
 /// Moves pending output (bytes, and chunks of streamed bodies) into the send buffer, in order,
 /// while the buffer is short.
-fn refill<P: Protocol>(inner: &crate::connection::ConnInner<P>) -> io::Result<()> {
-    use crate::connection::Pending;
+fn refill<P: Protocol>(inner: &crate::runtime::connection::ConnInner<P>) -> io::Result<()> {
+    use crate::runtime::connection::Pending;
     let mut pending = inner.pending.borrow_mut();
     let mut out = inner.out.borrow_mut();
     while out.len() < REFILL_BELOW {

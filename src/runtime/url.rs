@@ -8,7 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// How bytes travel: the socket type under the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// A TCP stream.
     Tcp,
     /// UDP datagrams: one datagram is one message.
@@ -19,7 +19,7 @@ pub enum Transport {
 
 /// Where a socket lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// An IP address and port (TCP or UDP).
     Inet(SocketAddr),
     /// A filesystem path (Unix-domain socket).
@@ -40,7 +40,7 @@ impl fmt::Display for Endpoint {
 /// The scheme names the protocol (`tcp`, `text`, `frame`, `udp`, `unix`), optionally followed by
 /// `+unix` or `+udp` to choose another transport: `text+unix:///run/app.sock`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketUrl {
+pub(crate) struct SocketUrl {
     /// The protocol part of the scheme (`text` in `text+unix://`).
     pub protocol: String,
     /// The transport chosen by the scheme.
@@ -58,7 +58,7 @@ impl fmt::Display for SocketUrl {
 
 impl SocketUrl {
     /// Parses and resolves a URL. Host names are resolved once, here.
-    pub fn parse(url: &str) -> Result<SocketUrl> {
+    pub(crate) fn parse(url: &str) -> Result<SocketUrl> {
         let bad =
             |why: &str| Error::new(ErrorKind::InvalidUrl, format!("invalid URL {url:?}: {why}"));
         let (scheme, rest) = url

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixListener as StdUnixListener;
 use socket2::{Domain, Protocol as SockProtocol, SockAddr, Socket, Type};
 
 use crate::error::{Error, Result};
-use crate::url::{Endpoint, SocketUrl, Transport};
+use crate::runtime::url::{Endpoint, SocketUrl, Transport};
 
 /// The kernel's accept queue length we ask for (capped by `net.core.somaxconn`).
 const BACKLOG: i32 = 1024;
