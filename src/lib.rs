@@ -43,9 +43,10 @@ pub use bus::state;
 pub use bytes;
 pub use error::{Error, ErrorKind, Result};
 pub use protocol::{
-    BodySource, Dynamic, Frame, Input, Message, Payload, Protocol, Raw, Rejection, Text, Wire,
+    BodySource, Dynamic, Frame, Input, Message, Payload, PeerAddr, Protocol, Raw, Rejection, Text,
+    Wire,
 };
-pub use runtime::connection::{Connection, ConnectionError, PeerAddr};
+pub use runtime::connection::{Connection, ConnectionError};
 pub use runtime::outbound::AsyncConnection;
 pub use runtime::timer::{IntoInterval, Timer, TimerId};
 pub use runtime::worker::Worker;

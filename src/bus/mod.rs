@@ -13,6 +13,7 @@
 
 mod api;
 pub(crate) mod config;
+mod group;
 pub(crate) mod handle;
 pub(crate) mod hub;
 pub(crate) mod local;

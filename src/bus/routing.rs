@@ -443,3 +443,39 @@ async fn list(subject: &str) -> Result<Vec<ClientId>, BusError> {
     ids.sort();
     Ok(ids)
 }
+
+/// What client routing adds to every connection (GatewayWorker's `Gateway::bindUid`,
+/// `joinGroup`, client ids).
+impl<P: crate::protocol::Protocol> crate::runtime::connection::Connection<P> {
+    /// This connection's cluster-wide id, for [`bus::send_to_client`](crate::bus::send_to_client)
+    /// from any process. Asking for it makes this process's connections reachable.
+    pub fn client_id(&self) -> ClientId {
+        if let Err(e) = activate() {
+            tracing::warn!("client ids need the bus: {e}");
+        }
+        client_id(self.id())
+    }
+
+    /// Binds this connection to `uid` (one uid may have many connections), for
+    /// `bus::send_to_uid`. Ends when the connection closes. It takes effect once the hub has
+    /// the subscription, a moment later: a send from another process in that moment misses it.
+    pub fn bind_uid(&self, uid: &str) -> Result<(), BusError> {
+        bind_uid(self.id(), uid)
+    }
+
+    /// Undoes [`bind_uid`](Self::bind_uid).
+    pub fn unbind_uid(&self, uid: &str) {
+        unbind_uid(self.id(), uid)
+    }
+
+    /// Adds this connection to `group`, for `bus::send_to_group`. Ends when it closes. Like
+    /// [`bind_uid`](Self::bind_uid), it takes effect a moment later, once the hub has it.
+    pub fn join_group(&self, group: &str) -> Result<(), BusError> {
+        join_group(self.id(), group)
+    }
+
+    /// Removes this connection from `group`.
+    pub fn leave_group(&self, group: &str) {
+        leave_group(self.id(), group)
+    }
+}

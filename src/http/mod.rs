@@ -27,6 +27,6 @@ mod worker;
 
 pub(crate) use codec::{encode_standalone, error_reply};
 pub use codec::{Http, HttpLimits};
-pub(crate) use request::request_from_handshake;
+pub(crate) use request::get_request;
 pub use request::{Request, UploadedFile};
 pub use response::{chunk, HttpOutput, Response, SseEvent};

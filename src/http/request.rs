@@ -215,10 +215,11 @@ pub(crate) fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     }
 }
 
-/// The upgrade request of a WebSocket handshake, as a [`Request`] for the handshake hook.
-pub(crate) fn request_from_handshake(info: &crate::websocket::HandshakeInfo) -> Request {
+/// A GET request made of a path, query and header pairs (a WebSocket upgrade, for its
+/// handshake hook); headers HTTP cannot carry are left out.
+pub(crate) fn get_request(path: &str, query: &str, pairs: &[(String, String)]) -> Request {
     let mut headers = HeaderMap::new();
-    for (k, v) in &info.headers {
+    for (k, v) in pairs {
         if let (Ok(k), Ok(v)) = (
             http::HeaderName::from_bytes(k.as_bytes()),
             http::HeaderValue::from_str(v),
@@ -228,8 +229,8 @@ pub(crate) fn request_from_handshake(info: &crate::websocket::HandshakeInfo) -> 
     }
     Request {
         method: Method::GET,
-        path: info.path.clone(),
-        query: info.query.clone(),
+        path: path.to_string(),
+        query: query.to_string(),
         version: Version::HTTP_11,
         headers,
         body: Bytes::new(),

@@ -1,42 +1,22 @@
-//! What an HTTP worker adds to [`Worker`]: WebSocket routes on its own port.
-
-use std::rc::Rc;
+//! What HTTP adds to [`Worker`]: its constructor.
 
 use super::Http;
-use crate::runtime::worker::{Worker, WorkerShared};
-use crate::websocket::WebSocket;
+use crate::error::Result;
+use crate::protocol::Dynamic;
+use crate::runtime::worker::Worker;
 
-impl Worker<Http> {
-    /// Accepts WebSocket upgrades on `path` and serves them with `route`'s callbacks (made
-    /// with [`Worker::websocket_route`]), on this worker's own port: HTTP and WebSocket on one
-    /// port. Other requests, and upgrades on other paths, stay HTTP.
-    pub fn websocket_path(&mut self, path: &str, route: &Worker<WebSocket>) -> &mut Self {
-        let upgrader: Rc<dyn crate::protocol::HandOver> = Rc::new(RouteUpgrade {
-            route: route.shared(),
-        });
-        self.protocol()
-            .ws_routes
-            .borrow_mut()
-            .push((path.to_string(), upgrader));
-        let route = route.shared();
-        self.on_start_internal(move |w| route.start_as_route(w.id()));
-        self
-    }
-}
-
-/// Takes an upgraded HTTP connection into a WebSocket route.
-struct RouteUpgrade {
-    route: Rc<WorkerShared<WebSocket>>,
-}
-
-impl crate::protocol::HandOver for RouteUpgrade {
-    fn take_over(
-        &self,
-        stream: Box<dyn crate::protocol::Stream>,
-        unread: bytes::BytesMut,
-        peer: crate::runtime::connection::PeerAddr,
-        local: Option<std::net::SocketAddr>,
-    ) {
-        self.route.adopt(stream, unread, peer, local);
+impl Worker<Dynamic> {
+    /// An HTTP/1.1 worker on `url` (`http://host:port`): `on_message` receives
+    /// [`http::Request`](crate::http::Request)s and `send` takes
+    /// [`http::Response`](crate::http::Response)s.
+    pub fn http(url: &str) -> Result<Worker<Http>> {
+        let parsed = crate::runtime::url::SocketUrl::parse(url)?;
+        if !matches!(parsed.protocol.as_str(), "http" | "https") {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::InvalidUrl,
+                format!("{url}: Worker::http takes an http:// address"),
+            ));
+        }
+        Ok(Worker::declare(Some(parsed), Http::default()))
     }
 }

@@ -93,7 +93,7 @@ pub(crate) trait HandOver {
         &self,
         stream: Box<dyn Stream>,
         unread: BytesMut,
-        peer: crate::runtime::connection::PeerAddr,
+        peer: PeerAddr,
         local: Option<std::net::SocketAddr>,
     );
 }
@@ -162,6 +162,25 @@ impl<'a> Wire<'a> {
 }
 
 impl std::error::Error for Rejection {}
+
+/// The peer of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// An IP peer.
+    Inet(std::net::SocketAddr),
+    /// A Unix-domain peer (usually unnamed).
+    Unix(String),
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Inet(a) => write!(f, "{a}"),
+            PeerAddr::Unix(p) if p.is_empty() => f.write_str("unix:(unnamed)"),
+            PeerAddr::Unix(p) => write!(f, "unix:{p}"),
+        }
+    }
+}
 
 /// A wire protocol, in Workerman's three steps: [`input`](Protocol::input) says how long the
 /// next packet is (or that more bytes are needed, or that the input is unacceptable),

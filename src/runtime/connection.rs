@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+pub(crate) use crate::protocol::PeerAddr;
 use crate::protocol::{BodySource, Dynamic, HandOver, Protocol, Rejection, Wire};
 use crate::runtime::guard::guarded;
 use crate::runtime::stats;
@@ -65,25 +66,6 @@ impl<P: Protocol> Default for Handlers<P> {
             on_error: None,
             on_buffer_full: None,
             on_buffer_drain: None,
-        }
-    }
-}
-
-/// The peer of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerAddr {
-    /// An IP peer.
-    Inet(SocketAddr),
-    /// A Unix-domain peer (usually unnamed).
-    Unix(String),
-}
-
-impl fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PeerAddr::Inet(a) => write!(f, "{a}"),
-            PeerAddr::Unix(p) if p.is_empty() => f.write_str("unix:(unnamed)"),
-            PeerAddr::Unix(p) => write!(f, "unix:{p}"),
         }
     }
 }
@@ -360,38 +342,6 @@ impl<P: Protocol> Connection<P> {
         if self.inner.paused.replace(false) {
             self.wake();
         }
-    }
-
-    /// This connection's cluster-wide id, for [`bus::send_to_client`](crate::bus::send_to_client)
-    /// from any process. Asking for it makes this process's connections reachable.
-    pub fn client_id(&self) -> crate::bus::ClientId {
-        if let Err(e) = crate::bus::routing::activate() {
-            tracing::warn!("client ids need the bus: {e}");
-        }
-        crate::bus::routing::client_id(self.inner.id)
-    }
-
-    /// Binds this connection to `uid` (one uid may have many connections), for
-    /// `bus::send_to_uid`. Ends when the connection closes. It takes effect once the hub has
-    /// the subscription, a moment later: a send from another process in that moment misses it.
-    pub fn bind_uid(&self, uid: &str) -> Result<(), crate::bus::BusError> {
-        crate::bus::routing::bind_uid(self.inner.id, uid)
-    }
-
-    /// Undoes [`bind_uid`](Self::bind_uid).
-    pub fn unbind_uid(&self, uid: &str) {
-        crate::bus::routing::unbind_uid(self.inner.id, uid)
-    }
-
-    /// Adds this connection to `group`, for `bus::send_to_group`. Ends when it closes. Like
-    /// [`bind_uid`](Self::bind_uid), it takes effect a moment later, once the hub has it.
-    pub fn join_group(&self, group: &str) -> Result<(), crate::bus::BusError> {
-        crate::bus::routing::join_group(self.inner.id, group)
-    }
-
-    /// Removes this connection from `group`.
-    pub fn leave_group(&self, group: &str) {
-        crate::bus::routing::leave_group(self.inner.id, group)
     }
 
     /// How long ago the connection was established.

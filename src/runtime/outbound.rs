@@ -88,54 +88,21 @@ impl AsyncConnection<Dynamic> {
     }
 }
 
-impl AsyncConnection<crate::websocket::WebSocket> {
-    /// A WebSocket connection to `url` (`ws://host:port/path` or `wss://...`), with the same
-    /// callbacks as any connection; `send` takes text, bytes or `WsOutput`. Server certificates
-    /// are checked against the usual public roots (`tls_root_pem` replaces them).
-    pub fn websocket(url: &str) -> Result<AsyncConnection<crate::websocket::WebSocket>> {
-        let bad =
-            |why: &str| Error::new(ErrorKind::InvalidUrl, format!("invalid URL {url:?}: {why}"));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected ws:// or wss://"))?;
-        let secure = match scheme.to_ascii_lowercase().as_str() {
-            "ws" => false,
-            "wss" => true,
-            _ => return Err(bad("expected ws:// or wss://")),
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let default_port = if secure { 443 } else { 80 };
-        let with_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_string()
-        } else {
-            format!("{authority}:{default_port}")
-        };
-        let target = SocketUrl::parse(&format!("tcp://{with_port}"))?;
-        let host = authority
-            .rsplit_once(':')
-            .map_or(authority, |(h, _)| h)
-            .trim_matches(['[', ']']);
-        let conn = AsyncConnection::with_protocol_url(
-            target,
-            crate::websocket::WebSocket::client(authority, path),
-        )?;
-        if secure {
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .map_err(|_| bad("bad host name"))?;
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            *conn.shared.tls.borrow_mut() = Some(ClientTls {
-                name,
-                config: client_config(roots)?,
-            });
-        }
-        Ok(conn)
+fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::new(ErrorKind::Config, format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+impl<P: Protocol + Clone> AsyncConnection<P> {
+    /// A connection speaking a protocol of your own over `url`'s transport.
+    pub fn with_protocol(url: &str, proto: P) -> Result<AsyncConnection<P>> {
+        AsyncConnection::with_protocol_url(SocketUrl::parse(url)?, proto)
     }
 
     /// Trusts only the certificates in this PEM file for `wss://` (a private CA, a test
@@ -159,32 +126,28 @@ impl AsyncConnection<crate::websocket::WebSocket> {
             None => {
                 return Err(Error::new(
                     ErrorKind::Config,
-                    "tls_root_pem is for wss:// connections",
+                    "tls_root_pem is for TLS connections (wss://)",
                 ))
             }
         }
         Ok(())
     }
-}
 
-fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::new(ErrorKind::Config, format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-impl<P: Protocol + Clone> AsyncConnection<P> {
-    /// A connection speaking a protocol of your own over `url`'s transport.
-    pub fn with_protocol(url: &str, proto: P) -> Result<AsyncConnection<P>> {
-        AsyncConnection::with_protocol_url(SocketUrl::parse(url)?, proto)
+    /// Speaks TLS to the server, checking its certificate for `host` against the usual
+    /// public roots (`tls_root_pem` replaces them).
+    pub(crate) fn tls_with_public_roots(&self, host: &str) -> Result<()> {
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| Error::new(ErrorKind::InvalidUrl, format!("bad host name {host:?}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        *self.shared.tls.borrow_mut() = Some(ClientTls {
+            name,
+            config: client_config(roots)?,
+        });
+        Ok(())
     }
 
-    fn with_protocol_url(url: SocketUrl, proto: P) -> Result<AsyncConnection<P>> {
+    pub(crate) fn with_protocol_url(url: SocketUrl, proto: P) -> Result<AsyncConnection<P>> {
         if url.transport == Transport::Udp {
             return Err(Error::new(
                 ErrorKind::InvalidUrl,

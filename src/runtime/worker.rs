@@ -8,12 +8,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use std::future::Future;
-
-use bytes::Bytes;
-
-use crate::bus::pool_member::{TaskFn, TaskFuture};
-use crate::bus::{self, Task, WorkerMessage};
 use crate::error::Result;
 use crate::protocol::{Dynamic, Protocol};
 use crate::runtime::connection::{Connection, ConnectionError, Handlers};
@@ -74,8 +68,7 @@ impl WorkerConfig {
     }
 }
 
-type WorkerFn<P> = Box<dyn Fn(&Worker<P>)>;
-type WorkerMessageFn<P> = Rc<dyn Fn(&Worker<P>, WorkerMessage)>;
+pub(crate) type WorkerFn<P> = Box<dyn Fn(&Worker<P>)>;
 
 pub(crate) struct WorkerShared<P: Protocol> {
     config: RefCell<WorkerConfig>,
@@ -85,10 +78,11 @@ pub(crate) struct WorkerShared<P: Protocol> {
     on_worker_start: RefCell<Option<WorkerFn<P>>>,
     on_worker_stop: RefCell<Option<WorkerFn<P>>>,
     on_worker_reload: RefCell<Option<WorkerFn<P>>>,
-    on_worker_message: RefCell<Option<WorkerMessageFn<P>>>,
-    on_task: RefCell<Option<TaskFn>>,
     /// Set-up oxwork itself runs in each process at start (a WebSocket ping timer).
-    internal_start: RefCell<Vec<WorkerFn<P>>>,
+    /// What other layers run at the start of each process, before `on_worker_start` (the bus
+    /// subscribes and joins pools; a WebSocket route starts), each under a key that a later
+    /// setting of the same kind replaces (`None`: never replaced).
+    internal_start: RefCell<Vec<(Option<&'static str>, WorkerFn<P>)>>,
     id: Cell<u32>,
     running: RefCell<Option<Running<P>>>,
 }
@@ -148,46 +142,6 @@ impl Worker<Dynamic> {
         Ok(Worker::declare(Some(parsed), proto))
     }
 
-    /// An HTTP/1.1 worker on `url` (`http://host:port`): `on_message` receives
-    /// [`http::Request`](crate::http::Request)s and `send` takes
-    /// [`http::Response`](crate::http::Response)s.
-    pub fn http(url: &str) -> Result<Worker<crate::http::Http>> {
-        let parsed = SocketUrl::parse(url)?;
-        if !matches!(parsed.protocol.as_str(), "http" | "https") {
-            return Err(crate::error::Error::new(
-                crate::error::ErrorKind::InvalidUrl,
-                format!("{url}: Worker::http takes an http:// address"),
-            ));
-        }
-        Ok(Worker::declare(Some(parsed), crate::http::Http::default()))
-    }
-
-    /// A WebSocket worker on `url` (`websocket://host:port`): `on_message` receives whole
-    /// [`WsMessage`](crate::websocket::WsMessage)s; `send` takes text, bytes or
-    /// [`WsOutput`](crate::websocket::WsOutput).
-    pub fn websocket(url: &str) -> Result<Worker<crate::websocket::WebSocket>> {
-        let parsed = SocketUrl::parse(url)?;
-        if !matches!(parsed.protocol.as_str(), "websocket" | "ws" | "wss") {
-            return Err(crate::error::Error::new(
-                crate::error::ErrorKind::InvalidUrl,
-                format!("{url}: Worker::websocket takes a websocket:// address"),
-            ));
-        }
-        Ok(Worker::declare(
-            Some(parsed),
-            crate::websocket::WebSocket::default(),
-        ))
-    }
-
-    /// WebSocket callbacks for paths of an HTTP worker: declare the callbacks on it, then
-    /// attach it with [`Worker::websocket_path`]. It has no port and no processes of its own;
-    /// its connections live in the HTTP worker's processes.
-    pub fn websocket_route() -> Worker<crate::websocket::WebSocket> {
-        let w = Worker::unregistered(None, crate::websocket::WebSocket::default());
-        w.shared.config.borrow_mut().name = "websocket-route".into();
-        w
-    }
-
     /// A worker with no listening address: its processes run code only (timers, outbound
     /// connections, bus messages), like Workerman's `new Worker()`.
     pub fn without_address() -> Worker<Dynamic> {
@@ -205,7 +159,7 @@ impl<P: Protocol + Clone> Worker<P> {
         Ok(Worker::declare(Some(SocketUrl::parse(url)?), proto))
     }
 
-    fn declare(url: Option<SocketUrl>, proto: P) -> Worker<P> {
+    pub(crate) fn declare(url: Option<SocketUrl>, proto: P) -> Worker<P> {
         let w = Worker::unregistered(url, proto);
         crate::runtime::registry::register(w.shared.clone());
         w
@@ -213,7 +167,7 @@ impl<P: Protocol + Clone> Worker<P> {
 
     /// A worker that runs inside others' processes (a WebSocket route of an HTTP worker),
     /// so the master starts no processes for it.
-    fn unregistered(url: Option<SocketUrl>, proto: P) -> Worker<P> {
+    pub(crate) fn unregistered(url: Option<SocketUrl>, proto: P) -> Worker<P> {
         let n = crate::runtime::registry::len();
         let config = WorkerConfig {
             name: format!("worker{n}"),
@@ -243,8 +197,6 @@ impl<P: Protocol + Clone> Worker<P> {
             on_worker_start: RefCell::new(None),
             on_worker_stop: RefCell::new(None),
             on_worker_reload: RefCell::new(None),
-            on_worker_message: RefCell::new(None),
-            on_task: RefCell::new(None),
             internal_start: RefCell::new(Vec::new()),
             id: Cell::new(0),
             running: RefCell::new(None),
@@ -346,68 +298,6 @@ impl<P: Protocol> Worker<P> {
     /// worker that is not reloadable, instead of being replaced).
     pub fn on_worker_reload(&mut self, f: impl Fn(&Worker<P>) + 'static) -> &mut Self {
         *self.shared.on_worker_reload.borrow_mut() = Some(Box::new(f));
-        self
-    }
-
-    /// Runs in a process of this group for every message sent to it with
-    /// [`bus::send_to_worker`](crate::bus::send_to_worker) (or `ask_worker`, or a group
-    /// broadcast). `msg.reply(..)` answers an ask.
-    pub fn on_worker_message(
-        &mut self,
-        f: impl Fn(&Worker<P>, WorkerMessage) + 'static,
-    ) -> &mut Self {
-        *self.shared.on_worker_message.borrow_mut() = Some(Rc::new(f));
-        self.shared.config.borrow_mut().uses_bus = true;
-        self
-    }
-
-    /// Makes this group a task pool named after the group: tasks submitted with
-    /// [`bus::submit`](crate::bus::submit) run `f` in the least busy process; its `Ok` value
-    /// is the result, its `Err` a failure reported to the submitter.
-    pub fn on_task<R, E>(&mut self, f: impl Fn(Task) -> Result<R, E> + 'static) -> &mut Self
-    where
-        R: Into<Bytes>,
-        E: std::fmt::Display,
-    {
-        let f = move |t: Task| f(t).map(Into::into).map_err(|e| e.to_string());
-        *self.shared.on_task.borrow_mut() = Some(TaskFn::Sync(Rc::new(f)));
-        self.mark_pool();
-        self
-    }
-
-    /// A task handler makes this group a pool, and pools live on the bus.
-    fn mark_pool(&mut self) {
-        let mut c = self.shared.config.borrow_mut();
-        (c.uses_bus, c.is_pool) = (true, true);
-    }
-
-    /// [`on_task`](Self::on_task) with an async handler; up to `task_concurrency` tasks run at
-    /// once in each process.
-    pub fn on_task_async<F, Fut, R, E>(&mut self, f: F) -> &mut Self
-    where
-        F: Fn(Task) -> Fut + 'static,
-        Fut: Future<Output = Result<R, E>> + 'static,
-        R: Into<Bytes>,
-        E: std::fmt::Display,
-    {
-        let f = move |t: Task| -> TaskFuture {
-            let fut = f(t);
-            Box::pin(async move { fut.await.map(Into::into).map_err(|e| e.to_string()) })
-        };
-        *self.shared.on_task.borrow_mut() = Some(TaskFn::Async(Rc::new(f)));
-        self.mark_pool();
-        self
-    }
-
-    /// Makes this worker's client connections reachable from every process (GatewayWorker's
-    /// gateway): by id with `bus::send_to_client`, by uid, group, or broadcast. The hub starts
-    /// with the tree. (Connections of other workers become reachable once one of them binds a
-    /// uid or joins a group.)
-    pub fn gateway(&mut self, on: bool) -> &mut Self {
-        let mut c = self.shared.config.borrow_mut();
-        c.gateway = on;
-        c.uses_bus |= on;
-        drop(c);
         self
     }
 
@@ -530,56 +420,31 @@ impl<P: Protocol> Worker<P> {
         self.shared.clone()
     }
 
-    pub(crate) fn on_start_internal(&mut self, f: impl Fn(&Worker<P>) + 'static) {
-        self.shared.internal_start.borrow_mut().push(Box::new(f));
+    /// Settings other layers keep for this group (the bus's flags, pool sizes).
+    pub(crate) fn config_mut(&mut self) -> std::cell::RefMut<'_, WorkerConfig> {
+        self.shared.config.borrow_mut()
     }
 
-    /// Subscribes this process to its worker messages and joins its task pool, if it has
-    /// handlers for them; connects the bus now so that nothing sent to it is missed.
-    fn join_bus(&self) {
-        let Some(me) = bus::local::identity() else {
-            return;
-        };
-        let message_fn = self.shared.on_worker_message.borrow().clone();
-        if let Some(f) = message_fn {
-            let worker = self.clone();
-            let own = bus::worker_subject(&me.node, &me.group, me.id);
-            let group = bus::group_subject(&me.group);
-            bus::local::when_connected(move |b| {
-                for subject in [&own, &group] {
-                    let (worker, f) = (worker.clone(), f.clone());
-                    let subscribed = b.subscribe(subject, None, move |msg| {
-                        f(&worker, WorkerMessage::new(msg))
-                    });
-                    if let Err(e) = subscribed {
-                        tracing::error!("cannot receive worker messages: {e}");
-                    }
-                }
-            });
+    /// This group's settings.
+    pub(crate) fn config(&self) -> WorkerConfig {
+        self.shared.config.borrow().clone()
+    }
+
+    /// Sets what runs at the start of each process under `key`, replacing an earlier one of
+    /// that key (`None` removes it).
+    pub(crate) fn set_start_hook(&mut self, key: &'static str, f: Option<WorkerFn<P>>) {
+        let mut hooks = self.shared.internal_start.borrow_mut();
+        hooks.retain(|(k, _)| *k != Some(key));
+        if let Some(f) = f {
+            hooks.push((Some(key), f));
         }
-        let task_fn = self.shared.on_task.borrow().clone();
-        if let Some(f) = task_fn {
-            let spec = {
-                let c = self.shared.config.borrow();
-                bus::transport::PoolSpec {
-                    pool: me.group.clone(),
-                    concurrency: c.task_concurrency,
-                    max_queue: c.task_queue_limit,
-                    lease: c.task_lease,
-                }
-            };
-            bus::pool_member::serve(spec, f);
-        }
-        if self.shared.config.borrow().gateway {
-            if let Err(e) = bus::routing::activate() {
-                tracing::error!("cannot make connections reachable: {e}");
-            }
-        }
-        if self.shared.config.borrow().uses_bus {
-            if let Err(e) = bus::bus() {
-                tracing::error!("cannot use the bus: {e}");
-            }
-        }
+    }
+
+    pub(crate) fn on_start_internal(&mut self, f: impl Fn(&Worker<P>) + 'static) {
+        self.shared
+            .internal_start
+            .borrow_mut()
+            .push((None, Box::new(f)));
     }
 
     fn call_worker_fn(&self, what: &str, slot: &RefCell<Option<WorkerFn<P>>>) {
@@ -709,8 +574,7 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
         let worker = Worker {
             shared: self.clone(),
         };
-        worker.join_bus();
-        for f in self.internal_start.borrow().iter() {
+        for (_, f) in self.internal_start.borrow().iter() {
             f(&worker);
         }
         worker.call_worker_fn("on_worker_start", &self.on_worker_start);

@@ -337,7 +337,7 @@ impl WebSocket {
         let plain = self.plain_http.borrow().clone();
         if let (false, Some(plain)) = (upgrade_ok, plain) {
             let info = handshake_info(&req);
-            let mut request = crate::http::request_from_handshake(&info);
+            let mut request = crate::http::get_request(&info.path, &info.query, &info.headers);
             if let Some(m) = req
                 .method
                 .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
@@ -387,7 +387,7 @@ impl WebSocket {
         let info = handshake_info(&req);
         let hook = self.hook.borrow().clone();
         if let Some(hook) = hook {
-            let request = crate::http::request_from_handshake(&info);
+            let request = crate::http::get_request(&info.path, &info.query, &info.headers);
             if let Some(Err(refusal)) =
                 crate::runtime::guard::guarded("on_websocket_connect", || hook(&request))
             {

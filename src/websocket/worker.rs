@@ -1,16 +1,80 @@
-//! What a WebSocket worker adds to [`Worker`] and [`Connection`]: the handshake hook, plain
-//! HTTP on the socket's port, handshake deadline, pings, and the handshake's request.
+//! What WebSocket adds to [`Worker`] and [`Connection`]: its constructors, routes on an HTTP
+//! worker's port, the handshake hook, plain HTTP on the socket's port, handshake deadline,
+//! pings, and the handshake's request.
 
 use std::rc::Rc;
 
 use bytes::Bytes;
 
 use super::{HandshakeInfo, WebSocket, WsOutput};
-use crate::http::{Request, Response};
-use crate::protocol::Protocol as _;
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{Http, Request, Response};
+use crate::protocol::{Dynamic, Protocol as _};
 use crate::runtime::connection::Connection;
+use crate::runtime::outbound::AsyncConnection;
 use crate::runtime::timer::IntoInterval;
-use crate::runtime::worker::Worker;
+use crate::runtime::worker::{Worker, WorkerShared};
+
+impl Worker<Dynamic> {
+    /// A WebSocket worker on `url` (`websocket://host:port`): `on_message` receives whole
+    /// [`WsMessage`](crate::websocket::WsMessage)s; `send` takes text, bytes or
+    /// [`WsOutput`](crate::websocket::WsOutput).
+    pub fn websocket(url: &str) -> Result<Worker<WebSocket>> {
+        let parsed = crate::runtime::url::SocketUrl::parse(url)?;
+        if !matches!(parsed.protocol.as_str(), "websocket" | "ws" | "wss") {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::InvalidUrl,
+                format!("{url}: Worker::websocket takes a websocket:// address"),
+            ));
+        }
+        Ok(Worker::declare(Some(parsed), WebSocket::default()))
+    }
+
+    /// WebSocket callbacks for paths of an HTTP worker: declare the callbacks on it, then
+    /// attach it with [`Worker::websocket_path`]. It has no port and no processes of its own;
+    /// its connections live in the HTTP worker's processes.
+    pub fn websocket_route() -> Worker<WebSocket> {
+        let w = Worker::unregistered(None, WebSocket::default());
+        let mut w = w;
+        w.config_mut().name = "websocket-route".into();
+        w
+    }
+}
+
+impl Worker<Http> {
+    /// Accepts WebSocket upgrades on `path` and serves them with `route`'s callbacks (made
+    /// with [`Worker::websocket_route`]), on this worker's own port: HTTP and WebSocket on one
+    /// port. Other requests, and upgrades on other paths, stay HTTP.
+    pub fn websocket_path(&mut self, path: &str, route: &Worker<WebSocket>) -> &mut Self {
+        let upgrader: Rc<dyn crate::protocol::HandOver> = Rc::new(RouteUpgrade {
+            route: route.shared(),
+        });
+        self.protocol()
+            .ws_routes
+            .borrow_mut()
+            .push((path.to_string(), upgrader));
+        let route = route.shared();
+        self.on_start_internal(move |w| route.start_as_route(w.id()));
+        self
+    }
+}
+
+/// Takes an upgraded HTTP connection into a WebSocket route.
+struct RouteUpgrade {
+    route: Rc<WorkerShared<WebSocket>>,
+}
+
+impl crate::protocol::HandOver for RouteUpgrade {
+    fn take_over(
+        &self,
+        stream: Box<dyn crate::protocol::Stream>,
+        unread: bytes::BytesMut,
+        peer: crate::runtime::connection::PeerAddr,
+        local: Option<std::net::SocketAddr>,
+    ) {
+        self.route.adopt(stream, unread, peer, local);
+    }
+}
 
 impl Worker<WebSocket> {
     /// Runs on each opening handshake with the upgrade request (path, query, headers,
@@ -59,5 +123,46 @@ impl Connection<WebSocket> {
     /// The WebSocket handshake's request (path, query, headers), once the connection is open.
     pub fn handshake(&self) -> Option<HandshakeInfo> {
         self.with_protocol(|ws| ws.handshake().cloned())
+    }
+}
+
+impl AsyncConnection<WebSocket> {
+    /// A WebSocket connection to `url` (`ws://host:port/path` or `wss://...`), with the same
+    /// callbacks as any connection; `send` takes text, bytes or `WsOutput`. Server certificates
+    /// are checked against the usual public roots (`tls_root_pem` replaces them).
+    pub fn websocket(url: &str) -> Result<AsyncConnection<WebSocket>> {
+        let bad =
+            |why: &str| Error::new(ErrorKind::InvalidUrl, format!("invalid URL {url:?}: {why}"));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected ws:// or wss://"))?;
+        let secure = match scheme.to_ascii_lowercase().as_str() {
+            "ws" => false,
+            "wss" => true,
+            _ => return Err(bad("expected ws:// or wss://")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let default_port = if secure { 443 } else { 80 };
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:{default_port}")
+        };
+        let target = crate::runtime::url::SocketUrl::parse(&format!("tcp://{with_port}"))?;
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .trim_matches(['[', ']']);
+        let conn = AsyncConnection::with_protocol_url(target, WebSocket::client(authority, path))?;
+        if secure {
+            conn.tls_with_public_roots(host)?;
+        }
+        Ok(conn)
     }
 }
