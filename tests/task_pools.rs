@@ -60,8 +60,18 @@ fn killing_a_pool_process_mid_run_loses_no_task() {
     let s = pool(&[("POOL_TASK_MS", "3".into())], 6);
     let victims = s.group_pids("square");
     let victim = victims[0];
+    let status = s.status_probe();
     let summaries = run_submitters(&s, 5_000, 100, move || {
-        std::thread::sleep(Duration::from_millis(800));
+        // Mid-run: once tasks are being handed out, not after a guessed delay.
+        let running = || {
+            status().is_some_and(|st| {
+                st["hub"]["pools"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|p| p["name"] == "square" && p["running"].as_u64() > Some(0))
+                })
+            })
+        };
+        assert!(eventually(Duration::from_secs(30), running), "no task ran");
         kill9(victim);
     });
     for sum in &summaries {

@@ -138,9 +138,19 @@ impl Server {
         self.master.as_ref().expect("master").id()
     }
 
-    pub fn wait_ready(&self, expected: usize) {
+    pub fn wait_ready(&mut self, expected: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            if let Some(status) = self
+                .master
+                .as_mut()
+                .and_then(|m| m.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the master exited ({status}) before it was ready; stderr:\n{}",
+                    self.stderr()
+                );
+            }
             if let Some(st) = self.try_status() {
                 let procs = st["processes"].as_array().map(|a| a.len()).unwrap_or(0);
                 let idle = st["processes"]
@@ -166,6 +176,26 @@ impl Server {
             return None;
         }
         serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// `status --json` as a function another thread can call while this server runs.
+    pub fn status_probe(&self) -> impl Fn() -> Option<Value> + Send + 'static {
+        let bin = self.bin.clone();
+        let run_dir = self.run_dir.path().to_path_buf();
+        let env = self.env.clone();
+        move || {
+            let out = Command::new(&bin)
+                .args(["status", "--json"])
+                .env("OXWORK_RUN_DIR", &run_dir)
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(Stdio::null())
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            serde_json::from_slice(&out.stdout).ok()
+        }
     }
 
     pub fn status(&self) -> Value {

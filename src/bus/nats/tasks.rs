@@ -426,6 +426,9 @@ impl PoolMember {
     ) {
         let (js, link, pool) = (js.clone(), link.clone(), self.pool.clone());
         spawn_local(async move {
+            // A sign of life first: keeping the task while it is copied to OX_DEAD spares a
+            // redelivery racing this one (which the per-task subject would absorb anyway).
+            let _ = message.ack_with(AckKind::Progress).await;
             let reason = format!("{} deliveries, none finished", delivered - 1);
             tracing::warn!("task pool {pool}: a task is dead after {reason}");
             let mut headers = message.headers.clone().unwrap_or_default();
