@@ -18,7 +18,8 @@ use super::hub::HubLink;
 use super::nats::NatsLink;
 use super::subject;
 use super::transport::{
-    Handler, KvOp, KvResult, PoolSpec, PoolStats, Submission, TaskHandler, TaskOutcome, Transport,
+    Handler, Interest, KvOp, KvResult, Outgoing, PoolSpec, PoolStats, Submission, TaskHandler,
+    TaskOutcome, Transport,
 };
 use super::{
     BusError, BusMessage, Headers, PROBE_ANSWERED, PROBE_HEADER, RECEIPT_HEADER, STATUS_HEADER,
@@ -216,7 +217,12 @@ impl Bus {
         check_headers(&headers)?;
         let payload = payload.into();
         self.check_payload(&payload)?;
-        self.inner.link.publish(subject, headers, payload, reply)
+        self.inner.link.publish(Outgoing {
+            subject: subject.to_string(),
+            reply: reply.map(str::to_string),
+            headers,
+            payload,
+        })
     }
 
     /// Subscribes `handler` to `subject` (wildcards allowed). With a `queue` group, each
@@ -233,7 +239,11 @@ impl Bus {
             check_subject(q)?;
         }
         let handler: Handler = Rc::new(handler);
-        let sid = self.inner.link.subscribe(subject, queue, handler)?;
+        let interest = Interest {
+            subject: subject.to_string(),
+            queue: queue.map(str::to_string),
+        };
+        let sid = self.inner.link.subscribe(interest, handler)?;
         Ok(Subscription(sid))
     }
 

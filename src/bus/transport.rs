@@ -27,6 +27,30 @@ pub(crate) const MAX_OUTBOUND: usize = 16 * 1024 * 1024;
 /// Largest payload (message, shared-state value, task, task result) on either transport.
 pub(crate) const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
 
+/// A message on its way out, as [`Bus`](super::Bus) checked it.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) subject: String,
+    pub(crate) reply: Option<String>,
+    pub(crate) headers: Headers,
+    pub(crate) payload: Bytes,
+}
+
+/// What a subscription asks for: a subject (wildcards allowed) and, optionally, the queue
+/// group that shares its messages.
+#[derive(Debug, Clone)]
+pub(crate) struct Interest {
+    pub(crate) subject: String,
+    pub(crate) queue: Option<String>,
+}
+
+/// The next id from `counter` (subscription ids, request ids): 1, 2, ...
+pub(crate) fn next_id(counter: &std::cell::Cell<u32>) -> u32 {
+    let id = counter.get().wrapping_add(1);
+    counter.set(id);
+    id
+}
+
 /// Runs for each message of a subscription.
 pub(crate) type Handler = Rc<dyn Fn(BusMessage)>;
 /// Runs for each task handed to this process by its pool.
@@ -188,21 +212,11 @@ pub(crate) trait Transport {
     fn max_payload(&self) -> usize;
 
     /// Queues a message. Input was checked by [`Bus`](super::Bus).
-    fn publish(
-        &self,
-        subject: &str,
-        headers: Headers,
-        payload: Bytes,
-        reply: Option<&str>,
-    ) -> Result<(), BusError>;
+    fn publish(&self, message: Outgoing) -> Result<(), BusError>;
 
-    /// Starts delivering `subject`'s messages to `handler`; returns the subscription's id.
-    fn subscribe(
-        &self,
-        subject: &str,
-        queue: Option<&str>,
-        handler: Handler,
-    ) -> Result<u32, BusError>;
+    /// Starts delivering the messages `interest` names to `handler`; returns the
+    /// subscription's id.
+    fn subscribe(&self, interest: Interest, handler: Handler) -> Result<u32, BusError>;
 
     /// Ends a subscription (unknown ids are ignored).
     fn unsubscribe(&self, sid: u32) -> Result<(), BusError>;

@@ -18,10 +18,10 @@ use futures_util::future::LocalBoxFuture;
 
 use super::wire::{self, Frame};
 use crate::bus::transport::{
-    Capabilities, Handler, KvOp, KvResult, PoolSpec, PoolStats, Submission, TaskDelivery,
-    TaskHandler, TaskOutcome, Transport, MAX_OUTBOUND, MAX_PAYLOAD,
+    next_id, Capabilities, Handler, Interest, KvOp, KvResult, Outgoing, PoolSpec, PoolStats,
+    Submission, TaskDelivery, TaskHandler, TaskOutcome, Transport, MAX_OUTBOUND, MAX_PAYLOAD,
 };
-use crate::bus::{BusError, BusMessage, Headers};
+use crate::bus::{BusError, BusMessage};
 use crate::runtime::guard::guarded;
 
 /// Bytes handed to the socket per write call.
@@ -343,42 +343,31 @@ impl Transport for HubLink {
         MAX_PAYLOAD
     }
 
-    fn publish(
-        &self,
-        subject: &str,
-        headers: Headers,
-        payload: Bytes,
-        reply: Option<&str>,
-    ) -> Result<(), BusError> {
+    fn publish(&self, m: Outgoing) -> Result<(), BusError> {
         self.queue(&Frame::Pub {
-            subject: subject.to_string(),
-            reply: reply.map(str::to_string),
-            headers,
-            payload,
+            subject: m.subject,
+            reply: m.reply,
+            headers: m.headers,
+            payload: m.payload,
         })
     }
 
-    fn subscribe(
-        &self,
-        subject: &str,
-        queue: Option<&str>,
-        handler: Handler,
-    ) -> Result<u32, BusError> {
-        let sid = self.inner.next_sid.get() + 1;
-        self.inner.next_sid.set(sid);
+    fn subscribe(&self, interest: Interest, handler: Handler) -> Result<u32, BusError> {
+        let sid = next_id(&self.inner.next_sid);
+        let frame = Frame::Sub {
+            sid,
+            subject: interest.subject.clone(),
+            queue: interest.queue.clone(),
+        };
         self.inner.subs.borrow_mut().insert(
             sid,
             SubState {
-                subject: subject.to_string(),
-                queue: queue.map(str::to_string),
+                subject: interest.subject,
+                queue: interest.queue,
                 handler,
             },
         );
-        self.queue(&Frame::Sub {
-            sid,
-            subject: subject.to_string(),
-            queue: queue.map(str::to_string),
-        })?;
+        self.queue(&frame)?;
         Ok(sid)
     }
 

@@ -32,13 +32,8 @@ impl Store {
         match op {
             KvOp::Get { key } => KvResult::Value(live(map, &key)),
             KvOp::Set { key, value, ttl_ms } => {
-                map.insert(
-                    key,
-                    Entry {
-                        value,
-                        expires: expiry(ttl_ms),
-                    },
-                );
+                let expires = expiry(ttl_ms);
+                map.insert(key, Entry { value, expires });
                 KvResult::Done(true)
             }
             KvOp::Cas {
@@ -47,17 +42,12 @@ impl Store {
                 value,
                 ttl_ms,
             } => {
-                if live(map, &key) != expected {
-                    return KvResult::Done(false);
+                let written = live(map, &key) == expected;
+                if written {
+                    let expires = expiry(ttl_ms);
+                    map.insert(key, Entry { value, expires });
                 }
-                map.insert(
-                    key,
-                    Entry {
-                        value,
-                        expires: expiry(ttl_ms),
-                    },
-                );
-                KvResult::Done(true)
+                KvResult::Done(written)
             }
             KvOp::Incr { key, by, ttl_ms } => {
                 let current = match live(map, &key) {

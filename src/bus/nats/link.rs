@@ -24,8 +24,8 @@ use futures_util::future::LocalBoxFuture;
 use super::tasks::PoolMember;
 use crate::bus::config::NatsSettings;
 use crate::bus::transport::{
-    Capabilities, Handler, KvOp, KvResult, PoolSpec, PoolStats, Submission, TaskHandler,
-    TaskOutcome, Transport, MAX_OUTBOUND, MAX_PAYLOAD,
+    next_id, Capabilities, Handler, Interest, KvOp, KvResult, Outgoing, PoolSpec, PoolStats,
+    Submission, TaskHandler, TaskOutcome, Transport, MAX_OUTBOUND, MAX_PAYLOAD,
 };
 use crate::bus::{BusError, BusMessage, Headers, STATUS_HEADER};
 use crate::runtime::guard::guarded;
@@ -34,26 +34,15 @@ use crate::runtime::guard::guarded;
 const SUBSCRIPTION_CAPACITY: usize = 16 * 1024;
 
 enum Command {
-    Publish {
-        subject: String,
-        reply: Option<String>,
-        headers: Headers,
-        payload: Bytes,
-    },
-    Subscribe {
-        sid: u32,
-        subject: String,
-        queue: Option<String>,
-    },
+    Publish(Outgoing),
+    Subscribe { sid: u32, interest: Interest },
 }
 
 impl Command {
     fn size(&self) -> usize {
         match self {
-            Command::Publish {
-                subject, payload, ..
-            } => subject.len() + payload.len() + 64,
-            Command::Subscribe { subject, .. } => subject.len() + 64,
+            Command::Publish(m) => m.subject.len() + m.payload.len() + 64,
+            Command::Subscribe { interest, .. } => interest.subject.len() + 64,
         }
     }
 }
@@ -193,34 +182,26 @@ impl NatsLink {
                 .out_bytes
                 .set(self.inner.out_bytes.get().saturating_sub(cmd.size()));
             match cmd {
-                Command::Publish {
-                    subject,
-                    reply,
-                    headers,
-                    payload,
-                } => {
-                    let map = to_header_map(&headers);
-                    let sent = match reply {
+                Command::Publish(m) => {
+                    let map = to_header_map(&m.headers);
+                    let sent = match m.reply {
                         Some(r) => {
                             client
-                                .publish_with_reply_and_headers(subject, r, map, payload)
+                                .publish_with_reply_and_headers(m.subject, r, map, m.payload)
                                 .await
                         }
-                        None => client.publish_with_headers(subject, map, payload).await,
+                        None => client.publish_with_headers(m.subject, map, m.payload).await,
                     };
                     if let Err(e) = sent {
                         tracing::warn!("NATS publish failed: {e}");
                     }
                 }
-                Command::Subscribe {
-                    sid,
-                    subject,
-                    queue,
-                } => {
+                Command::Subscribe { sid, interest } => {
                     if !self.inner.subs.borrow().contains_key(&sid) {
                         continue;
                     }
-                    let made = match queue {
+                    let subject = interest.subject;
+                    let made = match interest.queue {
                         Some(q) => client.queue_subscribe(subject.clone(), q).await,
                         None => client.subscribe(subject.clone()).await,
                     };
@@ -289,41 +270,18 @@ impl Transport for NatsLink {
         }
     }
 
-    fn publish(
-        &self,
-        subject: &str,
-        headers: Headers,
-        payload: Bytes,
-        reply: Option<&str>,
-    ) -> Result<(), BusError> {
-        self.queue(Command::Publish {
-            subject: subject.to_string(),
-            reply: reply.map(str::to_string),
-            headers,
-            payload,
-        })
+    fn publish(&self, m: Outgoing) -> Result<(), BusError> {
+        self.queue(Command::Publish(m))
     }
 
-    fn subscribe(
-        &self,
-        subject: &str,
-        queue: Option<&str>,
-        handler: Handler,
-    ) -> Result<u32, BusError> {
-        let sid = self.inner.next_sid.get() + 1;
-        self.inner.next_sid.set(sid);
-        self.queue(Command::Subscribe {
-            sid,
-            subject: subject.to_string(),
-            queue: queue.map(str::to_string),
-        })?;
-        self.inner.subs.borrow_mut().insert(
-            sid,
-            SubEntry {
-                handler,
-                reader: None,
-            },
-        );
+    fn subscribe(&self, interest: Interest, handler: Handler) -> Result<u32, BusError> {
+        let sid = next_id(&self.inner.next_sid);
+        self.queue(Command::Subscribe { sid, interest })?;
+        let entry = SubEntry {
+            handler,
+            reader: None,
+        };
+        self.inner.subs.borrow_mut().insert(sid, entry);
         Ok(sid)
     }
 

@@ -26,7 +26,8 @@ use tokio::task::{spawn_local, AbortHandle};
 
 use super::link::{to_header_map, NatsLink};
 use crate::bus::transport::{
-    KvOp, PoolSpec, PoolStats, Submission, TaskDelivery, TaskHandler, TaskOutcome, Transport,
+    KvOp, Outgoing, PoolSpec, PoolStats, Submission, TaskDelivery, TaskHandler, TaskOutcome,
+    Transport,
 };
 use crate::bus::{
     subject, BusError, Headers, ANSWERS_PROBE_HEADER, PROBE_ANSWERED, PROBE_HEADER, RECEIPT_HEADER,
@@ -450,7 +451,12 @@ impl PoolMember {
             if let Some(r) = reply {
                 let h = Headers::new().with(STATUS_HEADER, "retries-exhausted");
                 if subject::check_publish(&r).is_ok() {
-                    let _ = link.publish(&r, h, Bytes::from(reason), None);
+                    let _ = link.publish(Outgoing {
+                        subject: r,
+                        reply: None,
+                        headers: h,
+                        payload: Bytes::from(reason),
+                    });
                 }
             }
             let _ = message.ack_with(AckKind::Term).await;
