@@ -108,3 +108,38 @@ fn the_hub_socket_is_private_to_its_owner() {
         .mode();
     assert_eq!(mode & 0o077, 0, "hub socket mode {mode:o}");
 }
+
+#[test]
+fn a_hub_that_drops_every_connection_is_retried_with_growing_pauses_not_in_a_loop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hub.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    // A "hub" that takes each connection and drops it at once, as one refusing a frame does.
+    let hub = std::thread::spawn(move || {
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(conn);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    });
+    local_runtime().block_on(async {
+        let bus = oxwork::bus::Bus::connect_hub(&path, "backoff");
+        bus.publish("x", "queued while the hub misbehaves")
+            .expect("queued");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hub.join().expect("hub thread");
+    let n = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    // 20 ms doubling to 500 ms: about 8 attempts in 2 s; a hot loop makes thousands.
+    assert!((2..=20).contains(&n), "{n} connections in 2 s");
+}
