@@ -4,7 +4,8 @@
 //! `square` is a pool (`POOL_PROCS` processes, default 3; `POOL_CONCURRENCY` tasks each,
 //! default 8; `POOL_QUEUE` queued at most, default 100,000; on NATS `POOL_LEASE_MS`, the task
 //! lease, default 30,000): a task `n` answers `n*n` after `POOL_TASK_MS` milliseconds
-//! (default 0); the task `POOL_POISON` (if set) kills the process that takes it. `submitter`
+//! (default 0); the task `POOL_POISON` (if set) kills the process that takes it; a task
+//! `big:N` answers N bytes (a result too large for the bus, for its test). `submitter`
 //! (2 processes) takes a worker message
 //! `{"from": A, "count": N, "in_flight": K, "timeout_ms": T}`, submits tasks A..A+N keeping at
 //! most K in flight, checks every result, and replies with a JSON summary
@@ -63,6 +64,11 @@ fn main() -> oxwork::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok());
     square.on_task_async(move |t: Task| async move {
+        // "big:N": a result of N bytes (to see a result too large for the bus refused).
+        if let Some(size) = t.text().strip_prefix("big:") {
+            let size: usize = size.parse().map_err(|_| "big:<bytes>".to_string())?;
+            return Ok::<_, String>("x".repeat(size));
+        }
         let n: u64 = t
             .text()
             .parse()

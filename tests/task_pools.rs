@@ -133,3 +133,28 @@ fn a_full_queue_refuses_at_once_and_memory_stays_flat() {
         "hub memory grew from {before} to {after}"
     );
 }
+
+#[test]
+fn a_result_too_large_for_the_hub_reaches_its_submitter_as_a_failure_and_the_pool_carries_on() {
+    let s = pool(&[], 6);
+    let path = s.hub_path();
+    let (big, after) = local_runtime().block_on(async move {
+        let bus = Bus::connect_hub(path, "test");
+        let opts = oxwork::bus::SubmitOptions {
+            timeout: Duration::from_secs(20),
+            max_retries: 0,
+        };
+        let big = bus
+            .submit("square", format!("big:{}", 9 * 1024 * 1024), opts)
+            .await;
+        let after = bus.submit("square", "7", opts).await;
+        (big, after)
+    });
+    match big {
+        Err(oxwork::bus::BusError::TaskFailed(why)) => {
+            assert!(why.contains("too large"), "{why}")
+        }
+        other => panic!("a 9 MiB result: {:?}", other.map(|b| b.len())),
+    }
+    assert_eq!(after.as_deref().ok(), Some(&b"49"[..]), "the pool stopped");
+}
