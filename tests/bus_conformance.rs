@@ -454,6 +454,58 @@ mod cases {
             Some(&b"v"[..])
         );
     }
+
+    pub(crate) async fn scatter_gathers_beyond_their_bound_are_refused_at_once(
+        connect: &dyn Fn() -> Bus,
+    ) {
+        let (silent, asker) = (connect(), connect());
+        silent
+            .subscribe("conformance.silent", None, |_| {})
+            .expect("sub");
+        settle(&[&silent, &asker]).await;
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut waiting = Vec::new();
+                for _ in 0..1024 {
+                    let a = asker.clone();
+                    waiting.push(tokio::task::spawn_local(async move {
+                        a.gather(
+                            "conformance.silent",
+                            Headers::new(),
+                            "",
+                            Duration::from_secs(3),
+                        )
+                        .await
+                    }));
+                }
+                // Every spawned gather is under way once each has run up to its first wait.
+                for _ in 0..200 {
+                    tokio::task::yield_now().await;
+                }
+                let started = Instant::now();
+                let refused = asker
+                    .gather(
+                        "conformance.silent",
+                        Headers::new(),
+                        "",
+                        Duration::from_secs(3),
+                    )
+                    .await;
+                assert!(
+                    matches!(refused, Err(BusError::Backpressure)),
+                    "{refused:?}"
+                );
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "refused at once"
+                );
+                for w in waiting {
+                    assert!(w.await.expect("joined").is_ok());
+                }
+            })
+            .await;
+    }
 }
 
 fn with_hub(case: impl for<'a> AsyncCase<'a>) {
@@ -546,6 +598,10 @@ macro_rules! conformance {
             #[test]
             fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender() {
                 $runner(cases::bad_subjects_and_oversized_payloads_are_refused_at_the_sender)
+            }
+            #[test]
+            fn scatter_gathers_beyond_their_bound_are_refused_at_once() {
+                $runner(cases::scatter_gathers_beyond_their_bound_are_refused_at_once)
             }
             #[test]
             fn oversized_keys_values_and_headers_are_refused_alike_and_the_bus_carries_on() {
