@@ -506,6 +506,24 @@ mod cases {
             })
             .await;
     }
+
+    pub(crate) async fn first_use_of_shared_state_from_many_connections_at_once_succeeds(
+        connect: &dyn Fn() -> Bus,
+    ) {
+        // As when a whole tree starts on a fresh server: every process makes the store at once.
+        let buses: Vec<Bus> = (0..16).map(|_| connect()).collect();
+        settle(&buses.iter().collect::<Vec<_>>()).await;
+        let mut all = Vec::new();
+        for (i, b) in buses.iter().enumerate() {
+            let b = b.clone();
+            all.push(tokio::task::spawn_local(async move {
+                b.set(&format!("first.{i}"), "v", None).await
+            }));
+        }
+        for h in all {
+            h.await.expect("join").expect("set on first use");
+        }
+    }
 }
 
 fn with_hub(case: impl for<'a> AsyncCase<'a>) {
@@ -598,6 +616,10 @@ macro_rules! conformance {
             #[test]
             fn bad_subjects_and_oversized_payloads_are_refused_at_the_sender() {
                 $runner(cases::bad_subjects_and_oversized_payloads_are_refused_at_the_sender)
+            }
+            #[test]
+            fn first_use_of_shared_state_from_many_connections_at_once_succeeds() {
+                $runner(cases::first_use_of_shared_state_from_many_connections_at_once_succeeds)
             }
             #[test]
             fn scatter_gathers_beyond_their_bound_are_refused_at_once() {

@@ -70,7 +70,7 @@ async fn bucket(link: &NatsLink) -> Result<jetstream::stream::Stream, BusError> 
         Err(_) => {
             // The stream a KV bucket is made of (as `nats kv add oxwork --history 1` makes it),
             // created directly: the client's bucket call expects a newer server's answer.
-            js.get_or_create_stream(jetstream::stream::Config {
+            let config = jetstream::stream::Config {
                 name: stream_name.clone(),
                 subjects: vec![format!("$KV.{BUCKET}.>")],
                 max_messages_per_subject: 1,
@@ -80,9 +80,10 @@ async fn bucket(link: &NatsLink) -> Result<jetstream::stream::Stream, BusError> 
                 discard: jetstream::stream::DiscardPolicy::New,
                 storage: jetstream::stream::StorageType::File,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| state_error("cannot create the shared-state bucket", e))?
+            };
+            super::stream_made(&js, config)
+                .await
+                .map_err(|e| state_error("cannot create the shared-state bucket", e))?
         }
     };
     *link.inner.kv_stream.borrow_mut() = Some(stream.clone());

@@ -122,11 +122,10 @@ async fn ensure_stream(
                     }
                     Ok(s)
                 }
-                Err(_) => js.get_or_create_stream(config).await.map_err(|e| fail(&e)),
+                Err(_) => super::stream_made(js, config).await.map_err(|e| fail(&e)),
             }
         }
-        None => js
-            .get_or_create_stream(stream_config(pool, 100_000))
+        None => super::stream_made(js, stream_config(pool, 100_000))
             .await
             .map_err(|e| fail(&e)),
     }
@@ -144,8 +143,7 @@ async fn ensure_dead_stream(js: &jetstream::Context) -> Result<(), BusError> {
     };
     let fail =
         |e: &dyn std::fmt::Display| BusError::State(format!("cannot set up {DEAD_STREAM}: {e}"));
-    let mut stream = js
-        .get_or_create_stream(config.clone())
+    let mut stream = super::stream_made(js, config.clone())
         .await
         .map_err(|e| fail(&e))?;
     let existing = stream.info().await.map_err(|e| fail(&e))?;
