@@ -17,9 +17,7 @@ fn a_line_longer_than_max_package_size_disconnects_only_its_client() {
     assert!(bad.is_closed_by_peer(), "oversized line was not refused");
     assert_eq!(good.ask("after").expect("reply"), "after");
     assert!(
-        eventually(Duration::from_secs(2), || s
-            .stderr()
-            .contains("max_package_size")),
+        eventually(SETTLE, || s.stderr().contains("max_package_size")),
         "no logged reason:\n{}",
         s.stderr()
     );
@@ -73,7 +71,7 @@ fn invalid_utf8_on_the_text_protocol_closes_with_a_reason() {
     let mut c = LineClient::connect(s.port).expect("connect");
     c.raw().write_all(b"\xff\xfe\n").expect("write");
     assert!(c.is_closed_by_peer());
-    assert!(eventually(Duration::from_secs(2), || s
+    assert!(eventually(SETTLE, || s
         .stderr()
         .contains("not valid UTF-8")));
 }
@@ -98,7 +96,7 @@ fn on_close_runs_exactly_once_per_connection() {
         }
         ids.push(i);
     }
-    assert!(eventually(Duration::from_secs(3), || {
+    assert!(eventually(SETTLE, || {
         s.status()["processes"][0]["stats"]["connections"] == 0
     }));
     let log = s.stderr();

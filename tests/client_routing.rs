@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::time::Duration;
 
 use support::*;
 
@@ -44,7 +43,7 @@ fn a_client_on_one_process_receives_what_another_process_sends_to_its_id_uid_and
     let id = a.ask("id").expect("id");
     assert_eq!(a.ask("bind:alice").expect("bind"), "ok");
     assert_eq!(a.ask("join:room-1").expect("join"), "ok");
-    assert!(eventually(Duration::from_secs(3), || b
+    assert!(eventually(SETTLE, || b
         .ask("group-count:room-1")
         .expect("count")
         == "1"));
@@ -63,7 +62,9 @@ fn a_client_on_one_process_receives_what_another_process_sends_to_its_id_uid_and
     assert_eq!(b.ask("uid-online:alice").expect("uid"), "true");
     assert_eq!(b.ask("group-count:room-1").expect("count"), "1");
     assert_eq!(b.ask("group-ids:room-1").expect("ids"), id);
-    assert_eq!(b.ask("count").expect("count"), "2");
+    // The probe connections clients_on_two_processes dropped are counted until their
+    // processes have seen them close (a moment, on a loaded machine).
+    assert!(eventually(SETTLE, || b.ask("count").expect("count") == "2"));
 }
 
 #[test]
@@ -72,7 +73,7 @@ fn group_sends_skip_excluded_clients_and_broadcast_reaches_everyone() {
     let (mut a, mut b, _, _) = clients_on_two_processes(&s);
     assert_eq!(a.ask("join:chat").expect("join"), "ok");
     assert_eq!(b.ask("join:chat").expect("join"), "ok");
-    assert!(eventually(Duration::from_secs(3), || b
+    assert!(eventually(SETTLE, || b
         .ask("group-count:chat")
         .expect("count")
         == "2"));
@@ -92,12 +93,12 @@ fn after_a_client_disconnects_it_is_offline_and_group_counts_drop() {
     a.ask("bind:bob").expect("bind");
     a.ask("join:lobby").expect("join");
     // Joining subscribes a's process at the hub; b's count may race ahead of it by a moment.
-    assert!(eventually(Duration::from_secs(3), || b
+    assert!(eventually(SETTLE, || b
         .ask("group-count:lobby")
         .expect("count")
         == "1"));
     drop(a);
-    assert!(eventually(Duration::from_secs(3), || b
+    assert!(eventually(SETTLE, || b
         .ask(&format!("online:{id}"))
         .expect("online")
         == "false"));
@@ -113,12 +114,12 @@ fn after_the_clients_process_is_killed_it_is_offline_and_group_counts_drop() {
     a.ask("bind:carol").expect("bind");
     a.ask("join:lobby").expect("join");
     // Joining subscribes a's process at the hub; b's count may race ahead of it by a moment.
-    assert!(eventually(Duration::from_secs(3), || b
+    assert!(eventually(SETTLE, || b
         .ask("group-count:lobby")
         .expect("count")
         == "1"));
     kill9(pid_a.parse().expect("pid"));
-    assert!(eventually(Duration::from_secs(3), || b
+    assert!(eventually(SETTLE, || b
         .ask(&format!("online:{id}"))
         .expect("online")
         == "false"));

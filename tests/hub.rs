@@ -43,11 +43,11 @@ fn a_killed_hub_is_replaced_and_workers_resubscribe_and_requests_meanwhile_fail_
     );
     assert!(started.elapsed() < Duration::from_secs(4));
     // The hub is back, with a new pid, and a's uid subscription came back with it.
-    assert!(eventually(Duration::from_secs(5), || {
+    assert!(eventually(SETTLE, || {
         let now = s.group_pids("hub");
         now.len() == 1 && now[0] != hub[0]
     }));
-    assert!(eventually(Duration::from_secs(5), || b
+    assert!(eventually(SETTLE, || b
         .ask("uid-online:dave")
         .expect("answer")
         == "true"));
@@ -89,7 +89,7 @@ fn a_hub_client_sending_garbage_is_disconnected_and_others_are_unharmed() {
 
     let mut b = LineClient::connect(s.port).expect("connect");
     // Binding subscribes a's process at the hub; b's send may race ahead of it by a moment.
-    assert!(eventually(Duration::from_secs(3), || b
+    assert!(eventually(SETTLE, || b
         .ask("uid-online:erin")
         .expect("answer")
         == "true"));

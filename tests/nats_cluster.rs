@@ -46,7 +46,7 @@ fn seed_tasks_split_across_two_nodes_asks_and_submits_across_them() {
         2,
     );
     assert!(
-        eventually(Duration::from_secs(15), || {
+        eventually(SETTLE, || {
             let out = uploads.stdout();
             out.contains("got reply: TaskWorker") && out.contains("resized: thumbnail of image-")
         }),
@@ -181,8 +181,7 @@ fn a_node_that_does_not_answer_is_listed_as_unreachable_and_a_stopped_one_is_gon
             && table.contains("2 nodes, 1 worker processes, 1 unreachable"),
         "{table}"
     );
-    assert!(eventually(Duration::from_secs(20), || census_of(&a)
-        == [yes("a"), yes("b")]));
+    assert!(eventually(SETTLE, || census_of(&a) == [yes("a"), yes("b")]));
     assert!(b.run(&["stop"]).status.success());
     assert!(b.wait_exit(Duration::from_secs(20)), "node b did not stop");
     assert_eq!(census_of(&a), [yes("a")], "a stopped node is still listed");
@@ -209,9 +208,7 @@ fn a_client_on_node_a_gets_what_node_b_sends_to_its_uid_group_and_channels() {
     assert_eq!(alice.ask("bind:alice").expect("bind"), "ok");
     assert_eq!(alice.ask("join:room").expect("join"), "ok");
     assert!(
-        eventually(Duration::from_secs(5), || bob
-            .ask("group-count:room")
-            .expect("count")
+        eventually(SETTLE, || bob.ask("group-count:room").expect("count")
             == "1"),
         "node b never saw node a's group member"
     );
@@ -296,7 +293,7 @@ fn right_credentials_from_the_environment_are_used_by_every_process() {
     let s = node("echo", &nats, "tok", &[], &env, 2);
     let mut c = LineClient::connect(port).expect("connect");
     assert_eq!(c.ask("join:g").expect("join"), "ok");
-    assert!(eventually(Duration::from_secs(5), || c
+    assert!(eventually(SETTLE, || c
         .ask("group-count:g")
         .expect("count")
         == "1"));
@@ -321,10 +318,7 @@ fn gateway_works_with(nats: &Nats, env: &[(&str, String)]) {
     let mut c = LineClient::connect(port).expect("connect");
     assert_eq!(c.ask("join:g").expect("join"), "ok");
     assert!(
-        eventually(Duration::from_secs(5), || c
-            .ask("group-count:g")
-            .expect("count")
-            == "1"),
+        eventually(SETTLE, || c.ask("group-count:g").expect("count") == "1"),
         "the bus does not work; stderr:\n{}",
         s.stderr()
     );

@@ -100,20 +100,17 @@ fn a_tree_keeps_serving_its_clients_through_a_nats_outage_and_its_bus_comes_back
     let mut c = LineClient::connect(port).expect("connect");
     assert_eq!(c.ask("bind:u1").expect("bind"), "ok");
     nats.stop();
-    assert!(eventually(Duration::from_secs(5), || s.status()["bus"]
-        ["connected"]
-        == false));
+    assert!(eventually(SETTLE, || s.status()["bus"]["connected"] == false));
     assert_eq!(c.ask("hello").expect("echo during the outage"), "hello");
     let mut other = LineClient::connect(port).expect("a new client during the outage");
     assert_eq!(other.ask("still here").expect("echo"), "still here");
     nats.restart();
     assert!(
-        eventually(Duration::from_secs(10), || s.status()["bus"]["connected"]
-            == true),
+        eventually(SETTLE, || s.status()["bus"]["connected"] == true),
         "the master did not reconnect"
     );
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(SETTLE, || {
             other.ask("to-uid:u1:back").expect("send") == "sent"
                 && c.recv_timeout(Duration::from_millis(500)).as_deref() == Some("back")
         }),
@@ -150,7 +147,7 @@ fn with_two_servers_of_a_nats_cluster_a_tree_fails_over_when_one_dies() {
     assert_eq!(alice.ask("bind:alice").expect("bind"), "ok");
     let mut bob = LineClient::connect(port).expect("connect");
     let works = |bob: &mut LineClient, alice: &mut LineClient, text: &str| {
-        eventually(Duration::from_secs(10), || {
+        eventually(SETTLE, || {
             bob.ask(&format!("to-uid:alice:{text}")).expect("send") == "sent"
                 && alice.recv_timeout(Duration::from_millis(300)).as_deref() == Some(text)
         })
@@ -172,7 +169,5 @@ fn with_two_servers_of_a_nats_cluster_a_tree_fails_over_when_one_dies() {
         works(&mut bob, &mut alice, "again"),
         "routing did not come back through the first server"
     );
-    assert!(eventually(Duration::from_secs(10), || s.status()["bus"]
-        ["connected"]
-        == true));
+    assert!(eventually(SETTLE, || s.status()["bus"]["connected"] == true));
 }

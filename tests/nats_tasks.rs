@@ -137,9 +137,7 @@ fn a_nats_restart_mid_run_is_ridden_out_and_durable_tasks_all_complete() {
         || {},
     );
     assert!(again.iter().all(|s| s["ok"] == 50), "{again:?}");
-    assert!(eventually(Duration::from_secs(5), || workers.status()
-        ["bus"]["connected"]
-        == true));
+    assert!(eventually(SETTLE, || workers.status()["bus"]["connected"] == true));
 }
 
 #[test]
@@ -172,7 +170,7 @@ fn a_task_that_kills_every_process_ends_as_retries_exhausted_and_is_kept_dead() 
         other => panic!("poison task: {other:?}"),
     }
     assert!(
-        eventually(Duration::from_secs(5), || nats_pool(&workers)["dead"] == 1),
+        eventually(SETTLE, || nats_pool(&workers)["dead"] == 1),
         "the dead task is not kept: {}",
         nats_pool(&workers)
     );
@@ -365,9 +363,7 @@ fn hostile_task_messages_from_a_foreign_client_cost_nothing_but_themselves() {
             .as_ref(),
         b"49"
     );
-    assert!(eventually(Duration::from_secs(5), || nats_pool(&pool)
-        ["queued"]
-        == 0));
+    assert!(eventually(SETTLE, || nats_pool(&pool)["queued"] == 0));
     assert_eq!(pool.group_pids("square").len(), 2, "no pool process died");
 }
 
@@ -378,7 +374,7 @@ fn a_redelivered_task_whose_result_already_reached_its_submitter_is_not_run_agai
     // The pool's queue and consumer exist once a node of it has run; then the node stops.
     let mut first = squares(&nats, "b", &[]);
     assert!(
-        eventually(Duration::from_secs(20), || first.status()["bus"]["pools"]
+        eventually(SETTLE, || first.status()["bus"]["pools"]
             .as_array()
             .is_some_and(|p| !p.is_empty())),
         "the pool's queue was not made"

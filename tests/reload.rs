@@ -107,7 +107,7 @@ fn graceful_reload_keeps_long_lived_connections_until_stop_timeout() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // After stop_timeout the old processes close them and exit.
-    assert!(eventually(Duration::from_secs(8), || {
+    assert!(eventually(SETTLE, || {
         s.status()["processes"].as_array().expect("p").len() == 2
     }));
     for c in &mut clients {
@@ -128,9 +128,7 @@ fn a_worker_marked_not_reloadable_keeps_its_processes_and_hears_on_worker_reload
     assert!(String::from_utf8_lossy(&out.stdout).contains("not reloadable"));
     assert_eq!(s.worker_pids(), before);
     assert!(
-        eventually(Duration::from_secs(3), || {
-            s.stderr().matches("reloading").count() >= 2
-        }),
+        eventually(SETTLE, || { s.stderr().matches("reloading").count() >= 2 }),
         "{}",
         s.stderr()
     );
@@ -142,7 +140,7 @@ fn reload_runs_on_worker_reload_and_on_worker_stop_in_the_old_processes() {
     let out = s.run(&["reload"]);
     assert!(out.status.success());
     assert!(
-        eventually(Duration::from_secs(3), || {
+        eventually(SETTLE, || {
             let log = s.stderr();
             log.contains("echo worker 0 reloading") && log.contains("echo worker 0 stopping")
         }),

@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use support::*;
 
@@ -25,7 +24,7 @@ fn uploads_reach_several_task_ids_and_replies_come_back_and_port_answers() {
             .collect()
     };
     assert!(
-        eventually(Duration::from_secs(3), || reached().len() >= 3),
+        eventually(SETTLE, || reached().len() >= 3),
         "task ids reached within 3 s: {:?}\n{}",
         reached(),
         s.stdout()
@@ -39,7 +38,7 @@ fn uploads_reach_several_task_ids_and_replies_come_back_and_port_answers() {
         out.contains("UploadWorker 1 got reply: TaskWorker"),
         "{out}"
     );
-    assert!(eventually(Duration::from_secs(3), || s
+    assert!(eventually(SETTLE, || s
         .stdout()
         .contains("resized: thumbnail of image-")));
 

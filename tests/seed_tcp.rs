@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
 
 use support::*;
 
@@ -30,7 +29,7 @@ fn four_worker_processes_run_under_one_master() {
         );
     }
     assert!(
-        eventually(Duration::from_secs(5), || {
+        eventually(SETTLE, || {
             let out = s.stdout();
             (0..4).all(|i| out.contains(&format!("Worker {i} started")))
         }),

@@ -34,9 +34,7 @@ fn stop_closes_connections_and_the_whole_tree_exits() {
     );
     assert!(c.is_closed_by_peer());
     assert!(s.wait_exit(Duration::from_secs(5)));
-    assert!(eventually(Duration::from_secs(3), || pids
-        .iter()
-        .all(|p| !alive(*p))));
+    assert!(eventually(SETTLE, || pids.iter().all(|p| !alive(*p))));
 }
 
 #[test]
@@ -125,7 +123,7 @@ fn daemon_starts_in_the_background_restarts_and_stops() {
     );
     let pid: u32 = second.trim().parse().expect("pid");
     assert!(
-        eventually(Duration::from_secs(3), || !alive(pid)),
+        eventually(SETTLE, || !alive(pid)),
         "master {pid} still alive"
     );
     assert!(std::fs::read_to_string(dir.path().join("oxwork.log"))

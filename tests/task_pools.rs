@@ -84,10 +84,7 @@ fn killing_a_pool_process_mid_run_loses_no_task() {
         "no task was retried: {st}"
     );
     assert_eq!(st["done"], 10_000, "{st}");
-    assert!(eventually(Duration::from_secs(3), || s
-        .group_pids("square")
-        .len()
-        == 3));
+    assert!(eventually(SETTLE, || s.group_pids("square").len() == 3));
 }
 
 #[test]

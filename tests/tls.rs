@@ -188,7 +188,7 @@ fn an_outbound_wss_connection_checks_the_certificate_and_relays() {
     );
     let mut client = LineClient::connect(port).expect("connect");
     assert!(
-        eventually(Duration::from_secs(5), || client
+        eventually(SETTLE, || client
             .ask("encrypted hello")
             .map(|r| r.ends_with(": encrypted hello"))
             .unwrap_or(false)),

@@ -63,9 +63,7 @@ fn frame_with_an_impossible_length_closes_the_connection() {
     c.write_all(&[0, 0, 0, 3, 1, 2, 3]).expect("write");
     let mut buf = [0u8; 8];
     assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
-    assert!(eventually(Duration::from_secs(2), || s
-        .stderr()
-        .contains("frame length 3")));
+    assert!(eventually(SETTLE, || s.stderr().contains("frame length 3")));
 }
 
 #[test]
@@ -105,7 +103,7 @@ fn timers_run_in_every_worker_process() {
     let port = free_port();
     let s = echo_at(format!("text://127.0.0.1:{port}"), 1, &[]);
     let mut c = LineClient::connect(port).expect("connect");
-    assert!(eventually(Duration::from_secs(3), || {
+    assert!(eventually(SETTLE, || {
         c.ask("ticks").expect("reply").parse::<u64>().expect("n") >= 3
     }));
     assert_eq!(s.status()["processes"][0]["stats"]["timers"], 1);
@@ -145,7 +143,7 @@ fn a_process_is_recycled_after_max_requests() {
         c.ask(&format!("{i}")).expect("reply");
     }
     assert!(
-        eventually(Duration::from_secs(5), || {
+        eventually(SETTLE, || {
             let now = s.worker_pids();
             now.len() == 1 && now != first
         }),
@@ -171,7 +169,7 @@ fn outbound_connections_relay_to_an_upstream_and_reconnect() {
         2,
     );
     let mut c = LineClient::connect(relay_port).expect("connect");
-    assert!(eventually(Duration::from_secs(3), || {
+    assert!(eventually(SETTLE, || {
         c.ask("via relay")
             .map(|r| r == "via relay")
             .unwrap_or(false)
@@ -180,7 +178,7 @@ fn outbound_connections_relay_to_an_upstream_and_reconnect() {
     let victim = upstream.worker_pids()[0];
     kill9(victim);
     assert!(
-        eventually(Duration::from_secs(6), || {
+        eventually(SETTLE, || {
             c.ask("after reconnect")
                 .map(|r| r == "after reconnect")
                 .unwrap_or(false)
@@ -197,9 +195,7 @@ fn a_full_send_buffer_refuses_and_counts_sends_then_drains() {
     let mut c = LineClient::connect(port).expect("connect");
     // 64 x 64 KiB = 4 MiB against a 1 MiB bound, queued while the client reads nothing.
     c.send("flood:64").expect("send");
-    assert!(eventually(Duration::from_secs(3), || s
-        .stderr()
-        .contains("buffer full")));
+    assert!(eventually(SETTLE, || s.stderr().contains("buffer full")));
     let st = s.status();
     let failed = st["processes"][0]["stats"]["failed_sends"]
         .as_u64()
@@ -209,9 +205,7 @@ fn a_full_send_buffer_refuses_and_counts_sends_then_drains() {
     for _ in 0..queued {
         assert_eq!(c.recv().expect("line").len(), 64 * 1024);
     }
-    assert!(eventually(Duration::from_secs(3), || s
-        .stderr()
-        .contains("buffer drained")));
+    assert!(eventually(SETTLE, || s.stderr().contains("buffer drained")));
     assert_eq!(c.ask("after").expect("reply"), "after");
     assert!(s
         .stderr()
@@ -241,7 +235,7 @@ fn a_custom_protocol_and_a_code_only_worker_talk_typed_messages() {
         3,
     );
     assert!(
-        eventually(Duration::from_secs(5), || s
+        eventually(SETTLE, || s
             .stdout()
             .contains(r#"ticker got {"echo":{"tick":2}"#)),
         "stdout:\n{}\nstderr:\n{}",
@@ -252,7 +246,5 @@ fn a_custom_protocol_and_a_code_only_worker_talk_typed_messages() {
     let mut c = LineClient::connect(port).expect("connect");
     c.send("{not json").expect("send");
     assert!(c.is_closed_by_peer());
-    assert!(eventually(Duration::from_secs(2), || s
-        .stderr()
-        .contains("bad JSON")));
+    assert!(eventually(SETTLE, || s.stderr().contains("bad JSON")));
 }

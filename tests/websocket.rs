@@ -227,7 +227,7 @@ fn a_handshake_sent_one_byte_per_100_ms_is_cut_at_the_deadline() {
         "cut late: {:?}",
         started.elapsed()
     );
-    assert!(eventually(Duration::from_secs(2), || s
+    assert!(eventually(SETTLE, || s
         .stderr()
         .contains("handshake not completed in time")));
 }
@@ -248,7 +248,7 @@ fn an_outbound_ws_connection_relays_both_ways_and_reconnects() {
     let (b, port) = bridge(format!("ws://127.0.0.1:{}/ws", chat_server.port), &[]);
     let mut c = LineClient::connect(port).expect("connect");
     assert!(
-        eventually(Duration::from_secs(5), || c
+        eventually(SETTLE, || c
             .ask("over the bridge")
             .map(|r| r.ends_with(": over the bridge"))
             .unwrap_or(false)),
@@ -260,7 +260,7 @@ fn an_outbound_ws_connection_relays_both_ways_and_reconnects() {
     kill9(holder);
     // Each try waits briefly: a line sent into the dead connection is lost, not late.
     assert!(
-        eventually(Duration::from_secs(15), || {
+        eventually(SETTLE, || {
             c.send("after reconnect").is_ok()
                 && c.recv_timeout(Duration::from_millis(500))
                     .is_some_and(|r| r.ends_with(": after reconnect"))

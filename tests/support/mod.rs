@@ -360,6 +360,12 @@ impl LineClient {
     }
 }
 
+/// How long a test waits for something that should happen soon (a subscription to reach the
+/// hub, a process to be replaced, a count to settle): generous for a loaded 2-core machine
+/// (CI under `stress-ng`, two suites at once). A passing test waits only as long as the thing
+/// takes; only a failing one waits this long.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
 /// Polls `f` until it returns true or `limit` passes.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
