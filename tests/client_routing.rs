@@ -3,7 +3,6 @@
 
 mod support;
 
-
 use support::*;
 
 fn gateway(count: usize) -> Server {
