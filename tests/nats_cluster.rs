@@ -85,13 +85,7 @@ fn the_cluster_view_lists_every_node_with_its_groups_from_any_node() {
     let b = node("seed_tasks", &nats, "b", &["task", "resize"], &[listen], 7);
     let a = node("seed_tasks", &nats, "a", &["upload"], &[], 2);
     for s in [&a, &b] {
-        let out = s.run(&["cluster", "--json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let nodes = cluster_json(s);
         let summary: Vec<(String, Vec<(String, u64)>)> = nodes
             .as_array()
             .expect("nodes")
@@ -126,16 +120,20 @@ fn the_cluster_view_lists_every_node_with_its_groups_from_any_node() {
     assert!(String::from_utf8_lossy(&table.stdout).contains("2 nodes, 9 worker processes"));
 }
 
-/// `cluster --json` run on `s`, as (node, reachable) pairs in the order listed.
-fn census_of(s: &Server) -> Vec<(String, bool)> {
+/// `cluster --json` run on `s`.
+fn cluster_json(s: &Server) -> serde_json::Value {
     let out = s.run(&["cluster", "--json"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    nodes
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// `cluster --json` run on `s`, as (node, reachable) pairs in the order listed.
+fn census_of(s: &Server) -> Vec<(String, bool)> {
+    cluster_json(s)
         .as_array()
         .expect("nodes")
         .iter()
