@@ -5,7 +5,9 @@
 //! |---|---|---|
 //! | `ECHO_LISTEN` | listen URL | `text://127.0.0.1:7000` |
 //! | `ECHO_COUNT` | processes | 2 |
-//! | `ECHO_STOP_TIMEOUT` | seconds a graceful stop/reload waits | 2 |
+//! | `ECHO_STOP_TIMEOUT` | seconds a plain stop/reload serves requests under way | 2 |
+//! | `ECHO_GRACEFUL_TIMEOUT` | seconds `stop -g`/`reload -g` serve open connections | 3600 |
+//! | `ECHO_GOODBYE` | `1`: a retiring process sends `bye:stopping` or `bye:restarting` before it closes a connection | off |
 //! | `ECHO_IDLE_TIMEOUT` | close connections silent this long (s) | none |
 //! | `ECHO_MAX_PACKAGE` | max_package_size (bytes) | 10 MiB |
 //! | `ECHO_MAX_REQUESTS` | recycle a process after this many messages | none |
@@ -33,7 +35,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use oxwork::bus::{self, ClientId};
-use oxwork::{run_all, Connection, Timer, Worker};
+use oxwork::{run_all, Connection, Farewell, Timer, Worker};
 
 fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -132,6 +134,7 @@ fn main() -> oxwork::Result<()> {
     w.name("echo")
         .count(env("ECHO_COUNT").unwrap_or(2))
         .stop_timeout(env::<f64>("ECHO_STOP_TIMEOUT").unwrap_or(2.0))
+        .graceful_timeout(env::<f64>("ECHO_GRACEFUL_TIMEOUT").unwrap_or(3600.0))
         .reuse_port(env::<u8>("ECHO_REUSE_PORT") == Some(1));
     if let Some(t) = env::<f64>("ECHO_IDLE_TIMEOUT") {
         w.idle_timeout(t);
@@ -147,6 +150,14 @@ fn main() -> oxwork::Result<()> {
     }
     if env::<u8>("ECHO_GATEWAY") == Some(1) {
         w.gateway(true);
+    }
+    if env::<u8>("ECHO_GOODBYE") == Some(1) {
+        w.on_goodbye(|c, why| {
+            c.send(match why {
+                Farewell::Restarting => "bye:restarting",
+                _ => "bye:stopping",
+            });
+        });
     }
     w.on_worker_stop(|w| eprintln!("echo worker {} stopping", w.id()));
     w.on_worker_reload(|w| eprintln!("echo worker {} reloading", w.id()));

@@ -1,6 +1,7 @@
 //! HTTP: `GET /` answers `Hello World` as text/plain on port 8080; `/file` streams a file (with
 //! ranges); `/upload` takes a multipart upload; `/chunked` streams chunks; `/events` streams
-//! Server-Sent Events; `/ws` is a WebSocket echo on the same port; `/echo` answers the request's method, query, cookies and body as JSON.
+//! Server-Sent Events; `/ws` is a WebSocket echo on the same port; `/echo` answers the request's method, query, cookies and body as JSON;
+//! `/slow?ms=N` answers after N milliseconds (a request under way during a stop or reload).
 //!
 //! Run: `cargo run --example http_hello -- start`, then `curl http://127.0.0.1:8080/`.
 //! `HTTP_LISTEN` moves it; `HTTP_FILE` picks the file `/file` serves (default: this source);
@@ -40,6 +41,19 @@ fn main() -> oxwork::Result<()> {
     w.on_message(move |c, req| match (req.method().as_str(), req.path()) {
         (_, "/") => {
             c.send(Response::text("Hello World"));
+        }
+        (_, "/slow") => {
+            let ms: u64 = req
+                .query_pairs()
+                .iter()
+                .find(|(k, _)| k == "ms")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(1000)
+                .min(60_000);
+            let c = c.clone();
+            Timer::once(Duration::from_millis(ms), move || {
+                c.send(Response::text(format!("slept {ms} ms")));
+            });
         }
         (_, "/file") => {
             c.send(Response::file(&file));

@@ -43,8 +43,8 @@ pub use bus::state;
 pub use bytes;
 pub use error::{Error, ErrorKind, Result};
 pub use protocol::{
-    BodySource, Dynamic, Frame, Input, Message, Payload, PeerAddr, Protocol, Raw, Rejection, Text,
-    Wire,
+    BodySource, Dynamic, Farewell, Frame, Input, Message, Payload, PeerAddr, Protocol, Raw,
+    Rejection, Text, Wire,
 };
 pub use runtime::connection::{Connection, ConnectionError};
 pub use runtime::outbound::AsyncConnection;

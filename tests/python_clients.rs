@@ -125,3 +125,111 @@ fn a_python_nats_program_publishes_to_a_channel_and_submits_a_task() {
         "python nats: ok",
     );
 }
+
+/// Runs `ws_close_codes.py` with `clients` clients against ws_chat, runs `deploy` once they are
+/// connected, and returns the script's report.
+fn close_codes_through(
+    deploy: &[&str],
+    clients: usize,
+    chat_after: bool,
+) -> (serde_json::Value, Server) {
+    use std::io::BufRead;
+    let python = python();
+    let port = free_port();
+    let s = Server::start(
+        "ws_chat",
+        &[("WS_CHAT_LISTEN", format!("websocket://127.0.0.1:{port}"))],
+        5,
+    )
+    .with_port(port);
+    let script = format!(
+        "{}/tests/python/ws_close_codes.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut cmd = Command::new(&python);
+    cmd.arg(script)
+        .arg(port.to_string())
+        .arg(clients.to_string());
+    if chat_after {
+        cmd.arg("chat-after");
+    }
+    let mut child = ChildGuard(
+        cmd.stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python runs"),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    assert_eq!(first, "ready", "the clients did not connect");
+    let out = s.run(deploy);
+    assert!(
+        out.status.success(),
+        "{deploy:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = lines
+        .next()
+        .and_then(|l| l.ok())
+        .unwrap_or_else(|| panic!("no report from the clients after {deploy:?}"));
+    (serde_json::from_str(&report).expect("a JSON report"), s)
+}
+
+/// Kills a child process if the test ends early.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn codes(report: &serde_json::Value) -> Vec<Option<u64>> {
+    report["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|c| c["code"].as_u64())
+        .collect()
+}
+
+#[test]
+fn python_websockets_clients_hear_1012_service_restart_on_reload_and_chat_again() {
+    let (report, _s) = close_codes_through(&["reload"], 8, true);
+    assert_eq!(codes(&report), vec![Some(1012); 8], "{report}");
+    assert_eq!(report["after"], true, "{report}");
+}
+
+#[test]
+fn python_websockets_clients_hear_1001_going_away_on_stop() {
+    let (report, _s) = close_codes_through(&["stop"], 8, false);
+    assert_eq!(codes(&report), vec![Some(1001); 8], "{report}");
+}
+
+#[test]
+fn python_websockets_clients_hear_1012_on_restart() {
+    // The clients may hear the close before the new master listens: the chat is tried once
+    // `restart` has returned.
+    let (report, s) = close_codes_through(&["restart", "-d"], 8, false);
+    assert_eq!(codes(&report), vec![Some(1012); 8], "{report}");
+    run_script(
+        &python(),
+        "ws_chat_client.py",
+        &[s.port.to_string()],
+        "python websockets: ok",
+    );
+}
+
+#[test]
+fn python_websockets_clients_are_served_through_a_graceful_reload_until_its_timeout() {
+    let (report, _s) = close_codes_through(&["reload", "-g", "--timeout", "2"], 8, true);
+    assert_eq!(codes(&report), vec![Some(1012); 8], "{report}");
+    for c in report["clients"].as_array().expect("clients") {
+        let after = c["after_ms"].as_u64().expect("after_ms");
+        assert!(
+            after >= 1900,
+            "closed {after} ms into a 2 s graceful reload: {report}"
+        );
+    }
+    assert_eq!(report["after"], true, "{report}");
+}

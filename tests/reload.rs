@@ -78,8 +78,14 @@ fn reload_with_reuse_port_refuses_nothing() {
 }
 
 #[test]
-fn graceful_reload_keeps_long_lived_connections_until_stop_timeout() {
-    let s = echo(2, &[("ECHO_STOP_TIMEOUT", "3".into())]);
+fn graceful_reload_serves_long_lived_connections_until_the_graceful_timeout_then_says_goodbye() {
+    let s = echo(
+        2,
+        &[
+            ("ECHO_GRACEFUL_TIMEOUT", "3".into()),
+            ("ECHO_GOODBYE", "1".into()),
+        ],
+    );
     let mut clients: Vec<LineClient> = (0..6)
         .map(|_| LineClient::connect(s.port).expect("connect"))
         .collect();
@@ -93,8 +99,9 @@ fn graceful_reload_keeps_long_lived_connections_until_stop_timeout() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Every connection keeps working until the retired processes' stop_timeout.
-    while reload_at.elapsed() < Duration::from_millis(2500) {
+    // Every connection keeps working until the retired processes' graceful_timeout.
+    let mut seen_retiring = false;
+    while reload_at.elapsed() < Duration::from_millis(2300) {
         for (i, c) in clients.iter_mut().enumerate() {
             let msg = format!("c{i}");
             let reply = c.ask(&msg);
@@ -104,15 +111,32 @@ fn graceful_reload_keeps_long_lived_connections_until_stop_timeout() {
                 reload_at.elapsed()
             );
         }
+        if !seen_retiring {
+            // `status` shows the retiring processes and the connections each still holds.
+            let status = s.status();
+            let retiring: Vec<u64> = status["processes"]
+                .as_array()
+                .expect("processes")
+                .iter()
+                .filter(|p| p["retiring"] == true)
+                .map(|p| p["stats"]["connections"].as_u64().expect("connections"))
+                .collect();
+            // (A retiring process with no connection left has already exited.)
+            assert!(!retiring.is_empty(), "{status}");
+            assert_eq!(retiring.iter().sum::<u64>(), 6, "{status}");
+            seen_retiring = true;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // After stop_timeout the old processes close them and exit.
+    // At the limit each connection hears the goodbye, then the close, never a reset.
+    for c in &mut clients {
+        assert_eq!(c.recv().expect("goodbye"), "bye:restarting");
+        let rest = c.read_to_close().expect("a clean close after the goodbye");
+        assert_eq!(rest, "");
+    }
     assert!(eventually(SETTLE, || {
         s.status()["processes"].as_array().expect("p").len() == 2
     }));
-    for c in &mut clients {
-        assert!(c.ask("late").is_err(), "connection survived its process");
-    }
 }
 
 #[test]

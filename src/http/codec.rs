@@ -80,6 +80,8 @@ pub struct Http {
     continue_sent: bool,
     current: Option<Meta>,
     stream: Option<Stream>,
+    /// The process is retiring: the next response is the last on this connection.
+    draining: bool,
 }
 
 impl std::fmt::Debug for Http {
@@ -479,6 +481,27 @@ impl Protocol for Http {
     fn oversize(&mut self, why: Rejection) -> Rejection {
         reject(StatusCode::PAYLOAD_TOO_LARGE, why.reason().to_string())
     }
+
+    fn drain(&mut self) -> bool {
+        self.draining = true;
+        true
+    }
+
+    fn at_rest(&self) -> bool {
+        // A request being read, or one whose handler has not answered yet, is owed a response;
+        // an open stream (chunked, SSE) is ended by the farewell.
+        self.head.is_none() && (self.current.is_none() || self.stream.is_some())
+    }
+
+    fn farewell(&mut self, _why: crate::protocol::Farewell, wire: &mut Wire<'_>) {
+        if let Some(stream) = self.stream.take() {
+            if stream == Stream::Chunked {
+                wire.buf().extend_from_slice(b"0\r\n\r\n");
+            }
+            self.current = None;
+        }
+        wire.close_after_write();
+    }
 }
 
 /// Encodes `r` as a complete response outside any request (a refused WebSocket handshake),
@@ -518,7 +541,7 @@ fn with_http_date(f: impl FnOnce(&str)) {
 impl Http {
     fn finish(&mut self, wire: &mut Wire<'_>, force_close: bool) {
         let keep = self.current.take().map(|m| m.keep_alive).unwrap_or(true);
-        if !keep || force_close {
+        if !keep || force_close || self.draining {
             wire.close_after_write();
         }
     }
@@ -615,7 +638,8 @@ impl Http {
         let no_body = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let close_after = !meta.keep_alive || streaming == Some(Stream::UntilClose);
+        let close_after =
+            !meta.keep_alive || self.draining || streaming == Some(Stream::UntilClose);
         let out = wire.buf();
         out.reserve(256 + body.as_ref().map_or(0, |b| b.len()));
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -806,6 +830,50 @@ mod tests {
         assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
         let (_, out) = parse_all(b"GET / HTTP/1.0\r\n\r\n");
         assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
+    }
+
+    #[test]
+    fn a_draining_connection_answers_its_next_request_with_connection_close() {
+        let mut p = Http::default();
+        assert!(p.drain(), "HTTP ends its own connections at a boundary");
+        let mut sink = BytesMut::new();
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
+        let req =
+            crate::protocol::next_message(&mut p, &mut buf, 1 << 20, &mut Wire::new(&mut sink))
+                .expect("ok")
+                .expect("request");
+        assert_eq!(req.path(), "/");
+        assert!(!p.at_rest(), "a request waiting for its response is owed");
+        let mut out = BytesMut::new();
+        let mut wire = Wire::new(&mut out);
+        p.encode(HttpOutput::Response(Response::text("hi")), &mut wire)
+            .expect("encode");
+        assert!(wire.into_requests().close);
+        assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
+        assert!(p.at_rest());
+    }
+
+    #[test]
+    fn the_farewell_ends_an_open_chunked_stream() {
+        let mut p = Http::default();
+        let mut sink = BytesMut::new();
+        let mut buf = BytesMut::from(&b"GET /events HTTP/1.1\r\n\r\n"[..]);
+        let _ = crate::protocol::next_message(&mut p, &mut buf, 1 << 20, &mut Wire::new(&mut sink));
+        let mut out = BytesMut::new();
+        p.encode(
+            HttpOutput::Response(Response::chunked()),
+            &mut Wire::new(&mut out),
+        )
+        .expect("encode");
+        assert!(
+            p.at_rest(),
+            "an open stream is ended by the farewell, not waited for"
+        );
+        let mut out = BytesMut::new();
+        let mut wire = Wire::new(&mut out);
+        p.farewell(crate::protocol::Farewell::Restarting, &mut wire);
+        assert!(wire.into_requests().close);
+        assert_eq!(&out[..], b"0\r\n\r\n");
     }
 
     #[test]

@@ -59,12 +59,16 @@ enum Command {
         #[arg(long = "group", value_name = "NAME")]
         groups: Vec<String>,
     },
-    /// Stop everything: connections are closed after what is queued is written.
+    /// Stop everything: no new connection is accepted, requests under way are answered, and
+    /// every connection hears its farewell (WebSocket close 1001) before it closes.
     Stop {
-        /// Graceful: stop accepting, let open connections finish (up to each worker's
-        /// stop_timeout), then exit.
+        /// Graceful: stop accepting, serve open connections until they close or each worker's
+        /// graceful_timeout passes (default 1 hour), then say goodbye and exit.
         #[arg(short = 'g', long)]
         graceful: bool,
+        /// With -g: serve open connections for at most this many seconds.
+        #[arg(long, value_name = "SECS", requires = "graceful")]
+        timeout: Option<u64>,
     },
     /// Stop, then start again.
     Restart {
@@ -74,16 +78,24 @@ enum Command {
         /// Stop gracefully first.
         #[arg(short = 'g', long)]
         graceful: bool,
+        /// With -g: serve open connections for at most this many seconds.
+        #[arg(long, value_name = "SECS", requires = "graceful")]
+        timeout: Option<u64>,
         /// Run only this worker group on this node (repeatable).
         #[arg(long = "group", value_name = "NAME")]
         groups: Vec<String>,
     },
-    /// Replace every worker process, one at a time, with no connection refused.
+    /// Replace every worker process, one at a time, with no connection refused: HTTP
+    /// connections end after their next response, long-lived ones hear their farewell
+    /// (WebSocket close 1012) and reconnect to the new processes.
     Reload {
-        /// Old processes keep serving their open connections until they close or
-        /// stop_timeout passes.
+        /// Old processes keep serving their open connections until they close or each
+        /// worker's graceful_timeout passes (default 1 hour).
         #[arg(short = 'g', long)]
         graceful: bool,
+        /// With -g: serve open connections for at most this many seconds.
+        #[arg(long, value_name = "SECS", requires = "graceful")]
+        timeout: Option<u64>,
     },
     /// Show the master and every worker process.
     Status {
@@ -146,23 +158,40 @@ where
     };
     match cli.command {
         Command::Start { daemon, ref groups } => start(&paths, daemon, tree(groups.clone())?),
-        Command::Stop { graceful } => stop(&paths, &program, graceful),
+        Command::Stop { graceful, timeout } => stop(
+            &paths,
+            &program,
+            &Request::Stop {
+                graceful,
+                restart: false,
+                timeout_secs: timeout,
+            },
+        ),
         Command::Restart {
             daemon,
             graceful,
+            timeout,
             ref groups,
         } => {
             let options = tree(groups.clone())?;
-            match stop(&paths, &program, graceful) {
+            let stopping = Request::Stop {
+                graceful,
+                restart: true,
+                timeout_secs: timeout,
+            };
+            match stop(&paths, &program, &stopping) {
                 Err(e) if !e.is_not_running() => return Err(e),
                 _ => {}
             }
             start(&paths, daemon, options)
         }
-        Command::Reload { graceful } => {
+        Command::Reload { graceful, timeout } => {
             match request(
                 &paths,
-                &Request::Reload { graceful },
+                &Request::Reload {
+                    graceful,
+                    timeout_secs: timeout,
+                },
                 Duration::from_secs(600),
             )? {
                 Response::Ok { message, .. } => println!("{program}: {message}"),
@@ -288,9 +317,10 @@ fn log_tail(path: &Path, from: u64) -> String {
     text
 }
 
-fn stop(paths: &Paths, program: &str, graceful: bool) -> Result<()> {
+fn stop(paths: &Paths, program: &str, request: &Request) -> Result<()> {
+    let graceful = matches!(request, Request::Stop { graceful: true, .. });
     let mut stream = connect(paths)?;
-    send_request(&mut stream, &Request::Stop { graceful })?;
+    send_request(&mut stream, request)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| Error::io("control socket", e))?;
@@ -303,10 +333,17 @@ fn stop(paths: &Paths, program: &str, graceful: bool) -> Result<()> {
         "{program}: stopping (master pid {master_pid}){}",
         if graceful { " gracefully" } else { "" }
     );
-    // The master holds this connection open until it exits.
-    let wait_limit = Duration::from_secs(600);
+    // The master holds this connection open until it exits; a graceful stop takes as long as
+    // the clients (up to the graceful timeout), so it is waited for without a limit.
+    let wait_limit = if graceful {
+        Duration::from_secs(u32::MAX as u64)
+    } else {
+        Duration::from_secs(600)
+    };
     let started = Instant::now();
-    let _ = reader.get_ref().set_read_timeout(Some(wait_limit));
+    let _ = reader
+        .get_ref()
+        .set_read_timeout((!graceful).then_some(wait_limit));
     // Nothing more is expected on it: whatever comes is read and forgotten, in bounded pieces.
     let _ = std::io::copy(&mut reader, &mut std::io::sink());
     while sys::pid_file_locked(&paths.pid_file) && started.elapsed() < wait_limit {

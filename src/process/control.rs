@@ -20,11 +20,13 @@ pub(crate) enum ToWorker {
     Connections {
         req: u64,
     },
-    /// Close connections (after flushing) and exit.
-    Stop,
-    /// Stop accepting, let connections finish for up to `timeout_ms`, then exit.
-    GracefulStop {
+    /// Stop accepting (taking what is queued), end the connections without an error (for up
+    /// to `timeout_ms` while they finish, if `graceful`), then exit. `restart`: the server
+    /// comes back at once, which a WebSocket's close code tells its clients.
+    Stop {
+        graceful: bool,
         timeout_ms: u64,
+        restart: bool,
     },
     /// Being replaced (reload or recycling): call `on_worker_reload`, stop accepting, then
     /// finish as `graceful` says and exit.
@@ -71,9 +73,18 @@ pub(crate) enum Request {
     Ping,
     Stop {
         graceful: bool,
+        /// The first half of `restart`: clients hear "restarting", not "going away".
+        #[serde(default)]
+        restart: bool,
+        /// Overrides each group's `graceful_timeout` for this command.
+        #[serde(default)]
+        timeout_secs: Option<u64>,
     },
     Reload {
         graceful: bool,
+        /// Overrides each group's `graceful_timeout` for this command.
+        #[serde(default)]
+        timeout_secs: Option<u64>,
     },
     Status,
     Connections,
@@ -173,14 +184,21 @@ mod tests {
             .expect("rt");
         rt.block_on(async {
             let mut buf = Vec::new();
-            write_msg(&mut buf, &Request::Stop { graceful: true })
-                .await
-                .expect("write");
+            write_msg(
+                &mut buf,
+                &Request::Stop {
+                    graceful: true,
+                    restart: false,
+                    timeout_secs: None,
+                },
+            )
+            .await
+            .expect("write");
             buf.extend_from_slice(b"not json\n");
             let mut r = BufReader::new(&buf[..]);
             let mut line = Vec::new();
             let first: Option<Request> = read_msg(&mut r, &mut line).await.expect("valid");
-            assert!(matches!(first, Some(Request::Stop { graceful: true })));
+            assert!(matches!(first, Some(Request::Stop { graceful: true, .. })));
             let second: std::io::Result<Option<Request>> = read_msg(&mut r, &mut line).await;
             assert!(second.is_err());
         });

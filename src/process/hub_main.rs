@@ -58,9 +58,7 @@ fn run_inner() -> Result<()> {
                         break;
                     }
                 }
-                Ok(Some(
-                    ToWorker::Stop | ToWorker::GracefulStop { .. } | ToWorker::Retire { .. },
-                )) => {
+                Ok(Some(ToWorker::Stop { .. } | ToWorker::Retire { .. })) => {
                     // Give replies already queued to clients a moment to leave.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     break;

@@ -8,15 +8,16 @@ use tokio::io::BufReader;
 use super::control::{read_msg, write_msg, FromWorker, ToWorker};
 use super::{env, sys};
 use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::Farewell;
 use crate::runtime::listener::Listener;
 use crate::runtime::worker::AnyWorker;
 use crate::runtime::{registry, stats};
 
-/// How long a non-graceful retirement keeps serving, so that what clients already sent (or
-/// are sending right now) is answered before the connections close.
-const RETIRE_GRACE: Duration = Duration::from_millis(200);
-/// How long closing connections get to flush before the process exits anyway.
-const FLUSH_LIMIT: Duration = Duration::from_secs(3);
+/// The longest a plain (not graceful) stop or reload waits for HTTP connections to end after
+/// their next response; it ends as soon as they have.
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
+/// How long connections get for their farewell and flush before the process drops them.
+pub(crate) const FLUSH_LIMIT: Duration = Duration::from_secs(3);
 
 /// Identity of this worker process, from the environment the master set.
 pub(crate) struct Role {
@@ -115,10 +116,15 @@ async fn serve_master(
     let mut line = Vec::new();
     let mut recycle_check = tokio::time::interval(Duration::from_secs(1));
     let mut recycle_asked = false;
+    // The way out, once the master asked for it. The process keeps answering `status` and
+    // `connections` while its connections finish.
+    let mut finishing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
+    let hurry = Rc::new(tokio::sync::Notify::new());
     loop {
         let msg = tokio::select! {
             msg = read_msg::<_, ToWorker>(&mut reader, &mut line) => msg,
-            _ = recycle_check.tick(), if !recycle_asked => {
+            _ = async { finishing.as_mut().expect("checked").await }, if finishing.is_some() => return,
+            _ = recycle_check.tick(), if !recycle_asked && finishing.is_none() => {
                 if let Some(reason) = recycle_reason(config) {
                     tracing::info!("asking to be recycled: {reason}");
                     recycle_asked = true;
@@ -151,26 +157,39 @@ async fn serve_master(
                 worker.clone().worker_reload();
                 None
             }
-            ToWorker::Stop => {
-                finish(&worker, Finish::Now).await;
-                return;
-            }
-            ToWorker::GracefulStop { timeout_ms } => {
-                finish(&worker, Finish::Graceful(Duration::from_millis(timeout_ms))).await;
-                return;
+            ToWorker::Stop {
+                graceful,
+                timeout_ms,
+                restart,
+            } => {
+                let how = Finish {
+                    why: if restart {
+                        Farewell::Restarting
+                    } else {
+                        Farewell::Stopping
+                    },
+                    graceful,
+                    limit: Duration::from_millis(timeout_ms),
+                    drain_queue: true,
+                };
+                begin_finish(&mut finishing, &worker, how, &hurry);
+                None
             }
             ToWorker::Retire {
                 graceful,
                 timeout_ms,
             } => {
-                worker.clone().worker_reload();
-                let how = if graceful {
-                    Finish::Graceful(Duration::from_millis(timeout_ms))
-                } else {
-                    Finish::AfterGrace
+                if finishing.is_none() {
+                    worker.clone().worker_reload();
+                }
+                let how = Finish {
+                    why: Farewell::Restarting,
+                    graceful,
+                    limit: Duration::from_millis(timeout_ms),
+                    drain_queue: false,
                 };
-                finish(&worker, how).await;
-                return;
+                begin_finish(&mut finishing, &worker, how, &hurry);
+                None
             }
         };
         if let Some(reply) = reply {
@@ -186,6 +205,24 @@ async fn serve_master(
             }
         }
     }
+}
+
+/// Starts the way out, or hurries one under way: a plain stop after a graceful one cuts the
+/// graceful wait short (as Workerman's `stop` after `stop -g`).
+fn begin_finish(
+    finishing: &mut Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>,
+    worker: &Rc<dyn AnyWorker>,
+    how: Finish,
+    hurry: &Rc<tokio::sync::Notify>,
+) {
+    if finishing.is_some() {
+        if !how.graceful {
+            tracing::info!("asked to stop now; ending the graceful wait");
+            hurry.notify_one();
+        }
+        return;
+    }
+    *finishing = Some(Box::pin(finish(worker.clone(), how, hurry.clone())));
 }
 
 /// Tells the process's bus who it is, where the hub listens, and how to ask the master to
@@ -233,40 +270,62 @@ fn recycle_reason(config: &crate::runtime::worker::WorkerConfig) -> Option<Strin
     None
 }
 
-enum Finish {
-    /// Close every connection now (after flushing).
-    Now,
-    /// Keep serving briefly, then close every connection.
-    AfterGrace,
-    /// Keep serving until the connections close by themselves or the time is up.
-    Graceful(Duration),
+/// How a process ends.
+struct Finish {
+    why: Farewell,
+    /// Serve open connections until they end or `limit` passes; otherwise serve requests under
+    /// way for at most `limit`, and say farewell to long-lived connections at once.
+    graceful: bool,
+    limit: Duration,
+    /// Accept what the kernel already queued before closing the listener (stopping, as the
+    /// socket closes for good; a reload leaves the queue to the successor).
+    drain_queue: bool,
 }
 
-async fn finish(worker: &Rc<dyn AnyWorker>, how: Finish) {
+/// Ends the process's service without a client seeing an error: no new connections, the
+/// connections told that the process retires (HTTP ends each after its next response),
+/// requests under way answered, then every connection's farewell (`on_goodbye`, WebSocket
+/// close 1001 or 1012), a flush, and only then the cut.
+async fn finish(worker: Rc<dyn AnyWorker>, how: Finish, hurry: Rc<tokio::sync::Notify>) {
     let all = registry::running();
     for w in &all {
-        w.stop_accepting();
+        w.stop_accepting(how.drain_queue);
     }
     worker.clone().worker_stop();
-    let budget = match how {
-        Finish::Now => Duration::ZERO,
-        Finish::AfterGrace => RETIRE_GRACE,
-        Finish::Graceful(limit) => limit,
+    crate::runtime::connection::set_process_retiring(how.why, false);
+    for w in &all {
+        w.retire_connections(how.why);
+    }
+    let serve_for = if how.graceful {
+        how.limit
+    } else {
+        for w in &all {
+            w.bid_farewell(true);
+        }
+        how.limit.min(RETIRE_GRACE)
     };
     let connections = async {
-        match how {
-            Finish::Now => {}
-            Finish::AfterGrace => tokio::time::sleep(RETIRE_GRACE).await,
-            Finish::Graceful(limit) => wait_for_connections(&all, limit).await,
+        tokio::select! {
+            _ = wait_for_connections(&all, serve_for) => {}
+            _ = hurry.notified() => {}
         }
     };
-    tokio::join!(connections, crate::bus::local::wind_down(budget));
+    tokio::join!(connections, crate::bus::local::wind_down(serve_for));
+    crate::runtime::connection::set_process_retiring(how.why, true);
     for w in &all {
-        w.close_connections();
+        w.bid_farewell(false);
     }
     wait_for_connections(&all, FLUSH_LIMIT).await;
+    let left: usize = all.iter().map(|w| w.connection_count()).sum();
+    if left > 0 {
+        tracing::warn!("{left} connections did not close in time; dropping them");
+        for w in &all {
+            w.destroy_connections();
+        }
+        // Their drivers run once more, so that each connection's on_close runs.
+        wait_for_connections(&all, Duration::from_millis(200)).await;
+    }
 }
-
 async fn wait_for_connections(all: &[Rc<dyn AnyWorker>], limit: Duration) {
     let deadline = Instant::now() + limit;
     while all.iter().map(|w| w.connection_count()).sum::<usize>() > 0 && Instant::now() < deadline {

@@ -182,6 +182,22 @@ impl std::fmt::Display for PeerAddr {
     }
 }
 
+/// Why a process is ending its connections: what a protocol says in its last words
+/// ([`Protocol::farewell`]) and what `on_goodbye` is told.
+///
+/// A WebSocket sends close code 1001 (Going Away) for [`Farewell::Stopping`] and 1012 (Service
+/// Restart) for [`Farewell::Restarting`], so a client can tell a deploy from a shutdown and
+/// from a crash (1006).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Farewell {
+    /// The server is stopping (`stop`, `stop -g`, SIGINT, SIGTERM, SIGQUIT).
+    Stopping,
+    /// The process is being replaced (`reload`, `reload -g`, `restart`, SIGHUP, recycling):
+    /// a client reconnecting now finds a new process.
+    Restarting,
+}
+
 /// A wire protocol, in Workerman's three steps: [`input`](Protocol::input) says how long the
 /// next packet is (or that more bytes are needed, or that the input is unacceptable),
 /// [`decode`](Protocol::decode) turns one packet into a message, [`encode`](Protocol::encode)
@@ -238,6 +254,30 @@ pub trait Protocol: 'static {
     /// `why` itself; HTTP answers `413`.
     fn oversize(&mut self, why: Rejection) -> Rejection {
         why
+    }
+
+    /// The process is retiring and wants this connection to end without losing anything.
+    /// A request/response protocol returns `true` and ends the connection itself at its next
+    /// boundary (HTTP answers the next request with `Connection: close`); the runtime also
+    /// closes such a connection once it has been [at rest](Protocol::at_rest) for a moment.
+    /// `false` (the default) means the connection is long-lived: it is served on until the
+    /// client leaves or the process says [`farewell`](Protocol::farewell).
+    fn drain(&mut self) -> bool {
+        false
+    }
+
+    /// True when nothing is half-received or owed to the peer (no request waiting for its
+    /// response, no fragmented message half-read): closing now loses no message. The runtime
+    /// also checks that no unread input is buffered.
+    fn at_rest(&self) -> bool {
+        true
+    }
+
+    /// Last words before the process closes the connection (a WebSocket close frame with the
+    /// code for `why`). Called once, at rest when possible; the connection closes after what
+    /// this writes. Nothing, by default.
+    fn farewell(&mut self, why: Farewell, wire: &mut Wire<'_>) {
+        let _ = (why, wire);
     }
 
     /// How bytes sent from another process (`bus::send_to_client`, `send_to_uid`, group and

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 pub(crate) use crate::protocol::PeerAddr;
-use crate::protocol::{BodySource, Dynamic, HandOver, Protocol, Rejection, Wire};
+use crate::protocol::{BodySource, Dynamic, Farewell, HandOver, Protocol, Rejection, Wire};
 use crate::runtime::guard::guarded;
 use crate::runtime::stats;
 
@@ -46,6 +46,7 @@ impl fmt::Display for ConnectionError {
 type ConnFn<P> = Box<dyn Fn(&Connection<P>)>;
 type MessageFn<P> = Box<dyn Fn(&Connection<P>, <P as Protocol>::Message)>;
 type ErrorFn<P> = Box<dyn Fn(&Connection<P>, &ConnectionError)>;
+type GoodbyeFn<P> = Box<dyn Fn(&Connection<P>, Farewell)>;
 
 /// The per-connection callbacks of a worker or an outbound connection.
 pub(crate) struct Handlers<P: Protocol> {
@@ -55,6 +56,7 @@ pub(crate) struct Handlers<P: Protocol> {
     pub(crate) on_error: Option<ErrorFn<P>>,
     pub(crate) on_buffer_full: Option<ConnFn<P>>,
     pub(crate) on_buffer_drain: Option<ConnFn<P>>,
+    pub(crate) on_goodbye: Option<GoodbyeFn<P>>,
 }
 
 impl<P: Protocol> Default for Handlers<P> {
@@ -66,6 +68,7 @@ impl<P: Protocol> Default for Handlers<P> {
             on_error: None,
             on_buffer_full: None,
             on_buffer_drain: None,
+            on_goodbye: None,
         }
     }
 }
@@ -122,6 +125,11 @@ pub(crate) struct ConnInner<P: Protocol> {
     pub(crate) waker: RefCell<Option<Waker>>,
     /// True while the driver itself runs callbacks: it flushes afterwards, so no wake is needed.
     pub(crate) in_dispatch: Cell<bool>,
+    /// Set when the process retires: why, and whether the protocol ends the connection itself.
+    pub(crate) retiring: Cell<Option<Farewell>>,
+    pub(crate) drains: Cell<bool>,
+    /// The process's last words are due: the driver says them at the next rest, then closes.
+    pub(crate) farewell_due: Cell<bool>,
 }
 
 /// One client connection (Workerman's `TcpConnection`), cheap to clone.
@@ -153,6 +161,15 @@ impl<P: Protocol> fmt::Debug for Connection<P> {
 
 thread_local! {
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+    /// Set once the process retires, so that a connection that starts afterwards (the last of
+    /// an accept queue, an HTTP upgrade) retires too.
+    static RETIRING: Cell<Option<(Farewell, bool)>> = const { Cell::new(None) };
+}
+
+/// Marks this process as retiring for `why`; with `farewell_due`, connections that start from
+/// now on say their farewell as soon as they are at rest.
+pub(crate) fn set_process_retiring(why: Farewell, farewell_due: bool) {
+    RETIRING.with(|r| r.set(Some((why, farewell_due))));
 }
 
 pub(crate) struct ConnSettings {
@@ -196,7 +213,20 @@ impl<P: Protocol> Connection<P> {
                 sink,
                 waker: RefCell::new(None),
                 in_dispatch: Cell::new(false),
+                retiring: Cell::new(None),
+                drains: Cell::new(false),
+                farewell_due: Cell::new(false),
             }),
+        }
+    }
+
+    /// An accepted connection that starts after its process began to retire retires at once.
+    pub(crate) fn follow_process_retirement(&self) {
+        if let Some((why, due)) = RETIRING.with(|r| r.get()) {
+            self.retire(why);
+            if due {
+                self.bid_farewell();
+            }
         }
     }
 
@@ -342,6 +372,50 @@ impl<P: Protocol> Connection<P> {
         if self.inner.paused.replace(false) {
             self.wake();
         }
+    }
+
+    /// Why the process is ending this connection, once it is: set when the process starts to
+    /// retire (reload, stop), before `on_goodbye` and `on_close`.
+    pub fn retiring(&self) -> Option<Farewell> {
+        self.inner.retiring.get()
+    }
+
+    /// The process retires: the protocol is told (HTTP then ends the connection after its next
+    /// response); a long-lived connection goes on until [`bid_farewell`](Self::bid_farewell).
+    pub(crate) fn retire(&self, why: Farewell) {
+        let inner = &self.inner;
+        if inner.retiring.get().is_some() || !matches!(inner.sink, Sink::Stream) {
+            return;
+        }
+        inner.retiring.set(Some(why));
+        inner.drains.set(inner.proto.borrow_mut().drain());
+        self.wake();
+    }
+
+    /// The process is about to exit: at its next rest the connection hears `on_goodbye` and
+    /// the protocol's last words, then closes.
+    pub(crate) fn bid_farewell(&self) {
+        if self.inner.retiring.get().is_none() {
+            self.retire(Farewell::Stopping);
+        }
+        if !self.inner.farewell_due.replace(true) {
+            self.wake();
+        }
+    }
+
+    /// Says goodbye now: `on_goodbye`, the protocol's farewell, then the close.
+    pub(crate) fn say_farewell(&self) {
+        let why = self.inner.retiring.get().unwrap_or(Farewell::Stopping);
+        if let Some(f) = &self.inner.handlers.on_goodbye {
+            if guarded("on_goodbye", || f(self, why)).is_none() {
+                self.after_panic();
+                return;
+            }
+        }
+        if self.inner.state.get() == State::Open {
+            self.with_wire(|wire| self.inner.proto.borrow_mut().farewell(why, wire));
+        }
+        self.close();
     }
 
     /// How long ago the connection was established.

@@ -47,6 +47,13 @@ const KEEP_OUT_CAPACITY: usize = 16 * 1024;
 /// How long a closing connection waits for its peer's FIN after ours, so that closing with
 /// unread input never turns into a reset that could destroy the reply the peer has yet to read.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long a retiring process waits for a connection to come to rest (a message fully read
+/// and answered) before saying its farewell anyway.
+const FAREWELL_WAIT: Duration = Duration::from_secs(1);
+/// How long a draining connection (HTTP keep-alive in a retiring process) may rest idle before
+/// it is closed: long enough that a client busy on it sends its next request first, and gets
+/// that request's response with `Connection: close`.
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
 
 enum Event {
     HandshakeDeadline,
@@ -58,6 +65,8 @@ enum Event {
     CloseNow,
     Flushed,
     Wake,
+    Farewell,
+    DrainedIdle,
 }
 
 /// Per-driver options.
@@ -105,6 +114,8 @@ pub(crate) async fn drive_from<P, S>(
         .map(|d| Box::pin(sleep(d)));
     // Bytes handed over with the socket are dispatched at once.
     let mut woken = !rbuf.is_empty();
+    let mut farewell_wait: Option<Pin<Box<Sleep>>> = None;
+    let mut drain_idle: Option<Pin<Box<Sleep>>> = None;
 
     loop {
         let event = poll_fn(|cx| {
@@ -167,6 +178,30 @@ pub(crate) async fn drive_from<P, S>(
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
                     Poll::Pending => {}
+                }
+            }
+            if inner.state.get() == State::Open && inner.retiring.get().is_some() {
+                // Here the read found nothing more: no input is waiting in the kernel either.
+                let at_rest = rbuf.is_empty()
+                    && flushed
+                    && !inner.paused.get()
+                    && inner.hand_over.borrow().is_none()
+                    && inner.proto.borrow().at_rest();
+                if inner.farewell_due.get() {
+                    if at_rest {
+                        return Poll::Ready(Event::Farewell);
+                    }
+                    let wait = farewell_wait.get_or_insert_with(|| Box::pin(sleep(FAREWELL_WAIT)));
+                    if wait.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Farewell);
+                    }
+                } else if inner.drains.get() && at_rest {
+                    let rest = drain_idle.get_or_insert_with(|| Box::pin(sleep(DRAIN_IDLE)));
+                    if rest.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::DrainedIdle);
+                    }
+                } else {
+                    drain_idle = None;
                 }
             }
             if let Some(idle) = idle.as_mut() {
@@ -247,6 +282,14 @@ pub(crate) async fn drive_from<P, S>(
             Event::Drained => {
                 inner.buffer_full.set(false);
                 conn.call("on_buffer_drain", inner.handlers.on_buffer_drain.as_ref());
+            }
+            Event::Farewell => {
+                farewell_wait = None;
+                conn.say_farewell();
+            }
+            Event::DrainedIdle => {
+                drain_idle = None;
+                conn.close();
             }
             Event::CloseNow => break,
             Event::Flushed => {

@@ -26,10 +26,14 @@ use crate::runtime::worker::WorkerConfig;
 #[derive(Debug)]
 pub(crate) struct AcceptControl {
     stop: Rc<Notify>,
+    drain_queue: Rc<std::cell::Cell<bool>>,
 }
 
 impl AcceptControl {
-    pub(crate) fn stop(self) {
+    /// Ends the accept loop; with `drain_queue`, connections already waiting in the socket's
+    /// queue are accepted first.
+    pub(crate) fn stop(self, drain_queue: bool) {
+        self.drain_queue.set(drain_queue);
         self.stop.notify_one();
     }
 }
@@ -80,6 +84,7 @@ pub(crate) fn serve<P: Protocol + Clone>(
     let fail = |e| Error::io("cannot use the inherited listening socket", e);
     listener.set_nonblocking().map_err(fail)?;
     let stop = Rc::new(Notify::new());
+    let drain_queue = Rc::new(std::cell::Cell::new(false));
     let tls = match &config.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(files.load()?)),
         None => None,
@@ -100,18 +105,18 @@ pub(crate) fn serve<P: Protocol + Clone>(
     match listener {
         Listener::Tcp(l) => {
             let l = tokio::net::TcpListener::from_std(l).map_err(fail)?;
-            spawn_local(accept_loop(l, ctx, stop.clone()));
+            spawn_local(accept_loop(l, ctx, stop.clone(), drain_queue.clone()));
         }
         Listener::Unix(l) => {
             let l = tokio::net::UnixListener::from_std(l).map_err(fail)?;
-            spawn_local(accept_loop(l, ctx, stop.clone()));
+            spawn_local(accept_loop(l, ctx, stop.clone(), drain_queue.clone()));
         }
         Listener::Udp(s) => {
             let s = tokio::net::UdpSocket::from_std(s).map_err(fail)?;
             spawn_local(datagram_loop(Rc::new(s), ctx, stop.clone()));
         }
     }
-    Ok(AcceptControl { stop })
+    Ok(AcceptControl { stop, drain_queue })
 }
 
 trait Acceptor {
@@ -160,6 +165,7 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
     acceptor: A,
     ctx: Rc<ServeCtx<P>>,
     stop: Rc<Notify>,
+    drain_queue: Rc<std::cell::Cell<bool>>,
 ) {
     loop {
         tokio::select! {
@@ -175,7 +181,21 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
             }
         }
     }
-    // The socket itself stays open in the master (and in any sibling or successor), so
+    if drain_queue.get() {
+        // Stopping: the master has closed its copy, so when the last process closes this
+        // socket the kernel resets whatever is still queued. Connections it has already
+        // completed are taken and served (they retire at once); from the close on, new ones
+        // are refused.
+        let mut taken = 0;
+        while let Poll::Ready(Ok(a)) = poll_fn(|cx| Poll::Ready(acceptor.poll_next(cx))).await {
+            spawn_connection(&ctx, a);
+            taken += 1;
+        }
+        if taken > 0 {
+            tracing::info!("served {taken} connections still queued on the stopping listener");
+        }
+    }
+    // On reload the socket stays open in the master (and in any sibling or successor), so
     // connections still queued on it are accepted by them, never reset.
 }
 
@@ -192,6 +212,7 @@ where
         &ctx.settings,
         Sink::Stream,
     );
+    conn.follow_process_retirement();
     let id = conn.id();
     ctx.connections.borrow_mut().insert(id, conn.clone());
     let connections = ctx.connections.clone();
@@ -299,6 +320,7 @@ pub(crate) fn adopt<P: Protocol + Clone>(
         max_send_buffer_size: config.max_send_buffer_size,
     };
     let conn = Connection::new(proto, peer, local, handlers, &settings, Sink::Stream);
+    conn.follow_process_retirement();
     let id = conn.id();
     connections.borrow_mut().insert(id, conn.clone());
     let opts = DriveOptions {

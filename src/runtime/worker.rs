@@ -24,8 +24,11 @@ pub(crate) mod defaults {
     pub(crate) const MAX_PACKAGE_SIZE: usize = 10 * 1024 * 1024;
     /// Workerman's default: 1 MiB.
     pub(crate) const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
-    /// How long a graceful stop or reload lets connections finish.
+    /// How long a plain stop or reload keeps serving requests already under way (Workerman's
+    /// `$stopTimeout`).
     pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+    /// How long `stop -g` and `reload -g` keep serving open connections before saying goodbye.
+    pub(crate) const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(3600);
 }
 
 /// A worker group's settings, as the master and its processes see them.
@@ -38,6 +41,7 @@ pub(crate) struct WorkerConfig {
     pub(crate) max_package_size: usize,
     pub(crate) max_send_buffer_size: usize,
     pub(crate) stop_timeout: Duration,
+    pub(crate) graceful_timeout: Duration,
     pub(crate) reloadable: bool,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_requests: Option<u64>,
@@ -177,6 +181,7 @@ impl<P: Protocol + Clone> Worker<P> {
             max_package_size: defaults::MAX_PACKAGE_SIZE,
             max_send_buffer_size: defaults::MAX_SEND_BUFFER_SIZE,
             stop_timeout: defaults::STOP_TIMEOUT,
+            graceful_timeout: defaults::GRACEFUL_TIMEOUT,
             reloadable: true,
             idle_timeout: None,
             max_requests: None,
@@ -249,9 +254,24 @@ impl<P: Protocol> Worker<P> {
         /// Above this resident memory (MiB) a process is recycled gracefully.
         max_memory_mb: u64 => |c, v| c.max_memory_mb = Some(v.max(1)));
 
-    /// How long a graceful stop or reload lets open connections finish (default 2 s).
+    /// How long a plain `stop` or `reload` keeps serving before it closes connections
+    /// (default 2 s, Workerman's `$stopTimeout`): requests already under way are answered
+    /// (HTTP with `Connection: close`) within it; long-lived connections (WebSocket, text,
+    /// frame) hear their farewell at once. A process that has not exited by then plus a margin
+    /// is killed.
     pub fn stop_timeout(&mut self, t: impl IntoInterval) -> &mut Self {
         self.shared.config.borrow_mut().stop_timeout = t.into_interval();
+        self
+    }
+
+    /// How long `stop -g` and `reload -g` keep serving open connections (default 1 hour): a
+    /// retiring process takes no new connection, answers what it is asked, and ends HTTP
+    /// keep-alive connections after their next response; long-lived connections stay until the
+    /// client leaves or this limit passes, then hear their farewell (`on_goodbye`, WebSocket
+    /// close 1001 or 1012). `stop -g --timeout SECS` and `reload -g --timeout SECS` set it for
+    /// one command.
+    pub fn graceful_timeout(&mut self, t: impl IntoInterval) -> &mut Self {
+        self.shared.config.borrow_mut().graceful_timeout = t.into_interval();
         self
     }
 
@@ -344,6 +364,19 @@ impl<P: Protocol> Worker<P> {
     /// Runs when a send fills the connection's buffer past `max_send_buffer_size`.
     pub fn on_buffer_full(&mut self, f: impl Fn(&Connection<P>) + 'static) -> &mut Self {
         self.shared.handlers.borrow_mut().on_buffer_full = Some(Box::new(f));
+        self
+    }
+
+    /// Runs when the process is about to close a connection because it retires (stop,
+    /// reload, restart), before the protocol's last words and `on_close`: the place to send a
+    /// last message ("server restarting, reconnect"). [`Farewell`](crate::Farewell) says why.
+    /// A WebSocket connection then gets a close frame (1001 for a stop, 1012 for a reload or
+    /// restart), a text or frame connection is simply closed after what was sent.
+    pub fn on_goodbye(
+        &mut self,
+        f: impl Fn(&Connection<P>, crate::protocol::Farewell) + 'static,
+    ) -> &mut Self {
+        self.shared.handlers.borrow_mut().on_goodbye = Some(Box::new(f));
         self
     }
 
@@ -466,10 +499,15 @@ pub(crate) trait AnyWorker {
     fn config(&self) -> WorkerConfig;
     /// Becomes process `id` of the group: calls `on_worker_start`, then serves `listener`.
     fn start(self: Rc<Self>, id: u32, listener: Option<Listener>) -> Result<()>;
-    /// Stops taking new connections (a queue of a per-process socket is drained first).
-    fn stop_accepting(&self);
-    /// Closes every connection after what it has queued is written.
-    fn close_connections(&self);
+    /// Stops taking new connections. With `drain_queue`, connections the kernel already
+    /// completed are accepted first (and served), so that closing the socket resets none.
+    fn stop_accepting(&self, drain_queue: bool);
+    /// Tells every connection that the process retires (HTTP ends after its next response).
+    fn retire_connections(&self, why: crate::protocol::Farewell);
+    /// Says goodbye on every connection (only the long-lived ones, with `long_lived_only`).
+    fn bid_farewell(&self, long_lived_only: bool);
+    /// Drops every connection still open.
+    fn destroy_connections(&self);
     fn connection_count(&self) -> usize;
     fn connection_rows(&self) -> Vec<crate::runtime::stats::ConnectionRow>;
     fn worker_stop(self: Rc<Self>);
@@ -518,6 +556,14 @@ impl<P: Protocol + Clone> WorkerShared<P> {
             peer,
             local,
         );
+    }
+
+    fn all_connections(&self) -> Vec<Connection<P>> {
+        self.running
+            .borrow()
+            .as_ref()
+            .map(|r| r.connections.borrow().values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn find(&self, id: u64) -> Option<Connection<P>> {
@@ -595,23 +641,31 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
         Ok(())
     }
 
-    fn stop_accepting(&self) {
+    fn stop_accepting(&self, drain_queue: bool) {
         if let Some(running) = self.running.borrow_mut().as_mut() {
             if let Some(accept) = running.accept.take() {
-                accept.stop();
+                accept.stop(drain_queue);
             }
         }
     }
 
-    fn close_connections(&self) {
-        let all: Vec<_> = self
-            .running
-            .borrow()
-            .as_ref()
-            .map(|r| r.connections.borrow().values().cloned().collect())
-            .unwrap_or_default();
-        for c in all {
-            c.close();
+    fn retire_connections(&self, why: crate::protocol::Farewell) {
+        for c in self.all_connections() {
+            c.retire(why);
+        }
+    }
+
+    fn bid_farewell(&self, long_lived_only: bool) {
+        for c in self.all_connections() {
+            if !(long_lived_only && c.inner.drains.get()) {
+                c.bid_farewell();
+            }
+        }
+    }
+
+    fn destroy_connections(&self) {
+        for c in self.all_connections() {
+            c.destroy();
         }
     }
 

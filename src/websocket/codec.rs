@@ -10,7 +10,7 @@ use http::StatusCode;
 use sha1::{Digest, Sha1};
 
 use crate::http::{Request, Response};
-use crate::protocol::{Input, Payload, Protocol, Rejection, Wire};
+use crate::protocol::{Farewell, Input, Payload, Protocol, Rejection, Wire};
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// How long a client has to complete its opening handshake.
@@ -499,7 +499,8 @@ impl WebSocket {
 }
 
 fn valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    // 1012-1014 are registered with IANA (service restart, try again later, bad gateway).
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn message(kind: u8, payload: BytesMut) -> Result<WsMessage, Rejection> {
@@ -658,6 +659,33 @@ impl Protocol for WebSocket {
     fn handshake_done(&self) -> bool {
         self.phase != Phase::Handshake
     }
+
+    fn at_rest(&self) -> bool {
+        self.fragments.is_none()
+    }
+
+    fn farewell(&mut self, why: Farewell, wire: &mut Wire<'_>) {
+        if self.phase == Phase::Open {
+            let (code, reason) = farewell_code(why);
+            let mut payload = BytesMut::new();
+            payload.put_u16(code);
+            payload.put_slice(reason.as_bytes());
+            let mask = self.out_mask();
+            write_frame(wire.buf(), 0x8, &payload, mask);
+            self.phase = Phase::Closing;
+        }
+        wire.close_after_write();
+    }
+}
+
+/// The close code and reason a retiring process sends: 1001 Going Away when the server stops,
+/// 1012 Service Restart when the process is replaced (RFC 6455 7.4.1 and IANA's registry), so a
+/// client reconnects at once after a deploy and can tell both from a crash (1006).
+pub(crate) fn farewell_code(why: Farewell) -> (u16, &'static str) {
+    match why {
+        Farewell::Restarting => (1012, "server restarting"),
+        _ => (1001, "server stopping"),
+    }
 }
 
 #[cfg(test)]
@@ -752,6 +780,28 @@ mod tests {
             &msgs.expect_err("too big").reply().expect("close")[2..4],
             &1009u16.to_be_bytes()
         );
+    }
+
+    #[test]
+    fn the_farewell_is_a_close_frame_with_1012_for_a_restart_and_1001_for_a_stop() {
+        for (why, code) in [(Farewell::Restarting, 1012u16), (Farewell::Stopping, 1001)] {
+            let mut ws = open();
+            let mut out = BytesMut::new();
+            let mut wire = Wire::new(&mut out);
+            ws.farewell(why, &mut wire);
+            assert!(wire.into_requests().close);
+            assert_eq!(out[0], 0x88);
+            assert_eq!(u16::from_be_bytes([out[2], out[3]]), code);
+        }
+    }
+
+    #[test]
+    fn a_client_echoing_1012_is_not_a_protocol_error() {
+        let mut ws = open();
+        let mut out = BytesMut::new();
+        let mut buf = BytesMut::from(&client_frame(0x8, true, &1012u16.to_be_bytes())[..]);
+        let r = crate::protocol::next_message(&mut ws, &mut buf, 1024, &mut Wire::new(&mut out));
+        assert!(r.is_ok(), "{r:?}");
     }
 
     #[test]

@@ -130,6 +130,12 @@ impl Server {
         c
     }
 
+    /// This server, noted as listening on `port`.
+    pub fn with_port(mut self, port: u16) -> Server {
+        self.port = port;
+        self
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run command")
     }
@@ -259,6 +265,16 @@ impl Drop for Server {
             // Workers carry PR_SET_PDEATHSIG: killing the master takes them down too.
             let _ = child.kill();
             let _ = child.wait();
+            // A master that `restart -d` started in this run directory is ours too.
+            let pid_file = self.run_dir.path().join("master.pid");
+            if let Some(pid) = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            {
+                if pid != child.id() && alive(pid) {
+                    kill9(pid);
+                }
+            }
         }
     }
 }
@@ -338,6 +354,14 @@ impl LineClient {
     }
 
     /// True if the server closed the connection (EOF or reset) within the read timeout.
+    /// Everything left until the peer's FIN; an error for a reset (or nothing within the
+    /// read timeout).
+    pub fn read_to_close(&mut self) -> std::io::Result<String> {
+        let mut rest = String::new();
+        self.reader.read_to_string(&mut rest)?;
+        Ok(rest)
+    }
+
     pub fn is_closed_by_peer(&mut self) -> bool {
         let mut buf = [0u8; 64];
         loop {

@@ -45,14 +45,24 @@ impl Master {
                 let _ = rx.wait_for(|s| *s).await;
                 ok("running".into())
             }
-            Request::Stop { graceful } => {
-                self.stop(graceful);
+            Request::Stop {
+                graceful,
+                restart,
+                timeout_secs,
+            } => {
+                self.stop(graceful, restart, timeout_secs.map(Duration::from_secs));
                 let _ = write_msg(&mut write_half, &ok("stopping".into())).await;
                 // The caller waits for this socket to close: that happens when the master exits.
                 std::future::pending::<()>().await;
                 return;
             }
-            Request::Reload { graceful } => match self.reload(graceful).await {
+            Request::Reload {
+                graceful,
+                timeout_secs,
+            } => match self
+                .reload(graceful, timeout_secs.map(Duration::from_secs))
+                .await
+            {
                 Ok(m) => ok(m),
                 Err(e) => Response::Error {
                     message: e.to_string(),
@@ -78,6 +88,7 @@ impl Master {
             SignalKind::quit(),
             SignalKind::user_defined1(),
             SignalKind::user_defined2(),
+            SignalKind::hangup(),
         ];
         let mut streams = Vec::new();
         for k in kinds {
@@ -89,16 +100,18 @@ impl Master {
                 }
             }
         }
-        let [int, term, quit, usr1, usr2] = &mut streams[..] else {
+        let [int, term, quit, usr1, usr2, hup] = &mut streams[..] else {
             return;
         };
         loop {
             tokio::select! {
-                _ = int.recv() => self.stop(false),
-                _ = term.recv() => self.stop(false),
-                _ = quit.recv() => self.stop(true),
+                _ = int.recv() => self.stop(false, false, None),
+                _ = term.recv() => self.stop(false, false, None),
+                _ = quit.recv() => self.stop(true, false, None),
                 _ = usr1.recv() => self.reload_in_background(false),
                 _ = usr2.recv() => self.reload_in_background(true),
+                // nginx's convention, and what systemd's `ExecReload=kill -HUP $MAINPID` expects.
+                _ = hup.recv() => self.reload_in_background(false),
             }
         }
     }

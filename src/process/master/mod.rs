@@ -41,6 +41,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Extra time, past a stop's own deadline, before a process that has not exited is killed.
 const KILL_MARGIN: Duration = Duration::from_secs(5);
+
+/// When a process told to finish with `limit` is killed if it has not exited: its serving
+/// time, its connections' farewell and flush, and a margin.
+fn kill_after(limit: Duration) -> Duration {
+    limit + crate::process::worker_main::FLUSH_LIMIT + KILL_MARGIN
+}
 /// The longest pause before restarting a process that keeps crashing.
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
 /// A process that exits sooner than this after starting counts as crashing in a loop.
@@ -76,6 +82,8 @@ struct State {
     slots: Vec<Slot>,
     procs: BTreeMap<u32, Proc>,
     stopping: bool,
+    /// The stop under way is graceful: a plain `stop` may still hurry it.
+    stopping_gracefully: bool,
     reloading: bool,
     next_req: u64,
     exits: BTreeMap<(String, String), u64>,
@@ -97,10 +105,14 @@ impl State {
             .unwrap_or_else(|| "hub".into())
     }
 
-    fn stop_timeout(&self, slot: usize) -> Duration {
-        self.config(slot)
-            .map(|c| c.stop_timeout)
-            .unwrap_or(Duration::from_secs(1))
+    /// How long the process in `slot` serves on when told to finish: its `graceful_timeout`
+    /// (or the command's `--timeout`) when graceful, its `stop_timeout` otherwise.
+    fn finish_limit(&self, slot: usize, graceful: bool, timeout: Option<Duration>) -> Duration {
+        match (self.config(slot), graceful) {
+            (Some(c), true) => timeout.unwrap_or(c.graceful_timeout),
+            (Some(c), false) => c.stop_timeout,
+            (None, _) => Duration::from_secs(1),
+        }
     }
 
     fn hub_slot(&self) -> usize {
@@ -224,6 +236,7 @@ pub(crate) fn run(
         slots,
         procs: BTreeMap::new(),
         stopping: false,
+        stopping_gracefully: false,
         reloading: false,
         next_req: 0,
         exits: BTreeMap::new(),

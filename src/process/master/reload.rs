@@ -5,11 +5,16 @@ use super::*;
 impl Master {
     /// Replaces the process in `slot_idx` with a new one: the new one accepts before the old
     /// one is told to retire, so no connection is refused.
-    pub(super) async fn replace(&self, slot_idx: usize, graceful: bool) -> Result<()> {
-        let (old, stop_timeout) = {
+    pub(super) async fn replace(
+        &self,
+        slot_idx: usize,
+        graceful: bool,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        let (old, limit) = {
             let st = self.state.borrow();
             let slot = &st.slots[slot_idx];
-            (slot.current, st.stop_timeout(slot_idx))
+            (slot.current, st.finish_limit(slot_idx, graceful, timeout))
         };
         let (new_pid, ready) = self.spawn_proc(slot_idx)?;
         if !matches!(tokio::time::timeout(READY_TIMEOUT, ready).await, Ok(Ok(()))) {
@@ -37,14 +42,14 @@ impl Master {
                 old,
                 ToWorker::Retire {
                     graceful,
-                    timeout_ms: stop_timeout.as_millis() as u64,
+                    timeout_ms: limit.as_millis() as u64,
                 },
             );
-            self.kill_later(old, stop_timeout + KILL_MARGIN);
+            self.kill_later(old, kill_after(limit));
         }
         Ok(())
     }
-    pub(super) async fn reload(&self, graceful: bool) -> Result<String> {
+    pub(super) async fn reload(&self, graceful: bool, timeout: Option<Duration>) -> Result<String> {
         {
             let mut st = self.state.borrow_mut();
             if st.stopping {
@@ -81,7 +86,7 @@ impl Master {
                 }
                 continue;
             }
-            match self.replace(idx, graceful).await {
+            match self.replace(idx, graceful, timeout).await {
                 Ok(()) => replaced += 1,
                 Err(e) => {
                     tracing::error!("reload: {e}");
@@ -119,7 +124,7 @@ impl Master {
             st.slots.iter().position(|s| s.current == Some(pid))
         };
         if let Some(idx) = slot {
-            if let Err(e) = self.replace(idx, true).await {
+            if let Err(e) = self.replace(idx, true, None).await {
                 tracing::error!("recycle: {e}");
             }
         }
@@ -127,7 +132,7 @@ impl Master {
     pub(super) fn reload_in_background(&self, graceful: bool) {
         let me = self.clone();
         spawn_local(async move {
-            if let Err(e) = me.reload(graceful).await {
+            if let Err(e) = me.reload(graceful, None).await {
                 tracing::error!("{e}");
             }
         });

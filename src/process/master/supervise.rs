@@ -179,7 +179,14 @@ impl Master {
         match st.slots[st.hub_slot()].current {
             Some(hub) if st.procs.contains_key(&hub) => {
                 drop(st);
-                self.send(hub, ToWorker::Stop);
+                self.send(
+                    hub,
+                    ToWorker::Stop {
+                        graceful: false,
+                        timeout_ms: 0,
+                        restart: false,
+                    },
+                );
                 self.kill_later(hub, KILL_MARGIN);
             }
             _ if st.procs.is_empty() => self.all_gone.notify_one(),
@@ -286,37 +293,46 @@ impl Master {
             }
         });
     }
-    pub(super) fn stop(&self, graceful: bool) {
+    /// Stops every worker process (`restart`: clients are told the server restarts). The
+    /// master closes its listening sockets first, so that once the workers have taken what
+    /// is queued, a new connection is refused rather than accepted and reset. A plain stop
+    /// during a graceful one hurries it.
+    pub(super) fn stop(&self, graceful: bool, restart: bool, timeout: Option<Duration>) {
         let targets: Vec<(u32, Duration)> = {
             let mut st = self.state.borrow_mut();
-            if st.stopping {
+            if st.stopping && (graceful || !st.stopping_gracefully) {
                 return;
             }
             st.stopping = true;
-            st.procs
+            st.stopping_gracefully = graceful;
+            st.group_listeners.fill_with(|| None);
+            st.slot_listeners.fill_with(|| None);
+            let targets = st
+                .procs
                 .iter()
                 .filter(|(_, p)| st.slots[p.slot].group.is_some())
-                .map(|(pid, p)| (*pid, st.stop_timeout(p.slot)))
-                .collect()
+                .map(|(pid, p)| (*pid, st.finish_limit(p.slot, graceful, timeout)))
+                .collect();
+            for p in st.procs.values_mut() {
+                p.retiring = true;
+            }
+            targets
         };
         tracing::info!(
             "stopping{} {} worker processes",
             if graceful { " gracefully" } else { "" },
             targets.len()
         );
-        for (pid, timeout) in targets {
-            if graceful {
-                self.send(
-                    pid,
-                    ToWorker::GracefulStop {
-                        timeout_ms: timeout.as_millis() as u64,
-                    },
-                );
-                self.kill_later(pid, timeout + KILL_MARGIN);
-            } else {
-                self.send(pid, ToWorker::Stop);
-                self.kill_later(pid, KILL_MARGIN);
-            }
+        for (pid, limit) in targets {
+            self.send(
+                pid,
+                ToWorker::Stop {
+                    graceful,
+                    timeout_ms: limit.as_millis() as u64,
+                    restart,
+                },
+            );
+            self.kill_later(pid, kill_after(limit));
         }
         self.finish_stop_if_done();
     }
