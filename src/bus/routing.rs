@@ -25,6 +25,11 @@ use crate::runtime::registry;
 const OP: &str = "op";
 const CLIENT: &str = "client";
 const EXCLUDE: &str = "exclude";
+/// A routed message's id (`TAG.N`, unique per sending process): a connection moving between
+/// processes receives each message once although both processes hear it for a moment.
+const MID: &str = "ox-mid";
+/// Messages held for one moving connection before further ones are dropped (logged).
+const MAX_HELD: usize = 4096;
 /// How long counts and listings wait for every process's answer.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -76,6 +81,77 @@ struct Router {
     groups: HashMap<String, BTreeSet<u64>>,
     member_of: HashMap<u64, (BTreeSet<String>, BTreeSet<String>)>,
     subs: HashMap<String, Subscription>,
+    /// Connections that moved here keep the client id they had: their old process's tag.
+    aliases: HashMap<u64, String>,
+    /// Subscriptions to the old tags of moved-in connections, with how many use each.
+    alias_subs: HashMap<String, (Subscription, usize)>,
+    /// Connections that left for another process: what arrives for them until the new
+    /// process has their memberships, to be passed on.
+    moving_out: HashMap<u64, Vec<Routed>>,
+    /// Connections that arrived from another process: what arrives for them until the old
+    /// process has passed on what it held, to be delivered after it.
+    moving_in: HashMap<u64, Vec<Routed>>,
+    next_mid: u64,
+    /// With hand-off on: per connection, the last message id delivered from each sender, so
+    /// that the process it moves to skips what was already delivered here.
+    delivered: Option<HashMap<u64, Seen>>,
+}
+
+/// Per sender and subject (`TAG@SUBJECT`), the last message number delivered to one
+/// connection. By subject, because only within one subscription does a bus keep a sender's
+/// order all the way to the handler (NATS reads each subscription separately).
+pub(crate) type Seen = HashMap<String, u64>;
+
+fn parse_mid(mid: &str) -> Option<(&str, u64)> {
+    let (tag, n) = mid.rsplit_once('.')?;
+    Some((tag, n.parse().ok()?))
+}
+
+/// A message's place in its sender's order on its subject: `TAG@SUBJECT.N`.
+fn ordered_id(msg: &BusMessage) -> Option<String> {
+    let (tag, n) = parse_mid(msg.headers.get(MID)?)?;
+    Some(format!("{tag}@{}.{n}", msg.subject))
+}
+
+/// Keeps, from now on, what [`begin_move_out`] needs to prevent a message reaching a moving
+/// connection twice (a worker with hand-off on).
+pub(crate) fn track_delivered() {
+    ROUTER.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.delivered.is_none() {
+            r.delivered = Some(HashMap::new());
+        }
+    });
+}
+
+/// A routed message held for a moving connection: its id and payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Routed {
+    pub(crate) mid: Option<String>,
+    pub(crate) payload: String,
+}
+
+impl Routed {
+    fn new(mid: Option<&str>, payload: &Bytes) -> Routed {
+        Routed {
+            mid: mid.map(str::to_string),
+            payload: crate::runtime::moving::ConnectionState::encode_bytes(payload),
+        }
+    }
+
+    fn bytes(&self) -> Bytes {
+        crate::runtime::moving::ConnectionState::decode_bytes(&self.payload)
+            .map(Bytes::from)
+            .unwrap_or_default()
+    }
+}
+
+/// What a connection's routing is, to move it: its client tag, uids and groups.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Memberships {
+    pub(crate) tag: Option<String>,
+    pub(crate) uids: Vec<String>,
+    pub(crate) groups: Vec<String>,
 }
 
 thread_local! {
@@ -107,7 +183,21 @@ fn tag() -> String {
 
 /// The cluster-wide id of connection `conn` of this process.
 pub(crate) fn client_id(conn: u64) -> ClientId {
-    ClientId::new(&tag(), conn)
+    match ROUTER.with(|r| r.borrow().aliases.get(&conn).cloned()) {
+        Some(alias) => ClientId::new(&alias, conn),
+        None => ClientId::new(&tag(), conn),
+    }
+}
+
+/// A fresh message id for a routed send.
+fn mid_headers(headers: Headers) -> Headers {
+    let t = tag();
+    let n = ROUTER.with(|r| {
+        let mut r = r.borrow_mut();
+        r.next_mid += 1;
+        r.next_mid
+    });
+    headers.with(MID, &format!("{t}.{n}"))
 }
 
 fn uid_subject(uid: &str) -> String {
@@ -135,13 +225,52 @@ pub(crate) fn activate() -> Result<(), BusError> {
 }
 
 fn local_ids() -> Vec<u64> {
-    registry::running()
+    let mut ids: Vec<u64> = registry::running()
         .iter()
         .flat_map(|w| w.connection_ids())
-        .collect()
+        .collect();
+    // A connection on its way out is still this process's to answer for.
+    ROUTER.with(|r| ids.extend(r.borrow().moving_out.keys().copied()));
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
-fn deliver(conn: u64, payload: &Bytes) -> bool {
+fn deliver(conn: u64, msg: &BusMessage) -> bool {
+    let held = ROUTER.with(|r| {
+        let mut r = r.borrow_mut();
+        let r = &mut *r;
+        let id = ordered_id(msg);
+        if let (Some(delivered), Some((tag, n))) =
+            (r.delivered.as_mut(), id.as_deref().and_then(parse_mid))
+        {
+            let seen = delivered.entry(conn).or_default();
+            match seen.get_mut(tag) {
+                Some(last) if *last >= n => return true,
+                Some(last) => *last = n,
+                None => {
+                    seen.insert(tag.to_string(), n);
+                }
+            }
+        }
+        let queue = match r.moving_out.get_mut(&conn) {
+            Some(q) => q,
+            None => match r.moving_in.get_mut(&conn) {
+                Some(q) => q,
+                None => return false,
+            },
+        };
+        if queue.len() < MAX_HELD {
+            queue.push(Routed::new(id.as_deref(), &msg.payload));
+        } else {
+            tracing::warn!("connection {conn} is moving and {MAX_HELD} messages wait; one dropped");
+        }
+        true
+    });
+    held || deliver_now(conn, &msg.payload)
+}
+
+fn deliver_now(conn: u64, payload: &Bytes) -> bool {
     registry::running()
         .iter()
         .any(|w| w.send_payload(conn, Payload(payload.clone())))
@@ -149,12 +278,17 @@ fn deliver(conn: u64, payload: &Bytes) -> bool {
 
 fn excluded(msg: &BusMessage) -> BTreeSet<u64> {
     let me = tag();
+    let aliases = ROUTER.with(|r| r.borrow().aliases.clone());
     msg.headers
         .get(EXCLUDE)
         .map(|list| {
             list.split(',')
                 .filter_map(|c| c.parse::<ClientId>().ok())
-                .filter_map(|c| c.parts().filter(|(t, _)| *t == me).map(|(_, n)| n))
+                .filter_map(|c| {
+                    c.parts()
+                        .filter(|(t, n)| *t == me || aliases.get(n).is_some_and(|a| a == t))
+                        .map(|(_, n)| n)
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -177,7 +311,7 @@ fn on_client_op(msg: BusMessage) {
     let Some(conn) = conn else { return };
     match msg.headers.get(OP) {
         Some("send") => {
-            deliver(conn, &msg.payload);
+            deliver(conn, &msg);
         }
         Some("close") => {
             for w in registry::running() {
@@ -198,7 +332,7 @@ fn on_broadcast(msg: BusMessage) {
         _ => {
             let skip = excluded(&msg);
             for id in local_ids().into_iter().filter(|id| !skip.contains(id)) {
-                deliver(id, &msg.payload);
+                deliver(id, &msg);
             }
         }
     }
@@ -222,7 +356,7 @@ fn on_member_op(name: String, is_uid: bool) -> impl Fn(BusMessage) {
             _ => {
                 let skip = excluded(&msg);
                 for id in members.into_iter().filter(|id| !skip.contains(id)) {
-                    deliver(id, &msg.payload);
+                    deliver(id, &msg);
                 }
             }
         }
@@ -295,6 +429,8 @@ fn leave(conn: u64, name: &str, is_uid: bool) {
 
 /// A connection closed: it leaves every uid and group it belonged to.
 fn forget(conn: u64) {
+    drop_alias(conn);
+    ROUTER.with(|r| r.borrow_mut().delivered.as_mut().map(|d| d.remove(&conn)));
     let Some((uids, groups)) = ROUTER.with(|r| r.borrow_mut().member_of.remove(&conn)) else {
         return;
     };
@@ -332,7 +468,7 @@ fn client_op(client: &ClientId, op: &str) -> Result<(String, Headers), BusError>
 /// Sends `payload` to one client connection, wherever it lives.
 pub fn send_to_client(client: &ClientId, payload: impl Into<Bytes>) -> Result<(), BusError> {
     let (subject, headers) = client_op(client, "send")?;
-    bus()?.publish_with(&subject, headers, payload, None)
+    bus()?.publish_with(&subject, mid_headers(headers), payload, None)
 }
 
 /// Closes a client connection, wherever it lives.
@@ -365,7 +501,7 @@ fn exclude_header(exclude: &[ClientId]) -> Headers {
 pub fn send_to_uid(uid: &str, payload: impl Into<Bytes>) -> Result<(), BusError> {
     bus()?.publish_with(
         &uid_subject(uid),
-        Headers::new().with(OP, "send"),
+        mid_headers(Headers::new().with(OP, "send")),
         payload,
         None,
     )
@@ -389,7 +525,7 @@ pub fn send_to_group(
 ) -> Result<(), BusError> {
     bus()?.publish_with(
         &group_subject(group),
-        exclude_header(exclude),
+        mid_headers(exclude_header(exclude)),
         payload,
         None,
     )
@@ -407,7 +543,12 @@ pub async fn group_count(group: &str) -> Result<usize, BusError> {
 
 /// Sends `payload` to every client connection of every routing process, except `exclude`.
 pub fn broadcast(payload: impl Into<Bytes>, exclude: &[ClientId]) -> Result<(), BusError> {
-    bus()?.publish_with(BROADCAST, exclude_header(exclude), payload, None)
+    bus()?.publish_with(
+        BROADCAST,
+        mid_headers(exclude_header(exclude)),
+        payload,
+        None,
+    )
 }
 
 /// How many client connections the routing processes hold in all.
@@ -477,5 +618,159 @@ impl<P: crate::protocol::Protocol> crate::runtime::connection::Connection<P> {
     /// Removes this connection from `group`.
     pub fn leave_group(&self, group: &str) {
         leave_group(self.id(), group)
+    }
+}
+
+/// A moved-in connection is gone: its old tag is unsubscribed once no connection uses it.
+fn drop_alias(conn: u64) {
+    let sub = ROUTER.with(|r| {
+        let mut r = r.borrow_mut();
+        let alias = r.aliases.remove(&conn)?;
+        let (_, users) = r.alias_subs.get_mut(&alias)?;
+        *users -= 1;
+        if *users == 0 {
+            r.alias_subs.remove(&alias).map(|(s, _)| s)
+        } else {
+            None
+        }
+    });
+    if let (Some(sub), Ok(b)) = (sub, bus()) {
+        let _ = b.unsubscribe(sub);
+    }
+}
+
+/// What moves with connection `conn`: the tag of its client id (if anyone could have learnt
+/// it), its uids and groups. From now until [`finish_move_out`], what arrives for it is held.
+pub(crate) fn begin_move_out(conn: u64) -> Memberships {
+    ROUTER.with(|r| {
+        let mut r = r.borrow_mut();
+        let tag = match r.aliases.get(&conn) {
+            Some(alias) => Some(alias.clone()),
+            None if r.active => Some(r.tag.clone()),
+            None => None,
+        };
+        let (uids, groups) = r
+            .member_of
+            .get(&conn)
+            .map(|(u, g)| (u.iter().cloned().collect(), g.iter().cloned().collect()))
+            .unwrap_or_default();
+        r.moving_out.insert(conn, Vec::new());
+        Memberships { tag, uids, groups }
+    })
+}
+
+/// The new process has `conn`'s memberships: it leaves them here, and gets what was held and
+/// which messages were delivered.
+pub(crate) fn finish_move_out(conn: u64) -> (Vec<Routed>, Seen) {
+    let (held, seen) = ROUTER.with(|r| {
+        let mut r = r.borrow_mut();
+        let held = r.moving_out.remove(&conn).unwrap_or_default();
+        let seen = r
+            .delivered
+            .as_mut()
+            .and_then(|d| d.remove(&conn))
+            .unwrap_or_default();
+        (held, seen)
+    });
+    crate::runtime::server::run_closed_hooks(conn);
+    (held, seen)
+}
+
+/// The move failed and `conn` comes back: what was held is delivered again, here.
+pub(crate) fn cancel_move_out(conn: u64) {
+    let held = ROUTER.with(|r| r.borrow_mut().moving_out.remove(&conn).unwrap_or_default());
+    for m in held {
+        deliver_now(conn, &m.bytes());
+    }
+}
+
+/// Connection `conn` arrived: it takes its memberships here, keeps its client id, and holds
+/// what arrives for it until [`finish_move_in`].
+pub(crate) fn begin_move_in(conn: u64, m: &Memberships) -> Result<(), BusError> {
+    ROUTER.with(|r| r.borrow_mut().moving_in.insert(conn, Vec::new()));
+    if let Some(alias) = &m.tag {
+        activate()?;
+        if *alias != tag() {
+            let need_sub = ROUTER.with(|r| {
+                let mut r = r.borrow_mut();
+                r.aliases.insert(conn, alias.clone());
+                match r.alias_subs.get_mut(alias) {
+                    Some((_, users)) => {
+                        *users += 1;
+                        false
+                    }
+                    None => true,
+                }
+            });
+            if need_sub {
+                let sub = bus()?.subscribe(&format!("ox.c.{alias}"), None, on_client_op)?;
+                ROUTER.with(|r| r.borrow_mut().alias_subs.insert(alias.clone(), (sub, 1)));
+            }
+            if !ANY_MEMBERSHIP.with(|a| a.replace(true)) {
+                crate::runtime::server::on_connection_closed(forget);
+            }
+        }
+    }
+    for uid in &m.uids {
+        bind_uid(conn, uid)?;
+    }
+    for group in &m.groups {
+        join_group(conn, group)?;
+    }
+    Ok(())
+}
+
+/// The old process passed on what it held for `conn` and what it had delivered (`seen`, the
+/// held included): the held messages are delivered first, then what arrived here meanwhile
+/// that the old process had not (each sender's messages arrive in order, so a number at or
+/// below the sender's last one there was delivered there).
+pub(crate) fn finish_move_in(conn: u64, from_old: Vec<Routed>, seen: Seen) {
+    let here = ROUTER.with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some(delivered) = r.delivered.as_mut() {
+            let mine = delivered.entry(conn).or_default();
+            for (tag, n) in &seen {
+                let last = mine.entry(tag.clone()).or_insert(0);
+                *last = (*last).max(*n);
+            }
+        }
+        r.moving_in.remove(&conn).unwrap_or_default()
+    });
+    for m in from_old {
+        deliver_now(conn, &m.bytes());
+    }
+    for m in here {
+        let done_there = m
+            .mid
+            .as_deref()
+            .and_then(parse_mid)
+            .is_some_and(|(tag, n)| seen.get(tag).is_some_and(|last| n <= *last));
+        if !done_there {
+            deliver_now(conn, &m.bytes());
+        }
+    }
+}
+
+/// Whether this process's connections are reachable over the bus at all.
+pub(crate) fn is_active() -> bool {
+    ROUTER.with(|r| r.borrow().active)
+}
+
+/// Waits until the bus has everything this process sent before (subscriptions included), and
+/// this process has received what the bus routed to it before that.
+pub(crate) async fn sync() -> Result<(), BusError> {
+    let b = bus()?;
+    let subject = format!("ox.sys.sync.{}", super::handle::unique_token());
+    match b
+        .request(
+            &subject,
+            Headers::new(),
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await
+    {
+        Ok(_) | Err(BusError::NoResponders(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }

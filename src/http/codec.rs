@@ -487,10 +487,23 @@ impl Protocol for Http {
         true
     }
 
+    fn export_state(&self) -> Option<Vec<u8>> {
+        // Between requests only: nothing half-read, nothing owed, no upgrade under way.
+        let between = self.head.is_none()
+            && self.current.is_none()
+            && self.stream.is_none()
+            && self.upgrade_to.is_none();
+        between.then(Vec::new)
+    }
+
+    fn import_state(&mut self, _state: &[u8]) -> Result<(), Rejection> {
+        Ok(())
+    }
+
     fn at_rest(&self) -> bool {
         // A request being read, or one whose handler has not answered yet, is owed a response;
-        // an open stream (chunked, SSE) is ended by the farewell.
-        self.head.is_none() && (self.current.is_none() || self.stream.is_some())
+        // an open stream (chunked, SSE) is long-lived: the farewell ends it with its last chunk.
+        self.head.is_none() && self.current.is_none()
     }
 
     fn farewell(&mut self, _why: crate::protocol::Farewell, wire: &mut Wire<'_>) {
@@ -865,10 +878,7 @@ mod tests {
             &mut Wire::new(&mut out),
         )
         .expect("encode");
-        assert!(
-            p.at_rest(),
-            "an open stream is ended by the farewell, not waited for"
-        );
+        assert!(!p.at_rest(), "an open stream is never closed as idle");
         let mut out = BytesMut::new();
         let mut wire = Wire::new(&mut out);
         p.farewell(crate::protocol::Farewell::Restarting, &mut wire);

@@ -7,6 +7,7 @@
 pub(crate) mod cli;
 mod cluster;
 pub(crate) mod control;
+pub(crate) mod handoff;
 pub(crate) mod hub_main;
 mod master;
 pub(crate) mod status;
@@ -23,6 +24,10 @@ pub(crate) mod env {
     pub(crate) const MASTER_PID: &str = "OXWORK_MASTER_PID";
     pub(crate) const CONTROL_FD: &str = "OXWORK_CONTROL_FD";
     pub(crate) const LISTEN_FD: &str = "OXWORK_LISTEN_FD";
+    /// The worker's end of its hand-off channel (connections moving on reload).
+    pub(crate) const HANDOFF_FD: &str = "OXWORK_HANDOFF_FD";
+    /// Where this process's connection ids start (each process of a slot has its own range).
+    pub(crate) const CONN_BASE: &str = "OXWORK_CONN_BASE";
     /// The hub's socket path.
     pub(crate) const HUB: &str = "OXWORK_HUB";
     /// This tree's node name (default: the host name).

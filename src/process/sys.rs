@@ -226,3 +226,87 @@ pub(crate) fn read_pid(path: &Path) -> Option<u32> {
 pub(crate) fn raw(fd: &impl AsRawFd) -> RawFd {
     fd.as_raw_fd()
 }
+
+/// A connected pair of Unix `SOCK_SEQPACKET` sockets (non-blocking, close-on-exec): message
+/// boundaries are kept, and a message may carry a descriptor (the hand-off channel).
+pub(crate) fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Sends one message, with `fd` attached (`SCM_RIGHTS`) if given. Never blocks: a full socket
+/// is `WouldBlock`.
+pub(crate) fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [std::io::IoSlice::new(bytes)];
+    let fds = fd.map(|f| [f.as_raw_fd()]);
+    let cmsgs: Vec<ControlMessage<'_>> = fds
+        .as_ref()
+        .map(|f| vec![ControlMessage::ScmRights(f)])
+        .unwrap_or_default();
+    let sent = sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsgs,
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        None,
+    )?;
+    if sent != bytes.len() {
+        return Err(std::io::Error::other("hand-off message sent in part"));
+    }
+    Ok(())
+}
+
+/// Receives one message into `buf`, with the descriptor it carried. A message that did not
+/// fit, or that carried more than one descriptor, is refused (and what came is closed).
+pub(crate) fn recv_with_fd(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            for raw in received {
+                // SAFETY: the kernel just installed `raw` in this process for this message;
+                // nothing else knows the number, so taking ownership is sound.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    if truncated || fds.len() > 1 {
+        return Err(std::io::Error::other(
+            "hand-off message too large or with several descriptors",
+        ));
+    }
+    Ok((msg.bytes, fds.pop()))
+}
+
+/// `fd` registered with the event loop (tokio's `AsyncFd`), owning it.
+pub(crate) fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `OwnedFd` is open for as long as it lives, always answers the same number from
+    // `as_raw_fd`, and here it is moved into the `AsyncFd`, which owns it until it is dropped;
+    // nothing else holds the number, so it cannot be closed or reused behind the registration.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}

@@ -75,6 +75,13 @@ fn run_inner(role: &Role) -> Result<()> {
     let control = sys::inherited_fd(env::CONTROL_FD)?
         .ok_or_else(|| Error::new(ErrorKind::Control, "worker has no control socket"))?;
     let inherited = sys::inherited_fd(env::LISTEN_FD)?;
+    let handoff = sys::inherited_fd(env::HANDOFF_FD)?;
+    if let Some(base) = std::env::var(env::CONN_BASE)
+        .ok()
+        .and_then(|b| b.parse().ok())
+    {
+        crate::runtime::connection::set_id_base(base);
+    }
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -90,6 +97,9 @@ fn run_inner(role: &Role) -> Result<()> {
             _ => None,
         };
         crate::runtime::registry::set_running(worker.clone(), role.id);
+        if let Some(fd) = handoff {
+            super::handoff::init(fd, &config.name, config.hand_off);
+        }
         worker.clone().start(role.id, listener)?;
 
         let control = super::control_stream(control)?;
@@ -171,6 +181,7 @@ async fn serve_master(
                     graceful,
                     limit: Duration::from_millis(timeout_ms),
                     drain_queue: true,
+                    hand_off: false,
                 };
                 begin_finish(&mut finishing, &worker, how, &hurry);
                 None
@@ -187,6 +198,7 @@ async fn serve_master(
                     graceful,
                     limit: Duration::from_millis(timeout_ms),
                     drain_queue: false,
+                    hand_off: config.hand_off,
                 };
                 begin_finish(&mut finishing, &worker, how, &hurry);
                 None
@@ -280,6 +292,8 @@ struct Finish {
     /// Accept what the kernel already queued before closing the listener (stopping, as the
     /// socket closes for good; a reload leaves the queue to the successor).
     drain_queue: bool,
+    /// Hand open connections to the successor first (a reload of a worker with `hand_off`).
+    hand_off: bool,
 }
 
 /// Ends the process's service without a client seeing an error: no new connections, the
@@ -292,6 +306,9 @@ async fn finish(worker: Rc<dyn AnyWorker>, how: Finish, hurry: Rc<tokio::sync::N
         w.stop_accepting(how.drain_queue);
     }
     worker.clone().worker_stop();
+    if how.hand_off {
+        super::handoff::move_connections(&worker).await;
+    }
     crate::runtime::connection::set_process_retiring(how.why, false);
     for w in &all {
         w.retire_connections(how.why);

@@ -125,6 +125,16 @@ impl Protocol for Dynamic {
         Some(payload)
     }
 
+    fn export_state(&self) -> Option<Vec<u8>> {
+        // Every built-in keeps nothing between messages (a text line half-read restarts its
+        // scan from the bytes that travel with the connection).
+        Some(Vec::new())
+    }
+
+    fn import_state(&mut self, _state: &[u8]) -> Result<(), Rejection> {
+        Ok(())
+    }
+
     fn input(&mut self, buf: &[u8], wire: &mut Wire<'_>) -> Result<Input, Rejection> {
         match &mut self.0 {
             Builtin::Text(p) => p.input(buf, wire),

@@ -18,6 +18,14 @@ impl Protocol for Frame {
     type Message = Bytes;
     type Output = Payload;
 
+    fn export_state(&self) -> Option<Vec<u8>> {
+        Some(Vec::new())
+    }
+
+    fn import_state(&mut self, _state: &[u8]) -> Result<(), Rejection> {
+        Ok(())
+    }
+
     fn output_from_payload(payload: Payload) -> Option<Payload> {
         Some(payload)
     }

@@ -164,7 +164,7 @@ impl<'a> Wire<'a> {
 impl std::error::Error for Rejection {}
 
 /// The peer of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PeerAddr {
     /// An IP peer.
     Inet(std::net::SocketAddr),
@@ -278,6 +278,21 @@ pub trait Protocol: 'static {
     /// this writes. Nothing, by default.
     fn farewell(&mut self, why: Farewell, wire: &mut Wire<'_>) {
         let _ = (why, wire);
+    }
+
+    /// The protocol's state between messages, for handing the connection to another process
+    /// (live hand-off on reload). `None` (the default) means the connection cannot move now
+    /// (or ever): it gets the farewell instead. Called only at a message boundary.
+    fn export_state(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Takes over the state another process's [`export_state`](Protocol::export_state)
+    /// wrote, in a value made the usual way (a clone of the worker's protocol). Refusing makes
+    /// the connection go back to the old process, which says its farewell.
+    fn import_state(&mut self, state: &[u8]) -> Result<(), Rejection> {
+        let _ = state;
+        Err(Rejection::new("this protocol cannot resume a connection"))
     }
 
     /// How bytes sent from another process (`bus::send_to_client`, `send_to_uid`, group and

@@ -57,6 +57,7 @@ pub(crate) struct Handlers<P: Protocol> {
     pub(crate) on_buffer_full: Option<ConnFn<P>>,
     pub(crate) on_buffer_drain: Option<ConnFn<P>>,
     pub(crate) on_goodbye: Option<GoodbyeFn<P>>,
+    pub(crate) on_resume: Option<ConnFn<P>>,
 }
 
 impl<P: Protocol> Default for Handlers<P> {
@@ -69,6 +70,7 @@ impl<P: Protocol> Default for Handlers<P> {
             on_buffer_full: None,
             on_buffer_drain: None,
             on_goodbye: None,
+            on_resume: None,
         }
     }
 }
@@ -130,6 +132,48 @@ pub(crate) struct ConnInner<P: Protocol> {
     pub(crate) drains: Cell<bool>,
     /// The process's last words are due: the driver says them at the next rest, then closes.
     pub(crate) farewell_due: Cell<bool>,
+    /// Hand the connection to the successor process at its next message boundary.
+    pub(crate) move_requested: Cell<bool>,
+    /// Live [`Hold`] guards: work under way for this connection that keeps it from moving.
+    pub(crate) holds: Cell<usize>,
+    pub(crate) session: RefCell<serde_json::Map<String, serde_json::Value>>,
+    /// How old the connection was when it moved to this process.
+    pub(crate) moved_age: Cell<std::time::Duration>,
+}
+
+/// Work under way for a connection ([`Connection::hold`]); dropping it lets the connection
+/// move again.
+pub struct Hold {
+    conn: std::rc::Weak<dyn HoldTarget>,
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+trait HoldTarget {
+    fn release(&self);
+}
+
+impl<P: Protocol> HoldTarget for ConnInner<P> {
+    fn release(&self) {
+        self.holds.set(self.holds.get().saturating_sub(1));
+        if self.holds.get() == 0 && self.move_requested.get() {
+            if let Some(w) = self.waker.borrow().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.upgrade() {
+            c.release();
+        }
+    }
 }
 
 /// One client connection (Workerman's `TcpConnection`), cheap to clone.
@@ -166,6 +210,20 @@ thread_local! {
     static RETIRING: Cell<Option<(Farewell, bool)>> = const { Cell::new(None) };
 }
 
+/// Makes this process's connection ids start above `base` (each process of a slot gets its own
+/// range, so that a connection keeps its id when it moves to the next process).
+pub(crate) fn set_id_base(base: u64) {
+    NEXT_ID.with(|n| n.set(base + 1));
+}
+
+fn next_id() -> u64 {
+    NEXT_ID.with(|n| {
+        let id = n.get();
+        n.set(id + 1);
+        id
+    })
+}
+
 /// Marks this process as retiring for `why`; with `farewell_due`, connections that start from
 /// now on say their farewell as soon as they are at rest.
 pub(crate) fn set_process_retiring(why: Farewell, farewell_due: bool) {
@@ -179,6 +237,19 @@ pub(crate) struct ConnSettings {
 
 impl<P: Protocol> Connection<P> {
     pub(crate) fn new(
+        proto: P,
+        peer: PeerAddr,
+        local: Option<SocketAddr>,
+        handlers: Rc<Handlers<P>>,
+        settings: &ConnSettings,
+        sink: Sink,
+    ) -> Self {
+        Self::with_id(next_id(), proto, peer, local, handlers, settings, sink)
+    }
+
+    /// [`new`](Self::new) with a given id (a connection that moved here keeps its own).
+    pub(crate) fn with_id(
+        id: u64,
         mut proto: P,
         peer: PeerAddr,
         local: Option<SocketAddr>,
@@ -187,11 +258,6 @@ impl<P: Protocol> Connection<P> {
         sink: Sink,
     ) -> Self {
         proto.configure(settings.max_package_size);
-        let id = NEXT_ID.with(|n| {
-            let id = n.get();
-            n.set(id + 1);
-            id
-        });
         Connection {
             inner: Rc::new(ConnInner {
                 id,
@@ -216,6 +282,10 @@ impl<P: Protocol> Connection<P> {
                 retiring: Cell::new(None),
                 drains: Cell::new(false),
                 farewell_due: Cell::new(false),
+                move_requested: Cell::new(false),
+                holds: Cell::new(0),
+                session: RefCell::new(serde_json::Map::new()),
+                moved_age: Cell::new(std::time::Duration::ZERO),
             }),
         }
     }
@@ -374,6 +444,46 @@ impl<P: Protocol> Connection<P> {
         }
     }
 
+    /// Data kept on the connection for its whole life (GatewayWorker's `$_SESSION`): it moves
+    /// with the connection when a reload hands it to the new process (at most 64 KiB as
+    /// JSON; a larger session keeps the connection from moving).
+    pub fn session(&self) -> std::cell::RefMut<'_, serde_json::Map<String, serde_json::Value>> {
+        self.inner.session.borrow_mut()
+    }
+
+    /// Marks work under way for this connection (a reply that an async task will send):
+    /// while a guard lives the connection is not handed to another process, so the reply
+    /// cannot be lost. Drop the guard when the reply has been sent.
+    pub fn hold(&self) -> Hold {
+        self.inner.holds.set(self.inner.holds.get() + 1);
+        Hold {
+            conn: Rc::downgrade(&self.inner) as std::rc::Weak<dyn HoldTarget>,
+        }
+    }
+
+    /// Takes the counters and session of a connection that moved here.
+    pub(crate) fn restore(&self, state: &crate::runtime::moving::ConnectionState) {
+        let inner = &self.inner;
+        inner.bytes_in.set(state.bytes_in);
+        inner.bytes_out.set(state.bytes_out);
+        inner.max_send_buffer_size.set(state.max_send_buffer_size);
+        *inner.session.borrow_mut() = state.session.clone();
+        // `created` is fixed at construction; the age is carried by `moved_age`.
+        inner.moved_age.set(state.age());
+    }
+
+    /// Asks the driver to hand this connection to the successor at its next boundary.
+    pub(crate) fn request_move(&self) {
+        if !self.inner.move_requested.replace(true) {
+            self.wake();
+        }
+    }
+
+    /// The connection could not move in time: it stays, and gets the farewell instead.
+    pub(crate) fn cancel_move(&self) {
+        self.inner.move_requested.set(false);
+    }
+
     /// Why the process is ending this connection, once it is: set when the process starts to
     /// retire (reload, stop), before `on_goodbye` and `on_close`.
     pub fn retiring(&self) -> Option<Farewell> {
@@ -420,7 +530,7 @@ impl<P: Protocol> Connection<P> {
 
     /// How long ago the connection was established.
     pub fn age(&self) -> std::time::Duration {
-        self.inner.created.elapsed()
+        self.inner.created.elapsed() + self.inner.moved_age.get()
     }
 
     pub(crate) fn wake(&self) {

@@ -14,6 +14,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::protocol::{next_message, Protocol};
 use crate::runtime::connection::{Connection, State};
+use crate::runtime::moving::IntoSocket;
 use crate::runtime::stats;
 
 /// Bytes asked of the kernel per read.
@@ -67,6 +68,7 @@ enum Event {
     Wake,
     Farewell,
     DrainedIdle,
+    Move,
 }
 
 /// Per-driver options.
@@ -76,32 +78,49 @@ pub(crate) struct DriveOptions {
     pub(crate) idle_timeout: Option<Duration>,
 }
 
-/// Runs `conn` over `stream` until it closes; `on_close` has run when this returns.
-pub(crate) async fn drive<P, S>(conn: Connection<P>, stream: S, opts: DriveOptions)
-where
-    P: Protocol,
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
-    drive_from(conn, stream, BytesMut::new(), opts).await
+/// How a connection's driver ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Closed; `on_close` has run.
+    Closed,
+    /// Left to move to another process ([`moving::depart`](crate::runtime::moving::depart)).
+    Moved,
 }
 
-/// [`drive`] starting with bytes already read from the socket (a taken-over connection).
+/// Runs `conn` over `stream` until it closes; `on_close` has run when this returns.
+pub(crate) async fn drive<P, S>(conn: Connection<P>, stream: S, opts: DriveOptions) -> Ended
+where
+    P: Protocol,
+    S: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static,
+{
+    drive_from(conn, stream, BytesMut::new(), opts, false).await
+}
+
+/// [`drive`] starting with bytes already read from the socket (a taken-over connection). A
+/// `resumed` connection (one that moved here from another process) gets `on_resume` instead of
+/// `on_connect`, and no opening bytes.
 pub(crate) async fn drive_from<P, S>(
     conn: Connection<P>,
     mut stream: S,
     initial: BytesMut,
     opts: DriveOptions,
-) where
+    resumed: bool,
+) -> Ended
+where
     P: Protocol,
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static,
 {
     let inner = conn.inner.clone();
     stats::with(|c| {
         stats::bump(&c.connections);
         stats::bump(&c.total_connections);
     });
-    conn.with_wire(|wire| inner.proto.borrow_mut().opening(wire));
-    conn.call("on_connect", inner.handlers.on_connect.as_ref());
+    if resumed {
+        conn.call("on_resume", inner.handlers.on_resume.as_ref());
+    } else {
+        conn.with_wire(|wire| inner.proto.borrow_mut().opening(wire));
+        conn.call("on_connect", inner.handlers.on_connect.as_ref());
+    }
 
     let mut rbuf = initial;
     // True while `rbuf` holds the process's shared buffer rather than this connection's own.
@@ -115,6 +134,7 @@ pub(crate) async fn drive_from<P, S>(
     // Bytes handed over with the socket are dispatched at once.
     let mut woken = !rbuf.is_empty();
     let mut farewell_wait: Option<Pin<Box<Sleep>>> = None;
+    let mut moving = false;
     let mut drain_idle: Option<Pin<Box<Sleep>>> = None;
 
     loop {
@@ -152,6 +172,19 @@ pub(crate) async fn drive_from<P, S>(
             if std::mem::take(&mut woken) && !inner.paused.get() && !rbuf.is_empty() {
                 // Resumed with complete packages still buffered.
                 return Poll::Ready(Event::Wake);
+            }
+            if S::MOVABLE
+                && inner.move_requested.get()
+                && flushed
+                && inner.state.get() == State::Open
+                && !inner.paused.get()
+                && inner.holds.get() == 0
+                && inner.hand_over.borrow().is_none()
+                && inner.proto.borrow().export_state().is_some()
+            {
+                // A message boundary: every complete message was handled and answered, and
+                // what is left in `rbuf` is the start of the next one.
+                return Poll::Ready(Event::Move);
             }
             if inner.state.get() == State::Open && !inner.paused.get() {
                 let read = if rbuf.is_empty() {
@@ -291,6 +324,10 @@ pub(crate) async fn drive_from<P, S>(
                 drain_idle = None;
                 conn.close();
             }
+            Event::Move => {
+                moving = true;
+                break;
+            }
             Event::CloseNow => break,
             Event::Flushed => {
                 linger(&mut stream).await;
@@ -302,6 +339,9 @@ pub(crate) async fn drive_from<P, S>(
     inner.state.set(State::Closed);
     inner.waker.borrow_mut().take();
     stats::with(|c| stats::drop_one(&c.connections));
+    if moving {
+        return depart(&conn, stream, rbuf);
+    }
     let hand_over = inner.hand_over.borrow_mut().take();
     if let Some(to) = hand_over {
         // The socket lives on under another protocol; what is queued goes first.
@@ -309,15 +349,47 @@ pub(crate) async fn drive_from<P, S>(
         if !queued.is_empty() {
             use tokio::io::AsyncWriteExt;
             if stream.write_all(&queued).await.is_err() {
-                return;
+                return Ended::Closed;
             }
         }
         to.take_over(Box::new(stream), rbuf, inner.peer.clone(), inner.local);
-        return;
+        return Ended::Closed;
     }
     inner.out.borrow_mut().clear();
     drop(stream);
     conn.call("on_close", inner.handlers.on_close.as_ref());
+    Ended::Closed
+}
+
+/// Gives the connection, cut at a message boundary, to whoever carries it to another process.
+fn depart<P: Protocol, S: IntoSocket>(conn: &Connection<P>, stream: S, unread: BytesMut) -> Ended {
+    use crate::runtime::moving::{ConnectionState, Departure};
+    let inner = &conn.inner;
+    let Some((socket, unix)) = stream.into_socket() else {
+        tracing::warn!(
+            "connection {} could not leave its socket; it is lost",
+            inner.id
+        );
+        conn.call("on_close", inner.handlers.on_close.as_ref());
+        return Ended::Closed;
+    };
+    let protocol = inner.proto.borrow().export_state().unwrap_or_default();
+    let state = ConnectionState {
+        id: inner.id,
+        worker: String::new(),
+        unix,
+        peer: inner.peer.clone(),
+        local: inner.local,
+        age_ms: conn.age().as_millis() as u64,
+        bytes_in: inner.bytes_in.get(),
+        bytes_out: inner.bytes_out.get(),
+        max_send_buffer_size: inner.max_send_buffer_size.get(),
+        unread: ConnectionState::encode_bytes(&unread),
+        protocol: ConnectionState::encode_bytes(&protocol),
+        session: std::mem::take(&mut *inner.session.borrow_mut()),
+    };
+    crate::runtime::moving::depart(Departure { state, socket });
+    Ended::Moved
 }
 
 /// Below this many queued bytes, output waiting behind a streamed body moves into the buffer.

@@ -12,6 +12,7 @@ pub(crate) mod connection;
 pub(crate) mod driver;
 pub(crate) mod guard;
 pub(crate) mod listener;
+pub(crate) mod moving;
 pub(crate) mod outbound;
 pub(crate) mod registry;
 pub(crate) mod server;

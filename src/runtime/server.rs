@@ -17,8 +17,9 @@ use tokio::task::spawn_local;
 use crate::error::{Error, Result};
 use crate::protocol::{next_message, Protocol, Wire};
 use crate::runtime::connection::{ConnSettings, Connection, Handlers, PeerAddr, Sink};
-use crate::runtime::driver::{drive, DriveOptions};
+use crate::runtime::driver::{drive, DriveOptions, Ended};
 use crate::runtime::listener::Listener;
+use crate::runtime::moving::IntoSocket;
 use crate::runtime::url::Transport;
 use crate::runtime::worker::WorkerConfig;
 
@@ -54,9 +55,17 @@ pub(crate) fn on_connection_closed(hook: impl Fn(u64) + 'static) {
     CLOSED_HOOKS.with(|h| h.borrow_mut().push(Rc::new(hook)));
 }
 
-/// A connection's driver returned: it leaves the process's table, and the hooks hear of it.
-fn connection_ended<P: Protocol>(connections: &ConnectionMap<P>, id: u64) {
+/// A connection's driver returned: it leaves the process's table, and the hooks hear of it,
+/// unless it moved to another process (they hear of it once the move is complete).
+fn connection_ended<P: Protocol>(connections: &ConnectionMap<P>, id: u64, how: Ended) {
     connections.borrow_mut().remove(&id);
+    if how == Ended::Closed {
+        run_closed_hooks(id);
+    }
+}
+
+/// Tells the layers above that connection `id` is gone from this process.
+pub(crate) fn run_closed_hooks(id: u64) {
     let hooks = CLOSED_HOOKS.with(|h| h.borrow().clone());
     for hook in hooks {
         hook(id);
@@ -120,7 +129,7 @@ pub(crate) fn serve<P: Protocol + Clone>(
 }
 
 trait Acceptor {
-    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    type Stream: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static;
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>>;
 }
 
@@ -201,7 +210,7 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
 
 fn spawn_connection<S, P>(ctx: &Rc<ServeCtx<P>>, a: Accepted<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static,
     P: Protocol + Clone,
 {
     let conn = Connection::new(
@@ -222,16 +231,17 @@ where
     match ctx.tls.clone() {
         None => {
             spawn_local(async move {
-                drive(conn, a.stream, opts).await;
-                connection_ended(&connections, id);
+                let how = drive(conn, a.stream, opts).await;
+                connection_ended(&connections, id, how);
             });
         }
         Some(acceptor) => {
             spawn_local(async move {
                 let handshake =
                     tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(a.stream)).await;
+                let mut how = Ended::Closed;
                 match handshake {
-                    Ok(Ok(stream)) => Box::pin(drive(conn, stream, opts)).await,
+                    Ok(Ok(stream)) => how = Box::pin(drive(conn, stream, opts)).await,
                     Ok(Err(e)) => {
                         tracing::debug!("TLS handshake with {} failed: {e}", conn.remote_addr())
                     }
@@ -239,7 +249,7 @@ where
                         tracing::debug!("TLS handshake with {} timed out", conn.remote_addr())
                     }
                 }
-                connection_ended(&connections, id);
+                connection_ended(&connections, id, how);
             });
         }
     }
@@ -327,7 +337,82 @@ pub(crate) fn adopt<P: Protocol + Clone>(
         idle_timeout: config.idle_timeout,
     };
     spawn_local(async move {
-        crate::runtime::driver::drive_from(conn, stream, unread, opts).await;
-        connection_ended(&connections, id);
+        let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, false).await;
+        connection_ended(&connections, id, how);
     });
+}
+
+/// Serves a connection that moved here from another process of this slot (hand-off on
+/// reload): same id, same socket, the bytes it had read, its protocol state and session. Its
+/// driver calls `on_resume`, not `on_connect`.
+pub(crate) fn adopt_moved<P: Protocol + Clone>(
+    mut proto: P,
+    handlers: Rc<Handlers<P>>,
+    connections: ConnectionMap<P>,
+    config: &WorkerConfig,
+    state: crate::runtime::moving::ConnectionState,
+    socket: std::os::fd::OwnedFd,
+) -> std::result::Result<(), (String, std::os::fd::OwnedFd)> {
+    use crate::runtime::moving::ConnectionState;
+    if connections.borrow().contains_key(&state.id) {
+        return Err((
+            format!("connection id {} is already in use here", state.id),
+            socket,
+        ));
+    }
+    let checked = ConnectionState::decode_bytes(&state.protocol).and_then(|protocol| {
+        proto.import_state(&protocol).map_err(|e| e.to_string())?;
+        ConnectionState::decode_bytes(&state.unread)
+    });
+    let unread = match checked {
+        Ok(bytes) => BytesMut::from(&bytes[..]),
+        Err(why) => return Err((why, socket)),
+    };
+    let settings = ConnSettings {
+        max_package_size: config.max_package_size,
+        max_send_buffer_size: config.max_send_buffer_size,
+    };
+    let conn = Connection::with_id(
+        state.id,
+        proto,
+        state.peer.clone(),
+        state.local,
+        handlers,
+        &settings,
+        Sink::Stream,
+    );
+    conn.restore(&state);
+    // Coming back to a process that retires (the move failed): it retires at once.
+    conn.follow_process_retirement();
+    let opts = DriveOptions {
+        idle_timeout: config.idle_timeout,
+    };
+    let id = state.id;
+    // The socket came non-blocking from its old process. Registering it with the event loop
+    // fails only without a loop, which a refusal could not mend either.
+    let fail = |e: io::Error| {
+        tracing::error!("cannot serve moved connection {id}: {e}");
+    };
+    if state.unix {
+        let std_stream = std::os::unix::net::UnixStream::from(socket);
+        let Ok(stream) = tokio::net::UnixStream::from_std(std_stream).map_err(fail) else {
+            return Ok(());
+        };
+        connections.borrow_mut().insert(id, conn.clone());
+        spawn_local(async move {
+            let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, true).await;
+            connection_ended(&connections, id, how);
+        });
+    } else {
+        let std_stream = std::net::TcpStream::from(socket);
+        let Ok(stream) = tokio::net::TcpStream::from_std(std_stream).map_err(fail) else {
+            return Ok(());
+        };
+        connections.borrow_mut().insert(id, conn.clone());
+        spawn_local(async move {
+            let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, true).await;
+            connection_ended(&connections, id, how);
+        });
+    }
+    Ok(())
 }

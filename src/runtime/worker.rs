@@ -42,6 +42,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) max_send_buffer_size: usize,
     pub(crate) stop_timeout: Duration,
     pub(crate) graceful_timeout: Duration,
+    /// On reload, hand open connections to the new process instead of closing them.
+    pub(crate) hand_off: bool,
     pub(crate) reloadable: bool,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_requests: Option<u64>,
@@ -182,6 +184,7 @@ impl<P: Protocol + Clone> Worker<P> {
             max_send_buffer_size: defaults::MAX_SEND_BUFFER_SIZE,
             stop_timeout: defaults::STOP_TIMEOUT,
             graceful_timeout: defaults::GRACEFUL_TIMEOUT,
+            hand_off: false,
             reloadable: true,
             idle_timeout: None,
             max_requests: None,
@@ -242,6 +245,17 @@ impl<P: Protocol> Worker<P> {
         /// How many unwritten bytes a connection may queue (default 1 MiB) before `send`
         /// calls `on_buffer_full` and starts refusing.
         max_send_buffer_size: usize => |c, v| c.max_send_buffer_size = v.max(1));
+    setting!(
+        /// Live connection hand-off (default off): on `reload`, `reload -g`, SIGHUP and
+        /// recycling, each open connection moves to the new process of its slot at its next
+        /// message boundary: the socket itself, the bytes read but not yet decoded, the
+        /// protocol's state, its id, client id, uid and groups, and its
+        /// [`session`](Connection::session). The client sees nothing: no close, no message
+        /// lost or repeated, and the new code answers its next message. The new process runs
+        /// [`on_resume`](Worker::on_resume) for it, not `on_connect`. A connection that cannot
+        /// move (TLS, an upgraded route, a handler still holding it past 2 s, a session over
+        /// 64 KiB) gets the usual farewell. `stop` and `restart` never hand off.
+        hand_off: bool => |c, v| c.hand_off = v);
     setting!(
         /// Whether `reload` restarts this group's processes (default true). A group that is
         /// not reloadable only gets `on_worker_reload`.
@@ -380,6 +394,14 @@ impl<P: Protocol> Worker<P> {
         self
     }
 
+    /// Runs in the new process for each connection that a reload handed over to it (see
+    /// [`hand_off`](Worker::hand_off)), instead of `on_connect`: the connection, its id,
+    /// uid, groups and session are the ones the old process had.
+    pub fn on_resume(&mut self, f: impl Fn(&Connection<P>) + 'static) -> &mut Self {
+        self.shared.handlers.borrow_mut().on_resume = Some(Box::new(f));
+        self
+    }
+
     /// Runs when a full send buffer has been written out.
     pub fn on_buffer_drain(&mut self, f: impl Fn(&Connection<P>) + 'static) -> &mut Self {
         self.shared.handlers.borrow_mut().on_buffer_drain = Some(Box::new(f));
@@ -508,6 +530,18 @@ pub(crate) trait AnyWorker {
     fn bid_farewell(&self, long_lived_only: bool);
     /// Drops every connection still open.
     fn destroy_connections(&self);
+    /// Asks every connection to move to the successor at its next boundary; how many.
+    fn request_moves(&self) -> usize;
+    /// Connections that did not move in time stay (and get the farewell).
+    fn cancel_moves(&self);
+    /// Keeps connection `id` from moving on until the guard is dropped.
+    fn hold_connection(&self, id: u64) -> Option<crate::runtime::connection::Hold>;
+    /// Serves a connection that moved here from another process.
+    fn adopt_moved(
+        &self,
+        state: crate::runtime::moving::ConnectionState,
+        socket: std::os::fd::OwnedFd,
+    ) -> std::result::Result<(), (String, std::os::fd::OwnedFd)>;
     fn connection_count(&self) -> usize;
     fn connection_rows(&self) -> Vec<crate::runtime::stats::ConnectionRow>;
     fn worker_stop(self: Rc<Self>);
@@ -667,6 +701,45 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
         for c in self.all_connections() {
             c.destroy();
         }
+    }
+
+    fn request_moves(&self) -> usize {
+        let all = self.all_connections();
+        for c in &all {
+            c.request_move();
+        }
+        all.len()
+    }
+
+    fn hold_connection(&self, id: u64) -> Option<crate::runtime::connection::Hold> {
+        self.find(id).map(|c| c.hold())
+    }
+
+    fn cancel_moves(&self) {
+        for c in self.all_connections() {
+            c.cancel_move();
+        }
+    }
+
+    fn adopt_moved(
+        &self,
+        mut state: crate::runtime::moving::ConnectionState,
+        socket: std::os::fd::OwnedFd,
+    ) -> std::result::Result<(), (String, std::os::fd::OwnedFd)> {
+        let running = self.running.borrow();
+        let Some(r) = running.as_ref() else {
+            return Err(("the worker is not running here".into(), socket));
+        };
+        let config = self.config.borrow();
+        state.worker = config.name.clone();
+        server::adopt_moved(
+            self.proto.clone(),
+            r.handlers.clone(),
+            r.connections.clone(),
+            &config,
+            state,
+            socket,
+        )
     }
 
     fn connection_count(&self) -> usize {

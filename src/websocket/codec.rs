@@ -664,6 +664,29 @@ impl Protocol for WebSocket {
         self.fragments.is_none()
     }
 
+    fn export_state(&self) -> Option<Vec<u8>> {
+        // Open, between messages, on the server side: all that is left is the handshake's
+        // request, which the application may still read.
+        if self.phase != Phase::Open || self.fragments.is_some() || self.client.is_some() {
+            return None;
+        }
+        let info = self.info.clone().unwrap_or_default();
+        serde_json::to_vec(&(info.path, info.query, info.headers)).ok()
+    }
+
+    fn import_state(&mut self, state: &[u8]) -> Result<(), Rejection> {
+        let (path, query, headers): (String, String, Vec<(String, String)>) =
+            serde_json::from_slice(state)
+                .map_err(|e| Rejection::new(format!("bad websocket state: {e}")))?;
+        self.info = Some(HandshakeInfo {
+            path,
+            query,
+            headers,
+        });
+        self.phase = Phase::Open;
+        Ok(())
+    }
+
     fn farewell(&mut self, why: Farewell, wire: &mut Wire<'_>) {
         if self.phase == Phase::Open {
             let (code, reason) = farewell_code(why);

@@ -91,9 +91,19 @@ impl Server {
         env: &[(&str, String)],
         expected: usize,
     ) -> Server {
+        Server::start_program(example_bin(example), args, env, expected)
+    }
+
+    /// [`Server::start_with_args`] for the program at `bin` (a copy the test may replace).
+    pub fn start_program(
+        bin: PathBuf,
+        args: &[&str],
+        env: &[(&str, String)],
+        expected: usize,
+    ) -> Server {
         let run_dir = tempfile::tempdir().expect("tempdir");
         let mut s = Server {
-            bin: example_bin(example),
+            bin,
             stdout: run_dir.path().join("stdout.log"),
             stderr: run_dir.path().join("stderr.log"),
             run_dir,

@@ -58,6 +58,9 @@ struct Slot {
     id: u32,
     current: Option<u32>,
     backoff: Duration,
+    /// Processes started for this slot so far: each gets its own range of connection ids,
+    /// so that a connection handed from one to the next keeps its id.
+    generation: u64,
 }
 
 struct Proc {
@@ -67,6 +70,8 @@ struct Proc {
     ready_tx: Option<oneshot::Sender<()>>,
     retiring: bool,
     started: Instant,
+    /// The master's end of the process's hand-off channel.
+    handoff: Rc<crate::process::handoff::Channel>,
 }
 
 struct State {
@@ -217,6 +222,7 @@ pub(crate) fn run(
                 id,
                 current: None,
                 backoff: Duration::ZERO,
+                generation: 0,
             })
         })
         .chain(std::iter::once(Slot {
@@ -224,6 +230,7 @@ pub(crate) fn run(
             id: 0,
             current: None,
             backoff: Duration::ZERO,
+            generation: 0,
         }))
         .collect();
     slot_listeners.push(None);

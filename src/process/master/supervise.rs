@@ -7,10 +7,15 @@ impl Master {
     pub(super) fn spawn_proc(&self, slot_idx: usize) -> Result<(u32, oneshot::Receiver<()>)> {
         let (parent_end, child_end) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| Error::io("cannot create a control socket pair", e))?;
+        let (handoff_parent, handoff_child) =
+            sys::seqpacket_pair().map_err(|e| Error::io("cannot create a hand-off channel", e))?;
         let mut child = {
-            let st = self.state.borrow();
+            let mut st = self.state.borrow_mut();
+            let generation = st.slots[slot_idx].generation;
+            st.slots[slot_idx].generation += 1;
             let slot = &st.slots[slot_idx];
             let child_fd = sys::raw(&child_end);
+            let handoff_fd = sys::raw(&handoff_child);
             let mut env = vec![
                 (
                     env::ROLE.to_string(),
@@ -28,8 +33,10 @@ impl Master {
                 (env::HUB.to_string(), st.hub_path.display().to_string()),
                 (env::NODE.to_string(), st.node.clone()),
                 (crate::bus::BUS_ENV.to_string(), st.options.bus_spec.clone()),
+                (env::HANDOFF_FD.to_string(), handoff_fd.to_string()),
+                (env::CONN_BASE.to_string(), (generation << 32).to_string()),
             ];
-            let mut fds = vec![child_fd];
+            let mut fds = vec![child_fd, handoff_fd];
             let listener = st.slot_listeners[slot_idx]
                 .as_ref()
                 .or(slot.group.and_then(|g| st.group_listeners[g].as_ref()));
@@ -51,6 +58,11 @@ impl Master {
                 .map_err(|e| Error::io(format!("cannot start {}", st.exe.display()), e))?
         };
         drop(child_end);
+        drop(handoff_child);
+        let handoff = Rc::new(
+            crate::process::handoff::Channel::new(handoff_parent)
+                .map_err(|e| Error::io("hand-off channel", e))?,
+        );
         let pid = child
             .id()
             .ok_or_else(|| Error::new(ErrorKind::Io, "worker exited at once"))?;
@@ -80,6 +92,7 @@ impl Master {
                     ready_tx: Some(ready_tx),
                     retiring: false,
                     started: Instant::now(),
+                    handoff: handoff.clone(),
                 },
             );
             st.slots[slot_idx].current = Some(pid);
@@ -87,11 +100,63 @@ impl Master {
         let me = self.clone();
         spawn_local(async move { me.read_worker(pid, BufReader::new(read_half)).await });
         let me = self.clone();
+        spawn_local(async move { me.relay_handoff(pid, handoff).await });
+        let me = self.clone();
         spawn_local(async move {
             let status = child.wait().await;
             me.on_exit(pid, status);
         });
         Ok((pid, ready_rx))
+    }
+    /// Passes hand-off messages between the processes of one slot: a `Move` to the sender's
+    /// successor (back to the sender, refused, if there is none), the rest to the process they
+    /// name, if it serves the same slot.
+    pub(super) async fn relay_handoff(
+        self,
+        pid: u32,
+        channel: Rc<crate::process::handoff::Channel>,
+    ) {
+        use crate::process::handoff::Handoff;
+        while let Some((msg, socket)) = channel.recv().await {
+            let (target, msg) = {
+                let st = self.state.borrow();
+                let Some(slot) = st.procs.get(&pid).map(|p| p.slot) else {
+                    break;
+                };
+                let target = match msg.to() {
+                    Some(to) => st.procs.get(&to).filter(|p| p.slot == slot).map(|_| to),
+                    None => st.slots[slot].current.filter(|c| *c != pid),
+                };
+                let msg = match msg {
+                    Handoff::Move { conn, routing, .. } => Handoff::Move {
+                        from: pid,
+                        conn,
+                        routing,
+                    },
+                    other => other,
+                };
+                (target, msg)
+            };
+            let target_channel =
+                target.and_then(|t| self.state.borrow().procs.get(&t).map(|p| p.handoff.clone()));
+            let sent = match &target_channel {
+                Some(c) => c
+                    .send(&msg, socket.as_ref())
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("no process to take it".to_string()),
+            };
+            if let (Err(why), Handoff::Move { conn, .. }) = (sent, &msg) {
+                let back = Handoff::Refused {
+                    to: pid,
+                    id: conn.id,
+                    why,
+                };
+                if let Err(e) = channel.send(&back, socket.as_ref()).await {
+                    tracing::warn!("hand-off from pid {pid}: connection {} lost: {e}", conn.id);
+                }
+            }
+        }
     }
     pub(super) async fn read_worker(
         self,
