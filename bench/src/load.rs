@@ -360,3 +360,102 @@ pub fn churn(
         },
     )
 }
+
+/// Keep-alive HTTP clients as a careful one behaves: each of `workers` loops sends `GET /` on
+/// its connection and reads the whole response (status, headers, `Content-Length` body); after
+/// a response with `Connection: close` it opens a new connection. Anything else (a reset, a
+/// close before the response, a malformed or non-200 response) is a failure. Runs until
+/// `stop`; returns (responses, failures, first failures).
+pub fn keep_alive_http(
+    addr: SocketAddr,
+    workers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64, Vec<String>) {
+    use std::io::{Read, Write};
+    let mut threads = Vec::new();
+    for _ in 0..workers {
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let (mut ok, mut bad, mut why) = (0u64, 0u64, Vec::new());
+            let mut conn: Option<std::net::TcpStream> = None;
+            let mut buf = vec![0u8; 16 * 1024];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let outcome = (|| -> Result<bool, String> {
+                    if conn.is_none() {
+                        let s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+                        s.set_read_timeout(Some(Duration::from_secs(5)))
+                            .map_err(|e| e.to_string())?;
+                        conn = Some(s);
+                    }
+                    let s = conn.as_mut().ok_or("no connection")?;
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                        .map_err(|e| format!("write: {e}"))?;
+                    let mut filled = 0;
+                    loop {
+                        let n = s
+                            .read(&mut buf[filled..])
+                            .map_err(|e| format!("read: {e}"))?;
+                        if n == 0 {
+                            return Err("closed before the response".into());
+                        }
+                        filled += n;
+                        let mut headers = [httparse::EMPTY_HEADER; 32];
+                        let mut resp = httparse::Response::new(&mut headers);
+                        match resp.parse(&buf[..filled]).map_err(|e| e.to_string())? {
+                            httparse::Status::Partial => continue,
+                            httparse::Status::Complete(head) => {
+                                let header = |name: &str| {
+                                    resp.headers
+                                        .iter()
+                                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                                        .map(str::trim)
+                                };
+                                let len: usize = header("content-length")
+                                    .and_then(|v| v.parse().ok())
+                                    .ok_or("no Content-Length")?;
+                                if filled < head + len {
+                                    continue;
+                                }
+                                if resp.code != Some(200) {
+                                    return Err(format!("status {:?}", resp.code));
+                                }
+                                if filled > head + len {
+                                    return Err("bytes after the response".into());
+                                }
+                                let close = header("connection")
+                                    .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                                return Ok(close);
+                            }
+                        }
+                    }
+                })();
+                match outcome {
+                    Ok(close) => {
+                        ok += 1;
+                        if close {
+                            conn = None;
+                        }
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        if why.len() < 3 {
+                            why.push(e);
+                        }
+                        conn = None;
+                    }
+                }
+            }
+            (ok, bad, why)
+        }));
+    }
+    threads.into_iter().filter_map(|t| t.join().ok()).fold(
+        (0, 0, Vec::new()),
+        |mut acc, (o, b, w)| {
+            acc.0 += o;
+            acc.1 += b;
+            acc.2.extend(w.into_iter().take(3));
+            acc
+        },
+    )
+}

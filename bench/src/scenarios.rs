@@ -105,7 +105,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "startup-reload",
-            what: "g. start-up of master + 4 workers, and a full reload under churn: wall time and failed requests",
+            what: "g. start-up of master + 4 workers, and a full reload under churn: wall time and failed requests; then HTTP keep-alive clients (a new connection after `Connection: close`) through 2 reloads: every response must be a whole 200",
             plan: Plan::Reload,
         },
     ]
@@ -227,11 +227,12 @@ pub fn run(s: &Scenario, effort: Effort) -> Result<Vec<Row>, String> {
             Ok(by.values().map(|r| median_row(r)).collect())
         }
         Plan::Reload => {
-            let mut rows = Vec::new();
+            let (mut rows, mut http) = (Vec::new(), Vec::new());
             for _ in 0..effort.reps {
                 rows.push(reload(s.name, effort)?);
+                http.push(reload_under_keep_alive(s.name, effort)?);
             }
-            Ok(vec![median_row(&rows)])
+            Ok(vec![median_row(&rows), median_row(&http)])
         }
         Plan::NatsNodes => {
             let mut by: BTreeMap<String, Vec<Row>> = BTreeMap::new();
@@ -439,6 +440,47 @@ fn nats_row(scenario: &str, effort: Effort, count: u64) -> Result<Row, String> {
     Ok(Row {
         extra,
         ..latency_row(scenario, "nats-server request/reply", n, &h, effort)
+    })
+}
+
+/// Two reloads of 4 HTTP processes under 16 keep-alive clients that parse every response:
+/// a failed request is a client-visible error.
+fn reload_under_keep_alive(scenario: &str, effort: Effort) -> Result<Row, String> {
+    let server = Running::start(Kind::Oxwork(4), "http")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = server.addr();
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || load::keep_alive_http(addr, 16, stop))
+    };
+    let pause = effort.warmup.max(Duration::from_millis(300));
+    std::thread::sleep(pause);
+    for _ in 0..2 {
+        let out = server.oxwork_command(&["reload"])?;
+        if !out.status.success() {
+            stop.store(true, Ordering::Relaxed);
+            return Err(format!(
+                "reload failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        std::thread::sleep(pause);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, why) = load.join().map_err(|_| "load thread panicked")?;
+    if failed > 0 {
+        eprintln!("HTTP failures during reloads: {why:?}");
+    }
+    let mut extra = BTreeMap::new();
+    extra.insert("responses".into(), ok as f64);
+    extra.insert("failed_requests".into(), failed as f64);
+    extra.insert("reloads".into(), 2.0);
+    Ok(Row {
+        scenario: scenario.into(),
+        server: format!("{} http keep-alive", Kind::Oxwork(4).label()),
+        errors: failed as f64,
+        extra,
+        ..Row::default()
     })
 }
 
