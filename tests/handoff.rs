@@ -40,6 +40,17 @@ struct Seen {
     uid_pushes: u64,
     last_group: Option<u64>,
     last_uid: Option<u64>,
+    /// When each unanswered message was sent, oldest first.
+    sent_at: std::collections::VecDeque<Instant>,
+    /// The longest a message waited for its answer.
+    slowest: Duration,
+    /// The same, before the first reload.
+    slowest_steady: Duration,
+}
+
+thread_local! {
+    /// Set when the reloads begin.
+    static RELOADING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Seen {
@@ -84,6 +95,12 @@ impl Seen {
             self.fail(format!("answer {seq} when {} was due", self.answered));
         }
         self.answered = seq + 1;
+        if let Some(at) = self.sent_at.pop_front() {
+            self.slowest = self.slowest.max(at.elapsed());
+            if !RELOADING.with(|r| r.get()) {
+                self.slowest_steady = self.slowest_steady.max(at.elapsed());
+            }
+        }
         if port.parse::<u16>().ok() != Some(self.local_port) {
             self.fail(format!(
                 "served as peer port {port}, but this connection's port is {}",
@@ -134,7 +151,9 @@ async fn text_client(port: u16, i: usize, seen: Shared, stop: Rc<std::cell::Cell
             seen.borrow_mut().fail(format!("write: {e}"));
             break;
         }
-        seen.borrow_mut().sent += 1;
+        let mut seen = seen.borrow_mut();
+        seen.sent += 1;
+        seen.sent_at.push_back(Instant::now());
     }
     wait_answers(&seen).await;
     reader.abort();
@@ -179,7 +198,9 @@ async fn ws_client(port: u16, i: usize, seen: Shared, stop: Rc<std::cell::Cell<b
             seen.borrow_mut().fail(format!("write: {e}"));
             break;
         }
-        seen.borrow_mut().sent += 1;
+        let mut seen = seen.borrow_mut();
+        seen.sent += 1;
+        seen.sent_at.push_back(Instant::now());
     }
     wait_answers(&seen).await;
     reader.abort();
@@ -252,6 +273,7 @@ fn reloads_hand_every_connection_over(bus: &[(&str, String)]) {
             all.push(seen);
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        RELOADING.with(|r| r.set(true));
         for r in 1..=RELOADS {
             let out = tokio::process::Command::new(&s.bin)
                 .arg("reload")
@@ -322,9 +344,18 @@ fn reloads_hand_every_connection_over(bus: &[(&str, String)]) {
         first_pids.iter().all(|p| !last_pids.contains(p)),
         "{first_pids:?} -> {last_pids:?}"
     );
+    let spread = |f: fn(&Seen) -> Duration| {
+        let mut all: Vec<Duration> = seen.iter().map(|s| f(&s.borrow())).collect();
+        all.sort();
+        (all[all.len() / 2], all[all.len() - 1])
+    };
+    let (median, worst) = spread(|s| s.slowest);
+    let (steady_median, steady_worst) = spread(|s| s.slowest_steady);
     eprintln!(
-        "{} clients, {RELOADS} reloads: {total} answers, every one once and in order",
-        seen.len()
+        "{} clients, {RELOADS} reloads: {total} answers, every one once and in order; the \
+         longest wait for an answer through the reloads: median client {median:?}, worst \
+         {worst:?}; before them: median client {steady_median:?}, worst {steady_worst:?}",
+        seen.len(),
     );
 }
 
