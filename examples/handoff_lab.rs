@@ -9,7 +9,9 @@
 //!
 //! `examples/handoff_lab_v2.rs` is the same program answering `v2`: the tests swap the
 //! binary between two reloads to see the new code take over live connections.
-//! `HANDOFF_TEXT_LISTEN`, `HANDOFF_WS_LISTEN` and `HANDOFF_PUSH_MS` change the defaults.
+//! `HANDOFF_TEXT_LISTEN`, `HANDOFF_WS_LISTEN` and `HANDOFF_PUSH_MS` change the defaults;
+//! `HANDOFF_TLS_CERT` and `HANDOFF_TLS_KEY` (PEM files) put the WebSocket group on TLS, whose
+//! connections cannot move and are closed with 1012 on reload instead.
 
 /// The version this build answers with.
 const VERSION: &str = "v1";

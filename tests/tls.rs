@@ -125,6 +125,74 @@ fn wss_carries_websocket_messages() {
 }
 
 #[test]
+fn with_hand_off_on_a_wss_connection_cannot_move_and_hears_1012_on_reload() {
+    let c = certs();
+    let (text_port, ws_port) = (free_port(), free_port());
+    let s = Server::start(
+        "handoff_lab",
+        &[
+            (
+                "HANDOFF_TEXT_LISTEN",
+                format!("text://127.0.0.1:{text_port}"),
+            ),
+            (
+                "HANDOFF_WS_LISTEN",
+                format!("websocket://127.0.0.1:{ws_port}"),
+            ),
+            ("HANDOFF_TLS_CERT", c.cert.display().to_string()),
+            ("HANDOFF_TLS_KEY", c.key.display().to_string()),
+        ],
+        6,
+    );
+    let der = c.der.clone();
+    let reload = s.command(&["reload"]);
+    local_runtime().block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(der)).expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ws_port)).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.expect("handshake");
+        let mut buf = vec![0u8; 4096];
+        let n = tls.read(&mut buf).await.expect("reply");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+        let mut reload = tokio::process::Command::from(reload);
+        let out = reload.output().await.expect("reload");
+        assert!(out.status.success());
+        // Pushes may come first; the connection must end with a close frame 1012, never
+        // be moved (its TLS state cannot) nor cut without a close frame.
+        let mut got = Vec::new();
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+                .await
+                .expect("in time")
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let mut at = 0;
+        let mut close = None;
+        while at + 2 <= got.len() {
+            let (op, len) = (got[at] & 0x0f, (got[at + 1] & 0x7f) as usize);
+            if op == 0x8 && len >= 2 {
+                close = Some(u16::from_be_bytes([got[at + 2], got[at + 3]]));
+            }
+            at += 2 + len;
+        }
+        assert_eq!(close, Some(1012), "{got:?}");
+    });
+}
+
+#[test]
 fn a_missing_key_file_is_one_clear_error_at_start() {
     let c = certs();
     let run = tempfile::tempdir().expect("tmp");

@@ -56,6 +56,13 @@ fn main() -> oxwork::Result<()> {
     let mut ws: Worker<WebSocket> =
         Worker::websocket(&env("HANDOFF_WS_LISTEN", "websocket://127.0.0.1:7101"))?;
     ws.name("ws").count(2).gateway(true).hand_off(true);
+    if let (Ok(cert), Ok(key)) = (
+        std::env::var("HANDOFF_TLS_CERT"),
+        std::env::var("HANDOFF_TLS_KEY"),
+    ) {
+        // TLS session keys cannot move: these connections get the close code 1012 instead.
+        ws.tls(cert, key);
+    }
     ws.on_message(|c, msg| {
         if let Some(reply) = answer(c, msg.as_str().unwrap_or("")) {
             c.send(reply);
