@@ -2,7 +2,8 @@
 //! (port 7101), two processes each, both with `hand_off(true)`, and a `pusher` that sends
 //! `g:N` to the group `all` and `u:N` to the uid `u{N % 10}` every 50 ms.
 //!
-//! A client line `join:UID` binds the connection to UID and the group `all`; `n:SEQ` is
+//! A client line `join:UID` binds the connection to UID and the group `all`; `pad:N` puts N
+//! bytes in the connection's session (over 64 KiB it cannot move); `n:SEQ` is
 //! answered `VERSION:SEQ:PEER_PORT:CLIENT_ID:PID:MOVES`, where MOVES counts (in the
 //! connection's session) how many reloads handed the connection over. Run it, connect with
 //! `nc 127.0.0.1 7100`, send `n:1`, run `reload` and send `n:2`: same connection, new PID.

@@ -46,7 +46,7 @@ pub use protocol::{
     BodySource, Dynamic, Farewell, Frame, Input, Message, Payload, PeerAddr, Protocol, Raw,
     Rejection, Text, Wire,
 };
-pub use runtime::connection::{Connection, ConnectionError};
+pub use runtime::connection::{Connection, ConnectionError, Hold};
 pub use runtime::outbound::AsyncConnection;
 pub use runtime::timer::{IntoInterval, Timer, TimerId};
 pub use runtime::worker::Worker;

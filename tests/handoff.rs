@@ -374,3 +374,36 @@ fn reloads_on_nats_hand_100_live_connections_to_new_code_without_a_client_notici
     let nats = Nats::start();
     reloads_hand_every_connection_over(&[("OXWORK_BUS", nats.url.clone())]);
 }
+
+#[test]
+fn a_connection_that_cannot_move_gets_a_clean_close_and_the_others_still_move() {
+    let (text_port, ws_port) = (free_port(), free_port());
+    let s = Server::start(
+        "handoff_lab",
+        &[
+            (
+                "HANDOFF_TEXT_LISTEN",
+                format!("text://127.0.0.1:{text_port}"),
+            ),
+            (
+                "HANDOFF_WS_LISTEN",
+                format!("websocket://127.0.0.1:{ws_port}"),
+            ),
+        ],
+        6,
+    );
+    let mut heavy = LineClient::connect(text_port).expect("connect");
+    let mut light = LineClient::connect(text_port).expect("connect");
+    assert_eq!(heavy.ask("pad:70000").expect("reply"), "ok");
+    let before = light.ask("n:0").expect("reply");
+    let out = s.run(&["reload"]);
+    assert!(out.status.success());
+    // A session over 64 KiB stays behind: its connection ends cleanly (no reset).
+    let rest = heavy.read_to_close().expect("a clean close");
+    assert!(!rest.contains("n:"), "{rest}");
+    // The other connection moved: same connection, a new process, one move in its session.
+    let after = light.ask("n:1").expect("still served");
+    let pid = |line: &str| line.split(':').nth(4).map(str::to_string);
+    assert_ne!(pid(&before), pid(&after), "{before} / {after}");
+    assert!(after.ends_with(":1"), "{after}");
+}

@@ -26,6 +26,10 @@ fn answer<P: Protocol>(c: &Connection<P>, line: &str) -> Option<String> {
             Err(e) => format!("error: {e}"),
         });
     }
+    if let Some(n) = line.strip_prefix("pad:").and_then(|n| n.parse::<usize>().ok()) {
+        c.session().insert("pad".into(), "x".repeat(n.min(1 << 20)).into());
+        return Some("ok".to_string());
+    }
     let seq = line.strip_prefix("n:")?;
     let moves = c.session().get("moves").and_then(|m| m.as_u64()).unwrap_or(0);
     Some(format!(

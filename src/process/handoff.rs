@@ -205,14 +205,15 @@ pub(crate) async fn move_connections(worker: &Rc<dyn AnyWorker>) -> usize {
         return 0;
     }
     let started = Instant::now();
-    while worker.connection_count() > 0 && started.elapsed() < BOUNDARY_WAIT {
+    while worker.moves_pending() > 0 && started.elapsed() < BOUNDARY_WAIT {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let late = worker.moves_pending();
     worker.cancel_moves();
-    let left = worker.connection_count();
-    if left > 0 {
-        tracing::info!("{left} connections did not reach a boundary in time; they stay");
+    if late > 0 {
+        tracing::info!("{late} connections did not reach a boundary in time; they stay");
     }
+    let left = worker.connection_count();
     let settled = Instant::now();
     while WORKER.with(|w| w.borrow().as_ref().is_some_and(|w| !w.leaving.is_empty()))
         && settled.elapsed() < MOVE_LIMIT
@@ -231,10 +232,6 @@ pub(crate) async fn move_connections(worker: &Rc<dyn AnyWorker>) -> usize {
 fn depart(d: Departure) {
     let Departure { mut state, socket } = d;
     let id = state.id;
-    let Some(channel) = channel() else {
-        come_back(state, socket, "no hand-off channel");
-        return;
-    };
     state.worker = WORKER.with(|w| {
         w.borrow()
             .as_ref()
@@ -242,10 +239,19 @@ fn depart(d: Departure) {
             .unwrap_or_default()
     });
     let session_size = serde_json::to_vec(&state.session).map_or(0, |v| v.len());
-    if session_size > moving::MAX_SESSION {
-        come_back(state, socket, "its session is over 64 KiB");
-        return;
-    }
+    let channel = match channel() {
+        Some(c) if session_size <= moving::MAX_SESSION => c,
+        other => {
+            let why = if other.is_none() {
+                "no hand-off channel"
+            } else {
+                "its session is over 64 KiB"
+            };
+            // Later, once its driver's task has taken the old entry out of the table.
+            spawn_local(async move { come_back(state, socket, why) });
+            return;
+        }
+    };
     let routing = routing::begin_move_out(id);
     WORKER.with(|w| {
         if let Some(w) = w.borrow_mut().as_mut() {
@@ -263,8 +269,8 @@ fn depart(d: Departure) {
                 return;
             };
             forget_leaving(id);
-            routing::cancel_move_out(id);
             come_back(conn, socket, &format!("cannot send it: {e}"));
+            routing::cancel_move_out(id);
         }
         // Sent: the socket lives on in the message; this copy closes here.
     });
@@ -289,7 +295,7 @@ fn come_back(state: ConnectionState, socket: OwnedFd, why: &str) {
         .find(|w| w.config().name == state.worker);
     match worker {
         Some(w) => {
-            if let Err((e, _socket)) = w.adopt_moved(state, socket) {
+            if let Err((e, _socket)) = w.adopt_moved(state, socket, true) {
                 tracing::warn!("connection {id} could not be taken back: {e}");
             }
         }
@@ -306,11 +312,12 @@ fn on_message(msg: Handoff, socket: Option<OwnedFd>) {
         } => arrive(from, conn, routing, socket),
         Handoff::Refused { id, why, .. } => {
             let state = forget_leaving(id);
-            routing::cancel_move_out(id);
             match (state, socket) {
                 (Some(state), Some(socket)) => come_back(state, socket, &why),
                 _ => tracing::warn!("connection {id} refused ({why}) and lost"),
             }
+            // Back in the table: what was held for it is delivered here after all.
+            routing::cancel_move_out(id);
         }
         Handoff::Adopted { from, id, .. } => {
             spawn_local(settle(from, id));
@@ -376,7 +383,7 @@ fn arrive(from: u32, state: ConnectionState, memberships: Memberships, socket: O
             tracing::warn!("connection {id} arrived, but its memberships could not be taken: {e}");
         }
     }
-    if let Err((why, socket)) = worker.adopt_moved(state, socket) {
+    if let Err((why, socket)) = worker.adopt_moved(state, socket, false) {
         WORKER.with(|w| w.borrow_mut().as_mut().map(|w| w.arriving.remove(&id)));
         routing::finish_move_in(id, Vec::new(), routing::Seen::new());
         refuse(why, socket);

@@ -93,18 +93,27 @@ where
     P: Protocol,
     S: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static,
 {
-    drive_from(conn, stream, BytesMut::new(), opts, false).await
+    drive_from(conn, stream, BytesMut::new(), opts, Start::Fresh).await
 }
 
-/// [`drive`] starting with bytes already read from the socket (a taken-over connection). A
-/// `resumed` connection (one that moved here from another process) gets `on_resume` instead of
-/// `on_connect`, and no opening bytes.
+/// How a connection's driver starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// A new connection: the protocol's opening bytes, then `on_connect`.
+    Fresh,
+    /// Moved here from another process: `on_resume`, nothing sent.
+    Resumed,
+    /// A move that failed, back where it was: nothing is called or sent.
+    Returned,
+}
+
+/// [`drive`] starting with bytes already read from the socket (a taken-over connection).
 pub(crate) async fn drive_from<P, S>(
     conn: Connection<P>,
     mut stream: S,
     initial: BytesMut,
     opts: DriveOptions,
-    resumed: bool,
+    start: Start,
 ) -> Ended
 where
     P: Protocol,
@@ -115,11 +124,13 @@ where
         stats::bump(&c.connections);
         stats::bump(&c.total_connections);
     });
-    if resumed {
-        conn.call("on_resume", inner.handlers.on_resume.as_ref());
-    } else {
-        conn.with_wire(|wire| inner.proto.borrow_mut().opening(wire));
-        conn.call("on_connect", inner.handlers.on_connect.as_ref());
+    match start {
+        Start::Fresh => {
+            conn.with_wire(|wire| inner.proto.borrow_mut().opening(wire));
+            conn.call("on_connect", inner.handlers.on_connect.as_ref());
+        }
+        Start::Resumed => conn.call("on_resume", inner.handlers.on_resume.as_ref()),
+        Start::Returned => {}
     }
 
     let mut rbuf = initial;
@@ -172,6 +183,10 @@ where
             if std::mem::take(&mut woken) && !inner.paused.get() && !rbuf.is_empty() {
                 // Resumed with complete packages still buffered.
                 return Poll::Ready(Event::Wake);
+            }
+            if !S::MOVABLE && inner.move_requested.get() {
+                // TLS state and upgraded routes stay: say so at once rather than time out.
+                inner.move_requested.set(false);
             }
             if S::MOVABLE
                 && inner.move_requested.get()

@@ -17,7 +17,7 @@ use tokio::task::spawn_local;
 use crate::error::{Error, Result};
 use crate::protocol::{next_message, Protocol, Wire};
 use crate::runtime::connection::{ConnSettings, Connection, Handlers, PeerAddr, Sink};
-use crate::runtime::driver::{drive, DriveOptions, Ended};
+use crate::runtime::driver::{drive, DriveOptions, Ended, Start};
 use crate::runtime::listener::Listener;
 use crate::runtime::moving::IntoSocket;
 use crate::runtime::url::Transport;
@@ -337,7 +337,8 @@ pub(crate) fn adopt<P: Protocol + Clone>(
         idle_timeout: config.idle_timeout,
     };
     spawn_local(async move {
-        let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, false).await;
+        let how =
+            crate::runtime::driver::drive_from(conn, stream, unread, opts, Start::Fresh).await;
         connection_ended(&connections, id, how);
     });
 }
@@ -352,6 +353,7 @@ pub(crate) fn adopt_moved<P: Protocol + Clone>(
     config: &WorkerConfig,
     state: crate::runtime::moving::ConnectionState,
     socket: std::os::fd::OwnedFd,
+    start: Start,
 ) -> std::result::Result<(), (String, std::os::fd::OwnedFd)> {
     use crate::runtime::moving::ConnectionState;
     if connections.borrow().contains_key(&state.id) {
@@ -400,7 +402,7 @@ pub(crate) fn adopt_moved<P: Protocol + Clone>(
         };
         connections.borrow_mut().insert(id, conn.clone());
         spawn_local(async move {
-            let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, true).await;
+            let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, start).await;
             connection_ended(&connections, id, how);
         });
     } else {
@@ -410,7 +412,7 @@ pub(crate) fn adopt_moved<P: Protocol + Clone>(
         };
         connections.borrow_mut().insert(id, conn.clone());
         spawn_local(async move {
-            let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, true).await;
+            let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, start).await;
             connection_ended(&connections, id, how);
         });
     }

@@ -537,11 +537,15 @@ pub(crate) trait AnyWorker {
     /// Keeps connection `id` from moving on until the guard is dropped.
     fn hold_connection(&self, id: u64) -> Option<crate::runtime::connection::Hold>;
     /// Serves a connection that moved here from another process.
+    /// `returned`: a move that failed, back where it was (no `on_resume`).
     fn adopt_moved(
         &self,
         state: crate::runtime::moving::ConnectionState,
         socket: std::os::fd::OwnedFd,
+        returned: bool,
     ) -> std::result::Result<(), (String, std::os::fd::OwnedFd)>;
+    /// Connections asked to move that have not left yet.
+    fn moves_pending(&self) -> usize;
     fn connection_count(&self) -> usize;
     fn connection_rows(&self) -> Vec<crate::runtime::stats::ConnectionRow>;
     fn worker_stop(self: Rc<Self>);
@@ -725,6 +729,7 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
         &self,
         mut state: crate::runtime::moving::ConnectionState,
         socket: std::os::fd::OwnedFd,
+        returned: bool,
     ) -> std::result::Result<(), (String, std::os::fd::OwnedFd)> {
         let running = self.running.borrow();
         let Some(r) = running.as_ref() else {
@@ -739,7 +744,19 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
             &config,
             state,
             socket,
+            if returned {
+                crate::runtime::driver::Start::Returned
+            } else {
+                crate::runtime::driver::Start::Resumed
+            },
         )
+    }
+
+    fn moves_pending(&self) -> usize {
+        self.all_connections()
+            .iter()
+            .filter(|c| c.inner.move_requested.get())
+            .count()
     }
 
     fn connection_count(&self) -> usize {
