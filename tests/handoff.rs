@@ -338,6 +338,20 @@ fn reloads_hand_every_connection_over(bus: &[(&str, String)]) {
         failures[..failures.len().min(10)].join("\n"),
         tail(&s.stderr(), 60)
     );
+    // The last processes measured their hand-off: how long from a connection's departure in
+    // the old process to being served in the new one.
+    let status = s.status();
+    let (mut moved, mut total_us, mut max_us) = (0, 0, 0);
+    for p in status["processes"].as_array().expect("processes") {
+        moved += p["stats"]["moved_in"].as_u64().unwrap_or(0);
+        total_us += p["stats"]["handoff_total_us"].as_u64().unwrap_or(0);
+        max_us = max_us.max(p["stats"]["handoff_max_us"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(moved, (TEXT_CLIENTS + WS_CLIENTS) as u64, "{status}");
+    eprintln!(
+        "last reload: {moved} connections moved, {} us each on average, {max_us} us at most",
+        total_us / moved.max(1)
+    );
     let last_pids = served(&s);
     assert_eq!(last_pids.len(), 4);
     assert!(

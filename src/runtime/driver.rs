@@ -402,6 +402,7 @@ fn depart<P: Protocol, S: IntoSocket>(conn: &Connection<P>, stream: S, unread: B
         unread: ConnectionState::encode_bytes(&unread),
         protocol: ConnectionState::encode_bytes(&protocol),
         session: std::mem::take(&mut *inner.session.borrow_mut()),
+        departed_unix_us: crate::runtime::moving::unix_us(),
     };
     crate::runtime::moving::depart(Departure { state, socket });
     Ended::Moved

@@ -38,6 +38,17 @@ pub(crate) struct ConnectionState {
     /// The protocol's `export_state` (base64).
     pub(crate) protocol: String,
     pub(crate) session: serde_json::Map<String, serde_json::Value>,
+    /// When it left its old process (microseconds since the Unix epoch), to measure the move.
+    #[serde(default)]
+    pub(crate) departed_unix_us: u64,
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl ConnectionState {

@@ -384,6 +384,10 @@ pub(crate) fn adopt_moved<P: Protocol + Clone>(
         Sink::Stream,
     );
     conn.restore(&state);
+    if start == Start::Resumed {
+        let took = crate::runtime::moving::unix_us().saturating_sub(state.departed_unix_us);
+        crate::runtime::stats::moved_in(std::time::Duration::from_micros(took));
+    }
     // Coming back to a process that retires (the move failed): it retires at once.
     conn.follow_process_retirement();
     let opts = DriveOptions {

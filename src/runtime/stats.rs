@@ -16,6 +16,20 @@ pub(crate) struct Counters {
     pub(crate) rejected: Cell<u64>,
     pub(crate) tasks_done: Cell<u64>,
     pub(crate) tasks_failed: Cell<u64>,
+    pub(crate) moved_in: Cell<u64>,
+    pub(crate) handoff_max_us: Cell<u64>,
+    pub(crate) handoff_total_us: Cell<u64>,
+}
+
+/// A connection moved in after `took` from its departure in the old process.
+pub(crate) fn moved_in(took: std::time::Duration) {
+    let us = took.as_micros() as u64;
+    with(|c| {
+        bump(&c.moved_in);
+        c.handoff_max_us.set(c.handoff_max_us.get().max(us));
+        c.handoff_total_us
+            .set(c.handoff_total_us.get().saturating_add(us));
+    });
 }
 
 thread_local! {
@@ -58,6 +72,15 @@ pub(crate) struct Snapshot {
     /// Tasks this process completed with an error.
     #[serde(default)]
     pub tasks_failed: u64,
+    /// Connections handed to this process by the one it replaced (live hand-off).
+    #[serde(default)]
+    pub moved_in: u64,
+    /// The longest a connection took from leaving the old process to being served here (us).
+    #[serde(default)]
+    pub handoff_max_us: u64,
+    /// The same, summed over `moved_in` connections (us).
+    #[serde(default)]
+    pub handoff_total_us: u64,
 }
 
 pub(crate) fn snapshot() -> Snapshot {
@@ -71,6 +94,9 @@ pub(crate) fn snapshot() -> Snapshot {
         rejected: c.rejected.get(),
         tasks_done: c.tasks_done.get(),
         tasks_failed: c.tasks_failed.get(),
+        moved_in: c.moved_in.get(),
+        handoff_max_us: c.handoff_max_us.get(),
+        handoff_total_us: c.handoff_total_us.get(),
     })
 }
 
