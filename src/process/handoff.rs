@@ -51,7 +51,7 @@ pub(crate) enum Handoff {
     Move {
         #[serde(default)]
         from: u32,
-        conn: ConnectionState,
+        conn: Box<ConnectionState>,
         routing: Memberships,
     },
     /// The connection could not be taken; its socket comes back attached.
@@ -260,7 +260,7 @@ fn depart(d: Departure) {
     });
     let msg = Handoff::Move {
         from: std::process::id(),
-        conn: state,
+        conn: Box::new(state),
         routing,
     };
     spawn_local(async move {
@@ -269,7 +269,7 @@ fn depart(d: Departure) {
                 return;
             };
             forget_leaving(id);
-            come_back(conn, socket, &format!("cannot send it: {e}"));
+            come_back(*conn, socket, &format!("cannot send it: {e}"));
             routing::cancel_move_out(id);
         }
         // Sent: the socket lives on in the message; this copy closes here.
@@ -309,7 +309,7 @@ fn on_message(msg: Handoff, socket: Option<OwnedFd>) {
             from,
             conn,
             routing,
-        } => arrive(from, conn, routing, socket),
+        } => arrive(from, *conn, routing, socket),
         Handoff::Refused { id, why, .. } => {
             let state = forget_leaving(id);
             match (state, socket) {
