@@ -128,9 +128,12 @@ pub(crate) fn serve<P: Protocol + Clone>(
     Ok(AcceptControl { stop, drain_queue })
 }
 
-trait Acceptor {
+trait Acceptor: std::os::fd::AsFd {
     type Stream: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static;
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>>;
+    /// Accepts with a system call now, whatever the event loop has heard of yet (to empty
+    /// the queue before closing); `WouldBlock` when it is empty.
+    fn accept_now(&self) -> io::Result<Accepted<Self::Stream>>;
 }
 
 struct Accepted<S> {
@@ -141,6 +144,21 @@ struct Accepted<S> {
 
 impl Acceptor for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
+    fn accept_now(&self) -> io::Result<Accepted<Self::Stream>> {
+        let (socket, addr) = socket2::SockRef::from(self).accept()?;
+        socket.set_nonblocking(true)?;
+        let _ = socket.set_tcp_nodelay(true);
+        let peer = addr
+            .as_socket()
+            .ok_or_else(|| io::Error::other("a TCP peer without an IP address"))?;
+        let stream = tokio::net::TcpStream::from_std(socket.into())?;
+        let local = stream.local_addr().ok();
+        Ok(Accepted {
+            stream,
+            peer: PeerAddr::Inet(peer),
+            local,
+        })
+    }
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>> {
         self.poll_accept(cx).map_ok(|(stream, peer)| {
             // Replies are written whole, once per batch; Nagle would only add latency.
@@ -157,6 +175,20 @@ impl Acceptor for tokio::net::TcpListener {
 
 impl Acceptor for tokio::net::UnixListener {
     type Stream = tokio::net::UnixStream;
+    fn accept_now(&self) -> io::Result<Accepted<Self::Stream>> {
+        let (socket, addr) = socket2::SockRef::from(self).accept()?;
+        socket.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(socket.into())?;
+        Ok(Accepted {
+            stream,
+            peer: PeerAddr::Unix(
+                addr.as_pathname()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            local: None,
+        })
+    }
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>> {
         self.poll_accept(cx).map_ok(|(stream, peer)| Accepted {
             stream,
@@ -192,13 +224,28 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
     }
     if drain_queue.get() {
         // Stopping: the master has closed its copy, so when the last process closes this
-        // socket the kernel resets whatever is still queued. Connections it has already
-        // completed are taken and served (they retire at once); from the close on, new ones
-        // are refused.
+        // socket the kernel resets whatever is still queued. First the queue is shrunk to
+        // nothing (`listen(0)`), so that a client's handshake is no longer completed: its SYN
+        // is dropped and retried, and by then the socket is closed and the retry refused.
+        // Then the connections the kernel had already completed are taken and served (they
+        // retire at once).
+        if let Err(e) = socket2::SockRef::from(&acceptor).listen(0) {
+            tracing::debug!("cannot shrink the listen queue: {e}");
+        }
         let mut taken = 0;
-        while let Poll::Ready(Ok(a)) = poll_fn(|cx| Poll::Ready(acceptor.poll_next(cx))).await {
-            spawn_connection(&ctx, a);
-            taken += 1;
+        loop {
+            match acceptor.accept_now() {
+                Ok(a) => {
+                    spawn_connection(&ctx, a);
+                    taken += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!("accept failed while emptying the queue: {e}");
+                    break;
+                }
+            }
         }
         if taken > 0 {
             tracing::info!("served {taken} connections still queued on the stopping listener");
