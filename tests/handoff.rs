@@ -62,24 +62,24 @@ impl Seen {
 
     /// One line from the server: an answer or a push.
     fn line(&mut self, line: &str) {
-        if let Some(n) = line.strip_prefix("g:").and_then(|n| n.parse::<u64>().ok()) {
-            if let Some(last) = self.last_group {
-                if n != last + 1 {
-                    self.fail(format!("group push {n} after {last}"));
-                }
+        // The pusher numbers every push; a group member hears each, a uid every tenth.
+        for (prefix, step) in [("g:", 1), ("u:", 10)] {
+            let Some(n) = line
+                .strip_prefix(prefix)
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let (last, count) = if step == 1 {
+                (&mut self.last_group, &mut self.group_pushes)
+            } else {
+                (&mut self.last_uid, &mut self.uid_pushes)
+            };
+            let previous = last.replace(n);
+            *count += 1;
+            if let Some(previous) = previous.filter(|p| n != p + step) {
+                self.fail(format!("push {prefix}{n} after {prefix}{previous}"));
             }
-            self.last_group = Some(n);
-            self.group_pushes += 1;
-            return;
-        }
-        if let Some(n) = line.strip_prefix("u:").and_then(|n| n.parse::<u64>().ok()) {
-            if let Some(last) = self.last_uid {
-                if n != last + 10 {
-                    self.fail(format!("uid push {n} after {last}"));
-                }
-            }
-            self.last_uid = Some(n);
-            self.uid_pushes += 1;
             return;
         }
         if line == "ok" {
@@ -391,21 +391,7 @@ fn reloads_on_nats_hand_100_live_connections_to_new_code_without_a_client_notici
 
 #[test]
 fn a_connection_that_cannot_move_gets_a_clean_close_and_the_others_still_move() {
-    let (text_port, ws_port) = (free_port(), free_port());
-    let s = Server::start(
-        "handoff_lab",
-        &[
-            (
-                "HANDOFF_TEXT_LISTEN",
-                format!("text://127.0.0.1:{text_port}"),
-            ),
-            (
-                "HANDOFF_WS_LISTEN",
-                format!("websocket://127.0.0.1:{ws_port}"),
-            ),
-        ],
-        6,
-    );
+    let (s, text_port, _ws_port) = handoff_lab(&[]);
     let mut heavy = LineClient::connect(text_port).expect("connect");
     let mut light = LineClient::connect(text_port).expect("connect");
     assert_eq!(heavy.ask("pad:70000").expect("reply"), "ok");

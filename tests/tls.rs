@@ -81,6 +81,31 @@ fn https_serves_with_a_certificate_made_in_the_test() {
     assert!(!String::from_utf8_lossy(&sink).contains("Hello World"));
 }
 
+/// A TLS client connection to `127.0.0.1:port` that trusts the certificate `der` as
+/// `localhost`.
+async fn tls_client(
+    der: Vec<u8>,
+    port: u16,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    connector.connect(name, tcp).await.expect("tls handshake")
+}
+
 #[test]
 fn wss_carries_websocket_messages() {
     let c = certs();
@@ -97,17 +122,7 @@ fn wss_carries_websocket_messages() {
     let der = c.der.clone();
     local_runtime().block_on(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from(der)).expect("root");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
+        let mut tls = tls_client(der, port).await;
         tls.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.expect("handshake");
         let mut buf = vec![0u8; 4096];
         let n = tls.read(&mut buf).await.expect("reply");
@@ -127,38 +142,15 @@ fn wss_carries_websocket_messages() {
 #[test]
 fn with_hand_off_on_a_wss_connection_cannot_move_and_hears_1012_on_reload() {
     let c = certs();
-    let (text_port, ws_port) = (free_port(), free_port());
-    let s = Server::start(
-        "handoff_lab",
-        &[
-            (
-                "HANDOFF_TEXT_LISTEN",
-                format!("text://127.0.0.1:{text_port}"),
-            ),
-            (
-                "HANDOFF_WS_LISTEN",
-                format!("websocket://127.0.0.1:{ws_port}"),
-            ),
-            ("HANDOFF_TLS_CERT", c.cert.display().to_string()),
-            ("HANDOFF_TLS_KEY", c.key.display().to_string()),
-        ],
-        6,
-    );
+    let (s, _text_port, ws_port) = handoff_lab(&[
+        ("HANDOFF_TLS_CERT", c.cert.display().to_string()),
+        ("HANDOFF_TLS_KEY", c.key.display().to_string()),
+    ]);
     let der = c.der.clone();
     let reload = s.command(&["reload"]);
     local_runtime().block_on(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from(der)).expect("root");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ws_port)).await.expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
+        let mut tls = tls_client(der, ws_port).await;
         tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.expect("handshake");
         let mut buf = vec![0u8; 4096];
         let n = tls.read(&mut buf).await.expect("reply");

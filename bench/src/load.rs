@@ -350,15 +350,7 @@ pub fn churn(
             (ok, bad, why)
         }));
     }
-    threads.into_iter().filter_map(|t| t.join().ok()).fold(
-        (0, 0, Vec::new()),
-        |mut acc, (o, b, w)| {
-            acc.0 += o;
-            acc.1 += b;
-            acc.2.extend(w.into_iter().take(3));
-            acc
-        },
-    )
+    tally(threads)
 }
 
 /// Keep-alive HTTP clients as a careful one behaves: each of `workers` loops sends `GET /` on
@@ -449,6 +441,13 @@ pub fn keep_alive_http(
             (ok, bad, why)
         }));
     }
+    tally(threads)
+}
+
+/// Adds up what client threads counted: (successes, failures, their first failures).
+fn tally(
+    threads: Vec<std::thread::JoinHandle<(u64, u64, Vec<String>)>>,
+) -> (u64, u64, Vec<String>) {
     threads.into_iter().filter_map(|t| t.join().ok()).fold(
         (0, 0, Vec::new()),
         |mut acc, (o, b, w)| {

@@ -448,24 +448,32 @@ pub(crate) fn adopt_moved<P: Protocol + Clone>(
     };
     if state.unix {
         let std_stream = std::os::unix::net::UnixStream::from(socket);
-        let Ok(stream) = tokio::net::UnixStream::from_std(std_stream).map_err(fail) else {
-            return Ok(());
-        };
-        connections.borrow_mut().insert(id, conn.clone());
-        spawn_local(async move {
-            let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, start).await;
-            connection_ended(&connections, id, how);
-        });
+        if let Ok(stream) = tokio::net::UnixStream::from_std(std_stream).map_err(fail) {
+            spawn_local(serve_moved(conn, stream, unread, opts, start, connections));
+        }
     } else {
         let std_stream = std::net::TcpStream::from(socket);
-        let Ok(stream) = tokio::net::TcpStream::from_std(std_stream).map_err(fail) else {
-            return Ok(());
-        };
-        connections.borrow_mut().insert(id, conn.clone());
-        spawn_local(async move {
-            let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, start).await;
-            connection_ended(&connections, id, how);
-        });
+        if let Ok(stream) = tokio::net::TcpStream::from_std(std_stream).map_err(fail) {
+            spawn_local(serve_moved(conn, stream, unread, opts, start, connections));
+        }
     }
     Ok(())
+}
+
+/// Drives a connection that moved here (or came back) until it ends.
+async fn serve_moved<P, S>(
+    conn: Connection<P>,
+    stream: S,
+    unread: BytesMut,
+    opts: DriveOptions,
+    start: Start,
+    connections: ConnectionMap<P>,
+) where
+    P: Protocol,
+    S: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static,
+{
+    let id = conn.id();
+    connections.borrow_mut().insert(id, conn.clone());
+    let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, start).await;
+    connection_ended(&connections, id, how);
 }

@@ -451,6 +451,24 @@ pub fn echo(count: usize, extra: &[(&str, String)]) -> Server {
     s
 }
 
+/// examples/handoff_lab on free ports with `extra` settings: the server, its text port and its
+/// WebSocket port. Six processes: two of each group, the pusher and the hub.
+pub fn handoff_lab(extra: &[(&str, String)]) -> (Server, u16, u16) {
+    let (text_port, ws_port) = (free_port(), free_port());
+    let mut env = vec![
+        (
+            "HANDOFF_TEXT_LISTEN",
+            format!("text://127.0.0.1:{text_port}"),
+        ),
+        (
+            "HANDOFF_WS_LISTEN",
+            format!("websocket://127.0.0.1:{ws_port}"),
+        ),
+    ];
+    env.extend(extra.iter().cloned());
+    (Server::start("handoff_lab", &env, 6), text_port, ws_port)
+}
+
 /// The echo example as a gateway (its connections reachable over the bus), so the tree runs
 /// the hub too: `count` workers plus the hub.
 pub fn gateway_echo(count: usize, extra: &[(&str, String)]) -> Server {
