@@ -1,7 +1,8 @@
 //! HTTP: `GET /` answers `Hello World` as text/plain on port 8080; `/file` streams a file (with
 //! ranges); `/upload` takes a multipart upload; `/chunked` streams chunks; `/events` streams
 //! Server-Sent Events; `/ws` is a WebSocket echo on the same port; `/echo` answers the request's method, query, cookies and body as JSON;
-//! `/slow?ms=N` answers after N milliseconds (a request under way during a stop or reload).
+//! `/slow?ms=N` answers after N milliseconds (a request under way during a stop or reload);
+//! `/redirect?to=URL` answers 302 to URL, or 400 when URL could not be a header value.
 //!
 //! Run: `cargo run --example http_hello -- start`, then `curl http://127.0.0.1:8080/`.
 //! `HTTP_LISTEN` moves it; `HTTP_FILE` picks the file `/file` serves (default: this source);
@@ -41,6 +42,20 @@ fn main() -> oxwork::Result<()> {
     w.on_message(move |c, req| match (req.method().as_str(), req.path()) {
         (_, "/") => {
             c.send(Response::text("Hello World"));
+        }
+        (_, "/redirect") => {
+            let to = req
+                .query_pairs()
+                .into_iter()
+                .find(|(k, _)| k == "to")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            // The target comes from the client: a header refuses CR/LF instead of letting the
+            // client write headers of its own.
+            c.send(match Response::new(302).try_header("Location", &to) {
+                Ok(r) => r,
+                Err(e) => Response::text(format!("bad redirect target: {e}\n")).status(400),
+            });
         }
         (_, "/slow") => {
             let ms: u64 = req

@@ -226,3 +226,21 @@ fn hostile_requests_get_their_status_and_only_their_connection_closes() {
     assert_eq!(out, "Hello World");
     assert_eq!(s.status()["processes"][0]["stats"]["panics"], 0);
 }
+
+#[test]
+fn request_data_copied_into_a_header_cannot_split_the_response() {
+    let (s, _base) = http_server(&[]);
+    let answer = raw_exchange(
+        s.port,
+        b"GET /redirect?to=/x%0d%0aSet-Cookie:%20evil=1%0d%0a%0d%0aHTTP/1.1%20200%20OK HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(!answer.contains("\r\nSet-Cookie: evil"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    let fine = raw_exchange(
+        s.port,
+        b"GET /redirect?to=/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(fine.starts_with("HTTP/1.1 302"), "{fine}");
+    assert!(fine.contains("Location: /next\r\n"), "{fine}");
+}

@@ -29,4 +29,4 @@ pub(crate) use codec::{encode_standalone, error_reply};
 pub use codec::{Http, HttpLimits};
 pub(crate) use request::get_request;
 pub use request::{Request, UploadedFile};
-pub use response::{chunk, HttpOutput, Response, SseEvent};
+pub use response::{chunk, HeaderError, HttpOutput, Response, SseEvent};

@@ -10,6 +10,40 @@ use http::StatusCode;
 
 use crate::protocol::BodySource;
 
+/// A header (or cookie) refused because writing it would break the response's framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderError {
+    /// The header's name as given.
+    pub name: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "header {:?} refused: {}", self.name, self.reason)
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
+fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
+    let refuse = |reason| {
+        Err(HeaderError {
+            name: name.chars().take(64).collect(),
+            reason,
+        })
+    };
+    if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return refuse("its name is not an HTTP token");
+    }
+    // Tab is allowed; every other control character (CR, LF and NUL among them) is not.
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return refuse("its value has CR, LF, NUL or another control character");
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum Body {
     Bytes(Bytes),
@@ -98,7 +132,28 @@ impl Response {
     }
 
     /// Adds a header.
-    pub fn header(mut self, name: &str, value: &str) -> Response {
+    ///
+    /// A name that is not an HTTP token, or a value with CR, LF, NUL or another control
+    /// character, is refused: it is never written (that is how a client that gets request
+    /// data copied into a header would inject headers or a second response). The refusal is
+    /// logged; [`try_header`](Self::try_header) returns it instead.
+    pub fn header(self, name: &str, value: &str) -> Response {
+        match check_header(name, value) {
+            Ok(()) => self.push_header(name, value),
+            Err(e) => {
+                tracing::error!("{e}; the header is not sent");
+                self
+            }
+        }
+    }
+
+    /// [`header`](Self::header), saying when the header is refused.
+    pub fn try_header(self, name: &str, value: &str) -> Result<Response, HeaderError> {
+        check_header(name, value)?;
+        Ok(self.push_header(name, value))
+    }
+
+    fn push_header(mut self, name: &str, value: &str) -> Response {
         self.headers.push((name.to_string(), value.to_string()));
         self
     }
@@ -108,14 +163,50 @@ impl Response {
         self.header("Content-Type", value)
     }
 
-    /// Sets a cookie (`Path=/; HttpOnly`).
+    /// Sets a cookie (`Path=/; HttpOnly`). A name that is not a token or a value with
+    /// characters a cookie cannot hold (`;`, `,`, spaces, quotes, backslash, controls) is
+    /// refused like a bad header: logged, not sent.
     pub fn cookie(self, name: &str, value: &str) -> Response {
-        self.header("Set-Cookie", &format!("{name}={value}; Path=/; HttpOnly"))
+        self.cookie_with(name, value, "Path=/; HttpOnly")
     }
 
     /// Sets a cookie with attributes of your choice (`"Max-Age=60; Secure"`).
     pub fn cookie_with(self, name: &str, value: &str, attributes: &str) -> Response {
-        self.header("Set-Cookie", &format!("{name}={value}; {attributes}"))
+        match self.try_cookie_with(name, value, attributes) {
+            Ok(r) => r,
+            Err((r, e)) => {
+                tracing::error!("{e}; the cookie is not sent");
+                *r
+            }
+        }
+    }
+
+    /// [`cookie_with`](Self::cookie_with), saying when the cookie is refused (the response
+    /// comes back unchanged with the error).
+    #[allow(clippy::result_large_err)]
+    pub fn try_cookie_with(
+        self,
+        name: &str,
+        value: &str,
+        attributes: &str,
+    ) -> Result<Response, (Box<Response>, HeaderError)> {
+        let cookie_octet =
+            |b: u8| matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E);
+        let refuse = |reason: &'static str| HeaderError {
+            name: format!("cookie {name:?}"),
+            reason,
+        };
+        let checked = if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
+            Err(refuse("its name is not an HTTP token"))
+        } else if !value.bytes().all(cookie_octet) {
+            Err(refuse("its value has a character a cookie cannot hold"))
+        } else {
+            check_header("Set-Cookie", attributes)
+        };
+        match checked {
+            Ok(()) => Ok(self.push_header("Set-Cookie", &format!("{name}={value}; {attributes}"))),
+            Err(e) => Err((Box::new(self), e)),
+        }
     }
 
     /// Sets the body.
@@ -305,6 +396,31 @@ pub(crate) fn parse_range(header: Option<&str>, len: u64) -> Result<Option<(u64,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_with_cr_lf_or_nul_is_refused_and_never_written() {
+        for value in ["a\r\nSet-Cookie: evil=1", "a\nb", "a\0b"] {
+            let r = Response::text("x").try_header("Location", value);
+            assert!(r.is_err(), "{value:?} accepted");
+            let r = Response::text("x").header("Location", value);
+            assert!(!r.has_header("location"), "{value:?} kept");
+        }
+        assert!(Response::text("x").try_header("Bad Name", "v").is_err());
+        assert!(Response::text("x")
+            .try_header("X-Ok", "tab\tis fine")
+            .is_ok());
+    }
+
+    #[test]
+    fn a_cookie_that_would_inject_attributes_is_refused() {
+        let r = Response::text("x").cookie("id", "1; Domain=evil.example");
+        assert!(!r.has_header("set-cookie"));
+        let r = Response::text("x").cookie("id", "abc123");
+        assert!(r.has_header("set-cookie"));
+        assert!(Response::text("x")
+            .try_cookie_with("a b", "1", "Path=/")
+            .is_err());
+    }
 
     #[test]
     fn ranges() {
