@@ -43,8 +43,8 @@ pub use bus::state;
 pub use bytes;
 pub use error::{Error, ErrorKind, Result};
 pub use protocol::{
-    BodySource, Dynamic, Farewell, Frame, Input, Message, Payload, PeerAddr, Protocol, Raw,
-    Rejection, Text, Wire,
+    BodySource, Deadline, Dynamic, Farewell, Frame, Input, Message, Payload, PeerAddr, Protocol,
+    Raw, Rejection, Text, Wire,
 };
 pub use runtime::connection::{Connection, ConnectionError, Hold};
 pub use runtime::outbound::AsyncConnection;

@@ -244,3 +244,90 @@ fn request_data_copied_into_a_header_cannot_split_the_response() {
     assert!(fine.starts_with("HTTP/1.1 302"), "{fine}");
     assert!(fine.contains("Location: /next\r\n"), "{fine}");
 }
+
+/// Slowloris: 2,000 connections each sending a request head one byte every 5 s. Every one is
+/// cut off with a 408 once the head timeout (10 s by default) has passed since its first byte,
+/// while a normal client keeps being answered.
+#[test]
+fn slowloris_connections_are_cut_off_at_the_head_timeout_and_normal_requests_carry_on() {
+    const ATTACKERS: usize = 2000;
+    let (s, _base) = http_server(&[]);
+    let port = s.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let normal = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut waits = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                let answer = raw_exchange(
+                    port,
+                    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                );
+                assert!(
+                    answer.starts_with("HTTP/1.1 200"),
+                    "normal request failed: {answer:?}"
+                );
+                waits.push(t.elapsed());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            waits
+        })
+    };
+    let cut_after: Vec<(Duration, bool)> = local_runtime().block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tasks = Vec::new();
+        for _ in 0..ATTACKERS {
+            tasks.push(tokio::task::spawn_local(async move {
+                let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect (raise `ulimit -n` above 2,100 if this fails)");
+                let started = std::time::Instant::now();
+                let _ = c.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 512];
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        n = c.read(&mut buf) => match n {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        },
+                        _ = tick.tick() => {
+                            let _ = c.write_all(b"a").await;
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => break,
+                    }
+                }
+                (started.elapsed(), got.starts_with(b"HTTP/1.1 408"))
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("attacker"));
+        }
+        out
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut waits = normal.join().expect("normal client");
+    let slowest_cut = cut_after.iter().map(|(d, _)| *d).max().unwrap_or_default();
+    let answered_408 = cut_after.iter().filter(|(_, r)| *r).count();
+    assert_eq!(answered_408, ATTACKERS, "not every slow head got a 408");
+    assert!(
+        cut_after.iter().all(|(d, _)| *d >= Duration::from_secs(9)),
+        "a connection was cut before the head timeout"
+    );
+    assert!(
+        slowest_cut < Duration::from_secs(20),
+        "the last attacker was cut off only after {slowest_cut:?}"
+    );
+    waits.sort();
+    eprintln!(
+        "{ATTACKERS} slowloris connections cut off with 408 by {slowest_cut:?}; {} normal \
+         requests meanwhile, median {:?}, slowest {:?}",
+        waits.len(),
+        waits[waits.len() / 2],
+        waits[waits.len() - 1]
+    );
+}

@@ -21,6 +21,13 @@ pub struct HttpLimits {
     pub max_headers: usize,
     /// Uploaded files larger than this go to a temporary file (default 256 KiB).
     pub spill_over: usize,
+    /// A request head must arrive whole within this from its first byte (default 10 s; then
+    /// `408` and the close): a client sending a head byte by byte (slowloris) cannot hold a
+    /// connection.
+    pub head_timeout: std::time::Duration,
+    /// A keep-alive connection with no request under way is closed after this much silence
+    /// (default 60 s). A request waiting for its response is not idle.
+    pub keep_alive_timeout: std::time::Duration,
 }
 
 impl Default for HttpLimits {
@@ -30,6 +37,8 @@ impl Default for HttpLimits {
             max_request_line: 8 * 1024,
             max_headers: 100,
             spill_over: 256 * 1024,
+            head_timeout: std::time::Duration::from_secs(10),
+            keep_alive_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -487,6 +496,27 @@ impl Protocol for Http {
         true
     }
 
+    fn deadline(&self, buffered: usize) -> Option<crate::protocol::Deadline> {
+        use crate::protocol::Deadline;
+        if self.current.is_some() || self.stream.is_some() {
+            // Answering: the client may well be silent.
+            return None;
+        }
+        match (self.head, buffered) {
+            (None, 0) => Some(Deadline::Idle(self.limits.keep_alive_timeout)),
+            (None, _) => Some(Deadline::Incomplete(self.limits.head_timeout)),
+            // A body on its way: bounded by max_package_size, not by time.
+            (Some(_), _) => None,
+        }
+    }
+
+    fn timed_out(&mut self) -> Rejection {
+        reject(
+            StatusCode::REQUEST_TIMEOUT,
+            "request head not completed in time",
+        )
+    }
+
     fn export_state(&self) -> Option<Vec<u8>> {
         // Between requests only: nothing half-read, nothing owed, no upgrade under way.
         let between = self.head.is_none()
@@ -864,6 +894,30 @@ mod tests {
         assert!(wire.into_requests().close);
         assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
         assert!(p.at_rest());
+    }
+
+    #[test]
+    fn a_head_in_progress_has_the_head_timeout_and_an_idle_connection_the_keep_alive_one() {
+        use crate::protocol::Deadline;
+        let mut p = Http::default();
+        let limits = HttpLimits::default();
+        assert_eq!(
+            p.deadline(0),
+            Some(Deadline::Idle(limits.keep_alive_timeout))
+        );
+        assert_eq!(
+            p.deadline(3),
+            Some(Deadline::Incomplete(limits.head_timeout))
+        );
+        let mut sink = BytesMut::new();
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]);
+        let _ = crate::protocol::next_message(&mut p, &mut buf, 1 << 20, &mut Wire::new(&mut sink));
+        assert_eq!(
+            p.deadline(0),
+            None,
+            "a request waiting for its response is not idle"
+        );
+        assert!(p.timed_out().to_string().contains("408"));
     }
 
     #[test]

@@ -198,6 +198,26 @@ pub enum Farewell {
     Restarting,
 }
 
+/// A bound a protocol puts on the state its connection is in ([`Protocol::deadline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Deadline {
+    /// A message has begun and must be complete within this (an HTTP request head): when it
+    /// passes, the connection is refused with [`Protocol::timed_out`].
+    Incomplete(std::time::Duration),
+    /// Nothing is under way and the peer may stay silent this long (HTTP keep-alive); then
+    /// the connection is closed quietly.
+    Idle(std::time::Duration),
+}
+
+impl Deadline {
+    pub(crate) fn after(self) -> std::time::Duration {
+        match self {
+            Deadline::Incomplete(d) | Deadline::Idle(d) => d,
+        }
+    }
+}
+
 /// A wire protocol, in Workerman's three steps: [`input`](Protocol::input) says how long the
 /// next packet is (or that more bytes are needed, or that the input is unacceptable),
 /// [`decode`](Protocol::decode) turns one packet into a message, [`encode`](Protocol::encode)
@@ -278,6 +298,20 @@ pub trait Protocol: 'static {
     /// this writes. Nothing, by default.
     fn farewell(&mut self, why: Farewell, wire: &mut Wire<'_>) {
         let _ = (why, wire);
+    }
+
+    /// The bound on the connection's current state, given how many bytes of the next message
+    /// are buffered: the driver arms it when the state begins and cuts the connection when it
+    /// passes without a change of state. `None` (the default): no bound.
+    fn deadline(&self, buffered: usize) -> Option<Deadline> {
+        let _ = buffered;
+        None
+    }
+
+    /// The refusal for a message not completed within its [`Deadline::Incomplete`] (HTTP
+    /// answers `408`).
+    fn timed_out(&mut self) -> Rejection {
+        Rejection::new("message not completed in time")
     }
 
     /// The protocol's state between messages, for handing the connection to another process

@@ -69,6 +69,7 @@ enum Event {
     Farewell,
     DrainedIdle,
     Move,
+    Deadline(crate::protocol::Deadline),
 }
 
 /// Per-driver options.
@@ -145,6 +146,8 @@ where
     // Bytes handed over with the socket are dispatched at once.
     let mut woken = !rbuf.is_empty();
     let mut farewell_wait: Option<Pin<Box<Sleep>>> = None;
+    // The protocol's bound on the current state, and its timer.
+    let mut deadline: Option<(crate::protocol::Deadline, Pin<Box<Sleep>>)> = None;
     let mut moving = false;
     let mut drain_idle: Option<Pin<Box<Sleep>>> = None;
 
@@ -252,6 +255,19 @@ where
                     drain_idle = None;
                 }
             }
+            let wanted = if inner.state.get() == State::Open {
+                inner.proto.borrow().deadline(rbuf.len())
+            } else {
+                None
+            };
+            if wanted != deadline.as_ref().map(|(d, _)| *d) {
+                deadline = wanted.map(|d| (d, Box::pin(sleep(d.after()))));
+            }
+            if let Some((d, timer)) = deadline.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Deadline(*d));
+                }
+            }
             if let Some(idle) = idle.as_mut() {
                 if idle.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Idle);
@@ -338,6 +354,23 @@ where
             Event::DrainedIdle => {
                 drain_idle = None;
                 conn.close();
+            }
+            Event::Deadline(d) => {
+                deadline = None;
+                match d {
+                    crate::protocol::Deadline::Idle(after) => {
+                        tracing::debug!(
+                            "closing connection {} from {}: idle for {after:?}",
+                            inner.id,
+                            inner.peer
+                        );
+                        conn.close();
+                    }
+                    _ => {
+                        let why = inner.proto.borrow_mut().timed_out();
+                        conn.reject(&why);
+                    }
+                }
             }
             Event::Move => {
                 moving = true;
