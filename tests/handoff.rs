@@ -222,9 +222,12 @@ fn program_copy(dir: &std::path::Path) -> PathBuf {
 
 /// Replaces the program at `path` by the new build, as a deploy does (a rename, so that the
 /// running processes keep their own file).
-fn swap_in_new_build(path: &std::path::Path) {
+async fn swap_in_new_build(path: &std::path::Path) {
     let staged = path.with_extension("new");
     std::fs::copy(example_bin("handoff_lab_v2"), &staged).expect("copy the new build");
+    // A child another test forked while the copy was open for writing holds it open until
+    // its exec; the master's next exec of the program would fail with ETXTBSY meanwhile.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     std::fs::rename(&staged, path).expect("swap the program");
 }
 
@@ -288,7 +291,7 @@ fn reloads_hand_every_connection_over(bus: &[(&str, String)]) {
                 String::from_utf8_lossy(&out.stderr)
             );
             if r == SWAP_AFTER {
-                swap_in_new_build(&program);
+                swap_in_new_build(&program).await;
             }
             tokio::time::sleep(Duration::from_millis(700)).await;
         }

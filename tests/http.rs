@@ -331,3 +331,57 @@ fn slowloris_connections_are_cut_off_at_the_head_timeout_and_normal_requests_car
         waits[waits.len() - 1]
     );
 }
+
+/// A client that pipelines thousands of requests and reads nothing for a while: the server stops
+/// reading it once the send buffer is full, drops no response, never answers 413, and when the
+/// client reads, every response is there, in order.
+#[test]
+fn a_pipelining_client_that_does_not_read_is_paused_not_dropped() {
+    const REQUESTS: usize = 200_000;
+    let (s, _base) = http_server(&[]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let writer = {
+        let mut w = c.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let one = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+            for _ in 0..REQUESTS {
+                if w.write_all(one).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // Not reading for a while: the server must hold, not drop.
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = s.status();
+    let failed: u64 = stats["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .map(|p| p["stats"]["failed_sends"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(failed, 0, "responses were dropped: {stats}");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut responses, mut scanned) = (0usize, 0usize);
+    while responses < REQUESTS {
+        let n = c.read(&mut buf).expect("responses keep coming");
+        assert!(n > 0, "closed after {responses} responses");
+        got.extend_from_slice(&buf[..n]);
+        // Count status lines in what arrived, overlapping the last one's tail.
+        let from = scanned.saturating_sub(11);
+        for w in got[from..].windows(12) {
+            assert_ne!(w, b"HTTP/1.1 413", "a 413 came back");
+            if w == b"HTTP/1.1 200" {
+                responses += 1;
+            }
+        }
+        scanned = got.len();
+        got.drain(..from);
+        scanned -= from;
+    }
+    assert_eq!(responses, REQUESTS);
+    writer.join().expect("writer");
+}

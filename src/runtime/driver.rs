@@ -204,7 +204,10 @@ where
                 // what is left in `rbuf` is the start of the next one.
                 return Poll::Ready(Event::Move);
             }
-            if inner.state.get() == State::Open && !inner.paused.get() {
+            // Past its send bound the connection is not read: a peer that does not read its
+            // answers stops being served instead of having them dropped (back-pressure).
+            let over_bound = conn.queued_len() >= inner.max_send_buffer_size.get();
+            if inner.state.get() == State::Open && !inner.paused.get() && !over_bound {
                 let read = if rbuf.is_empty() {
                     let mut scratch = take_scratch();
                     let r = poll_read_buf(Pin::new(&mut stream), cx, &mut scratch);
@@ -346,6 +349,8 @@ where
             Event::Drained => {
                 inner.buffer_full.set(false);
                 conn.call("on_buffer_drain", inner.handlers.on_buffer_drain.as_ref());
+                // Messages left waiting while the buffer was full are handled now.
+                dispatch(&conn, &mut rbuf);
             }
             Event::Farewell => {
                 farewell_wait = None;
@@ -475,7 +480,12 @@ fn refill<P: Protocol>(inner: &crate::runtime::connection::ConnInner<P>) -> io::
 fn dispatch<P: Protocol>(conn: &Connection<P>, rbuf: &mut BytesMut) {
     let inner = &conn.inner;
     inner.in_dispatch.set(true);
-    while inner.state.get() == State::Open && !inner.paused.get() {
+    // A full send buffer stops the loop too: the rest waits until the buffer has drained, so
+    // no answer is refused for want of room.
+    while inner.state.get() == State::Open
+        && !inner.paused.get()
+        && conn.queued_len() < inner.max_send_buffer_size.get()
+    {
         let next = conn.with_wire(|wire| {
             let mut proto = inner.proto.borrow_mut();
             next_message(&mut *proto, rbuf, inner.max_package_size, wire)

@@ -116,12 +116,23 @@ impl Server {
         };
         let mut start_args = vec!["start"];
         start_args.extend_from_slice(args);
-        let child = s
-            .command(&start_args)
-            .stdout(std::fs::File::create(&s.stdout).expect("stdout file"))
-            .stderr(std::fs::File::create(&s.stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn master");
+        // A program the test has just copied can be "busy" for a moment: another test's child,
+        // forked while the copy was open for writing, holds it until its own exec (ETXTBSY).
+        let mut tries = 0;
+        let child = loop {
+            let spawned = s
+                .command(&start_args)
+                .stdout(std::fs::File::create(&s.stdout).expect("stdout file"))
+                .stderr(std::fs::File::create(&s.stderr).expect("stderr file"))
+                .spawn();
+            match spawned {
+                Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("spawn master"),
+            }
+        };
         s.master = Some(child);
         s.wait_ready(expected);
         s
