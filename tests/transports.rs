@@ -85,6 +85,17 @@ fn udp_replies_to_each_datagram_sender() {
 }
 
 #[test]
+fn a_unix_listener_socket_file_is_removed_at_stop() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("echo.sock");
+    let mut s = echo_at(format!("text+unix://{}", path.display()), 1, &[]);
+    assert!(path.exists());
+    assert!(s.run(&["stop"]).status.success());
+    assert!(s.wait_exit(SETTLE));
+    assert!(!path.exists(), "{} left behind", path.display());
+}
+
+#[test]
 fn text_over_a_unix_socket() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("echo.sock");

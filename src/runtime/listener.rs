@@ -100,6 +100,20 @@ fn inet_socket(addr: SocketAddr, ty: Type, reuse_port: bool) -> std::io::Result<
     Ok(socket)
 }
 
+/// The socket file of a Unix-domain listening URL, removed when the server stops (only if it
+/// is a socket: never a file someone else put there).
+pub(crate) fn remove_socket_file(url: &crate::runtime::url::SocketUrl) {
+    use std::os::unix::fs::FileTypeExt;
+    if let crate::runtime::url::Endpoint::Path(path) = &url.endpoint {
+        let is_socket = std::fs::symlink_metadata(path)
+            .map(|m| m.file_type().is_socket())
+            .unwrap_or(false);
+        if is_socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// A socket file left by a process that died is removed; a live one (something accepts on it)
 /// is left for `bind` to report as in use.
 fn remove_stale_socket(path: &std::path::Path) {

@@ -208,6 +208,7 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
     stop: Rc<Notify>,
     drain_queue: Rc<std::cell::Cell<bool>>,
 ) {
+    let mut failures = Throttle::new(ACCEPT_WARNING_EVERY);
     loop {
         tokio::select! {
             biased;
@@ -215,8 +216,13 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
             accepted = poll_fn(|cx| acceptor.poll_next(cx)) => match accepted {
                 Ok(a) => spawn_connection(&ctx, a),
                 Err(e) => {
+                    if let Some(n) = failures.note(std::time::Instant::now()) {
+                        tracing::warn!(
+                            "accept failed {n} time{} since the last report: {e}",
+                            if n == 1 { "" } else { "s" }
+                        );
+                    }
                     // Out of descriptors or memory: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -301,6 +307,42 @@ where
         }
     }
 }
+
+/// Counts repeated failures and says when to report them: the first at once, then at most
+/// one report per period, with how many there were (so that descriptors exhausted for minutes
+/// give a few lines, not ten a second).
+#[derive(Debug)]
+struct Throttle {
+    every: Duration,
+    unreported: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            unreported: 0,
+            last: None,
+        }
+    }
+
+    /// One more failure at `now`: `Some(count)` when it is time to report.
+    fn note(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.unreported += 1;
+        let due = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.every);
+        if !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
+/// The least time between two "accept failed" lines of one accept loop.
+const ACCEPT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a client has to complete a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -476,4 +518,21 @@ async fn serve_moved<P, S>(
     connections.borrow_mut().insert(id, conn.clone());
     let how = crate::runtime::driver::drive_from(conn, stream, unread, opts, start).await;
     connection_ended(&connections, id, how);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_accept_failures_are_reported_once_per_period_with_a_count() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        let start = std::time::Instant::now();
+        assert_eq!(t.note(start), Some(1));
+        // 130 failures 100 ms apart: 13 s.
+        let reports: Vec<u64> = (1..=130)
+            .filter_map(|i| t.note(start + Duration::from_millis(100 * i)))
+            .collect();
+        assert_eq!(reports, vec![100]);
+    }
 }

@@ -372,6 +372,11 @@ impl Master {
             st.stopping_gracefully = graceful;
             st.group_listeners.fill_with(|| None);
             st.slot_listeners.fill_with(|| None);
+            // A Unix-domain address goes with the listener: a new client finds no socket (its
+            // connect is refused) and the next start finds a clean path.
+            for url in st.configs.iter().filter_map(|c| c.url()) {
+                crate::runtime::listener::remove_socket_file(&url);
+            }
             let targets = st
                 .procs
                 .iter()
