@@ -234,21 +234,7 @@ async fn swap_in_new_build(path: &std::path::Path) {
 fn reloads_hand_every_connection_over(bus: &[(&str, String)]) {
     let dir = tempfile::tempdir().expect("tmp");
     let program = program_copy(dir.path());
-    let (text_port, ws_port) = (free_port(), free_port());
-    let mut env = vec![
-        (
-            "HANDOFF_TEXT_LISTEN",
-            format!("text://127.0.0.1:{text_port}"),
-        ),
-        (
-            "HANDOFF_WS_LISTEN",
-            format!("websocket://127.0.0.1:{ws_port}"),
-        ),
-    ];
-    env.extend(bus.iter().cloned());
-    // Two text and two WebSocket processes, the pusher, and the hub unless the bus is NATS.
-    let expected = if bus.is_empty() { 6 } else { 5 };
-    let s = Server::start_program(program.clone(), &[], &env, expected);
+    let (s, text_port, ws_port) = handoff_lab_program(program.clone(), bus);
     let served = |s: &Server| {
         let mut pids = s.group_pids("text");
         pids.extend(s.group_pids("ws"));
@@ -278,10 +264,7 @@ fn reloads_hand_every_connection_over(bus: &[(&str, String)]) {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         RELOADING.with(|r| r.set(true));
         for r in 1..=RELOADS {
-            let out = tokio::process::Command::new(&s.bin)
-                .arg("reload")
-                .env("OXWORK_RUN_DIR", s.run_dir.path())
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            let out = tokio::process::Command::from(s.command(&["reload"]))
                 .output()
                 .await
                 .expect("reload");

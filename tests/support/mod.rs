@@ -465,6 +465,12 @@ pub fn echo(count: usize, extra: &[(&str, String)]) -> Server {
 /// examples/handoff_lab on free ports with `extra` settings: the server, its text port and its
 /// WebSocket port. Six processes: two of each group, the pusher and the hub.
 pub fn handoff_lab(extra: &[(&str, String)]) -> (Server, u16, u16) {
+    handoff_lab_program(example_bin("handoff_lab"), extra)
+}
+
+/// [`handoff_lab`] from the program at `bin` (a copy the test may replace). On NATS
+/// (`OXWORK_BUS` in `extra`) there is no hub: five processes.
+pub fn handoff_lab_program(bin: PathBuf, extra: &[(&str, String)]) -> (Server, u16, u16) {
     let (text_port, ws_port) = (free_port(), free_port());
     let mut env = vec![
         (
@@ -477,7 +483,16 @@ pub fn handoff_lab(extra: &[(&str, String)]) -> (Server, u16, u16) {
         ),
     ];
     env.extend(extra.iter().cloned());
-    (Server::start("handoff_lab", &env, 6), text_port, ws_port)
+    let expected = if extra.iter().any(|(k, _)| *k == "OXWORK_BUS") {
+        5
+    } else {
+        6
+    };
+    (
+        Server::start_program(bin, &[], &env, expected),
+        text_port,
+        ws_port,
+    )
 }
 
 /// The echo example as a gateway (its connections reachable over the bus), so the tree runs
