@@ -13,8 +13,9 @@ use crate::runtime::listener::Listener;
 use crate::runtime::worker::AnyWorker;
 use crate::runtime::{registry, stats};
 
-/// The longest a plain (not graceful) stop or reload waits for HTTP connections to end after
-/// their next response; it ends as soon as they have.
+/// The longest a plain (not graceful) stop or reload serves on before the farewell: HTTP
+/// connections end after their next response within it (it ends as soon as every connection
+/// has), long-lived ones answer what is on the wire.
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// How long connections get for their farewell and flush before the process drops them.
 pub(crate) const FLUSH_LIMIT: Duration = Duration::from_secs(3);
@@ -313,12 +314,12 @@ async fn finish(worker: Rc<dyn AnyWorker>, how: Finish, hurry: Rc<tokio::sync::N
     for w in &all {
         w.retire_connections(how.why);
     }
+    // Even a plain stop or reload serves on for a moment: a client that has just connected
+    // (or just sent) has its message on the wire, and a farewell said now, at what looks like
+    // rest, would close the connection under it.
     let serve_for = if how.graceful {
         how.limit
     } else {
-        for w in &all {
-            w.bid_farewell(true);
-        }
         how.limit.min(RETIRE_GRACE)
     };
     let connections = async {
@@ -330,7 +331,7 @@ async fn finish(worker: Rc<dyn AnyWorker>, how: Finish, hurry: Rc<tokio::sync::N
     tokio::join!(connections, crate::bus::local::wind_down(serve_for));
     crate::runtime::connection::set_process_retiring(how.why, true);
     for w in &all {
-        w.bid_farewell(false);
+        w.bid_farewell();
     }
     wait_for_connections(&all, FLUSH_LIMIT).await;
     let left: usize = all.iter().map(|w| w.connection_count()).sum();

@@ -526,8 +526,8 @@ pub(crate) trait AnyWorker {
     fn stop_accepting(&self, drain_queue: bool);
     /// Tells every connection that the process retires (HTTP ends after its next response).
     fn retire_connections(&self, why: crate::protocol::Farewell);
-    /// Says goodbye on every connection (only the long-lived ones, with `long_lived_only`).
-    fn bid_farewell(&self, long_lived_only: bool);
+    /// Says goodbye on every connection, each at its next rest.
+    fn bid_farewell(&self);
     /// Drops every connection still open.
     fn destroy_connections(&self);
     /// Asks every connection to move to the successor at its next boundary; how many.
@@ -693,11 +693,9 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
         }
     }
 
-    fn bid_farewell(&self, long_lived_only: bool) {
+    fn bid_farewell(&self) {
         for c in self.all_connections() {
-            if !(long_lived_only && c.inner.drains.get()) {
-                c.bid_farewell();
-            }
+            c.bid_farewell();
         }
     }
 
