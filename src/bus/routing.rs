@@ -240,6 +240,11 @@ fn deliver(conn: u64, msg: &BusMessage) -> bool {
     let held = ROUTER.with(|r| {
         let mut r = r.borrow_mut();
         let r = &mut *r;
+        let moving = r.moving_out.contains_key(&conn) || r.moving_in.contains_key(&conn);
+        if r.delivered.is_none() && !moving {
+            // The common case, hand-off off: no message id is worked out at all.
+            return false;
+        }
         let id = ordered_id(msg);
         if let (Some(delivered), Some((tag, n))) =
             (r.delivered.as_mut(), id.as_deref().and_then(parse_mid))
