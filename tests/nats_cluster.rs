@@ -230,7 +230,7 @@ fn a_client_on_node_a_gets_what_node_b_sends_to_its_uid_group_and_channels() {
 
 /// `start` with `bus` must fail at once with one line that says why.
 fn start_fails_clearly(bus: &str, env: &[(&str, String)], expect: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = private_tempdir();
     let out = std::process::Command::new(example_bin("echo"))
         .args(["start", "--bus", bus, "--node", "bad"])
         .env("OXWORK_RUN_DIR", dir.path())
@@ -514,7 +514,7 @@ fn a_credentials_file_authenticates_every_process() {
 #[test]
 fn a_node_with_task_pools_refuses_to_start_on_a_server_without_jetstream() {
     let core = Nats::start_core_only();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = private_tempdir();
     let out = std::process::Command::new(example_bin("pool_lab"))
         .args([
             "start", "--bus", &core.url, "--node", "nojs", "--group", "square",

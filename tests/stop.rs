@@ -52,7 +52,7 @@ fn a_second_start_says_already_running_and_fails() {
 
 #[test]
 fn commands_against_nothing_running_say_so() {
-    let dir = tempfile::tempdir().expect("tmp");
+    let dir = private_tempdir();
     for cmd in [&["status"][..], &["stop"], &["reload"], &["connections"]] {
         let out = std::process::Command::new(example_bin("echo"))
             .args(cmd)
@@ -80,7 +80,7 @@ impl Drop for DaemonGuard {
 
 #[test]
 fn daemon_starts_in_the_background_restarts_and_stops() {
-    let dir = tempfile::tempdir().expect("tmp");
+    let dir = private_tempdir();
     let port = free_port();
     let run = |args: &[&str]| {
         std::process::Command::new(example_bin("echo"))

@@ -62,7 +62,7 @@ fn killed_worker_is_replaced_within_a_second_and_other_clients_notice_nothing() 
 #[test]
 fn a_worker_that_crashes_at_start_is_restarted_with_backoff() {
     let port = free_port();
-    let run = tempfile::tempdir().expect("tmp");
+    let run = private_tempdir();
     let mut child = std::process::Command::new(example_bin("echo"))
         .arg("start")
         .env("OXWORK_RUN_DIR", run.path())

@@ -187,7 +187,7 @@ fn with_hand_off_on_a_wss_connection_cannot_move_and_hears_1012_on_reload() {
 #[test]
 fn a_missing_key_file_is_one_clear_error_at_start() {
     let c = certs();
-    let run = tempfile::tempdir().expect("tmp");
+    let run = private_tempdir();
     let out = Command::new(example_bin("http_hello"))
         .arg("start")
         .env("OXWORK_RUN_DIR", run.path())
@@ -206,7 +206,7 @@ fn a_missing_key_file_is_one_clear_error_at_start() {
 
 #[test]
 fn https_without_a_certificate_is_refused_at_start() {
-    let run = tempfile::tempdir().expect("tmp");
+    let run = private_tempdir();
     let out = Command::new(example_bin("http_hello"))
         .arg("start")
         .env("OXWORK_RUN_DIR", run.path())

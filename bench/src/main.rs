@@ -20,6 +20,15 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// A temporary directory only this user may enter (0700): oxwork refuses a run directory that
+/// other users could plant files in.
+pub(crate) fn private_tempdir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "Measures oxwork against reference servers in one run")]
 struct Args {

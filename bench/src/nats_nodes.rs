@@ -23,7 +23,7 @@ impl Node {
         pool_procs: u32,
         procs: usize,
     ) -> Result<Node, String> {
-        let run_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let run_dir = crate::private_tempdir().map_err(|e| e.to_string())?;
         let mut args = vec!["__serve-oxwork-bus".to_string(), "start".to_string()];
         for g in groups {
             args.extend(["--group".to_string(), g.to_string()]);

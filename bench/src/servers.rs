@@ -71,7 +71,7 @@ impl Running {
         };
         let oxwork = matches!(kind, Kind::Oxwork(_) | Kind::OxworkBus);
         let run_dir = if oxwork {
-            Some(tempfile::tempdir().map_err(|e| e.to_string())?)
+            Some(crate::private_tempdir().map_err(|e| e.to_string())?)
         } else {
             None
         };

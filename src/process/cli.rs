@@ -254,16 +254,8 @@ fn start(paths: &Paths, daemon: bool, options: TreeOptions) -> Result<()> {
             format!("already running (master pid {pid})"),
         ));
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&paths.log_file)
-        .map_err(|e| {
-            Error::io(
-                format!("cannot open log file {}", paths.log_file.display()),
-                e,
-            )
-        })?;
+    sys::check_private_file(&paths.pid_file, "pid file")?;
+    let log = sys::open_private_file(&paths.log_file, sys::FileUse::Append, "log file")?;
     let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this program", e))?;
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);

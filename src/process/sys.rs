@@ -141,9 +141,9 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// The numeric user id, for naming the default run directory.
+/// The effective user id: who owns what this process creates (the run directory, the pid file).
 pub(crate) fn uid() -> u32 {
-    nix::unistd::getuid().as_raw()
+    nix::unistd::geteuid().as_raw()
 }
 
 /// The pid file, locked for as long as this value lives.
@@ -156,13 +156,7 @@ pub(crate) struct PidLock {
 impl PidLock {
     /// Locks `path` and writes our pid into it, or reports the running master's pid.
     pub(crate) fn acquire(path: &Path) -> Result<PidLock> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io(format!("cannot open pid file {}", path.display()), e))?;
+        let file = open_private_file(path, FileUse::Rewrite, "pid file")?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -202,6 +196,92 @@ impl Drop for PidLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// How a file of the tree is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileUse {
+    /// Read and rewritten in place (the pid file).
+    Rewrite,
+    /// Appended to (the daemon's log).
+    Append,
+}
+
+/// Opens a file the tree writes (pid file, daemon log), made with mode 0600 when new
+/// (`O_EXCL`), and never through a symbolic link (`O_NOFOLLOW`); an existing file must be a
+/// regular file of this user with no other name (a hard link planted by someone who may not
+/// write its target). Anything else is a one-line error and nothing is written.
+pub(crate) fn open_private_file(path: &Path, how: FileUse, what: &str) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .mode(0o600);
+    match how {
+        FileUse::Rewrite => options.write(true),
+        FileUse::Append => options.append(true),
+    };
+    let cannot = |e: std::io::Error| {
+        if e.raw_os_error() == Some(nix::libc::ELOOP) {
+            symlink_refused(path, what)
+        } else {
+            Error::io(format!("cannot open {what} {}", path.display()), e)
+        }
+    };
+    let file = match options.clone().create_new(true).open(path) {
+        Ok(file) => return Ok(file),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            options.open(path).map_err(cannot)?
+        }
+        Err(e) => return Err(cannot(e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot inspect {what} {}", path.display()), e))?;
+    check_own_file(path, &meta, what)?;
+    Ok(file)
+}
+
+/// The checks of [`open_private_file`] without opening: for the command line, which must refuse
+/// a planted pid file before it starts a daemon that would only say so in its log.
+pub(crate) fn check_private_file(path: &Path, what: &str) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("cannot inspect {what} {}", path.display()),
+            e,
+        )),
+        Ok(meta) if meta.file_type().is_symlink() => Err(symlink_refused(path, what)),
+        Ok(meta) => check_own_file(path, &meta, what),
+    }
+}
+
+fn symlink_refused(path: &Path, what: &str) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!(
+            "refusing {what} {}: it is a symbolic link (remove it)",
+            path.display()
+        ),
+    )
+}
+
+fn check_own_file(path: &Path, meta: &std::fs::Metadata, what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.is_file() && meta.uid() == uid() && meta.nlink() == 1 {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Config,
+        format!(
+            "refusing {what} {}: not a regular file of this user with one name \
+             (owner uid {}, {} links); remove it",
+            path.display(),
+            meta.uid(),
+            meta.nlink()
+        ),
+    ))
 }
 
 /// True if some process holds the lock on `path` (a master is running).

@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// Path of an example binary built by `cargo test` next to the test binaries.
+/// A temporary directory only this user may enter (0700), as a run directory must be.
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("tempdir")
+}
+
 pub fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
@@ -101,7 +110,7 @@ impl Server {
         env: &[(&str, String)],
         expected: usize,
     ) -> Server {
-        let run_dir = tempfile::tempdir().expect("tempdir");
+        let run_dir = private_tempdir();
         let mut s = Server {
             bin,
             stdout: run_dir.path().join("stdout.log"),
