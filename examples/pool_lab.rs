@@ -9,11 +9,16 @@
 //! (2 processes) takes a worker message
 //! `{"from": A, "count": N, "in_flight": K, "timeout_ms": T}`, submits tasks A..A+N keeping at
 //! most K in flight, checks every result, and replies with a JSON summary
-//! `{"ok": .., "wrong": .., "errors": {"reason": count}}`.
+//! `{"ok": .., "wrong": .., "errors": {"reason": count}}`; it keeps the summary, and
+//! `{"summary_of": A}` asks for it again (`{"running": true}` until the run ends: for a client
+//! whose first request went down with the hub). A `square` process answers any worker message
+//! with how many tasks it has run (to count the tasks that ran twice).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oxwork::bus::{self, BusError, SubmitOptions, Task};
@@ -33,6 +38,19 @@ struct Run {
     count: u64,
     in_flight: usize,
     timeout_ms: u64,
+}
+
+/// Tasks this process has run.
+static EXECUTIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Finished runs' summaries (JSON), by their first task number.
+    static SUMMARIES: RefCell<HashMap<u64, Vec<u8>>> = RefCell::new(HashMap::new());
+}
+
+#[derive(Deserialize)]
+struct SummaryOf {
+    summary_of: u64,
 }
 
 #[derive(Serialize, Default)]
@@ -80,12 +98,21 @@ fn main() -> oxwork::Result<()> {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        EXECUTIONS.fetch_add(1, Ordering::Relaxed);
         Ok::<_, String>((n * n).to_string())
+    });
+    square.on_worker_message(|_, msg| {
+        let _ = msg.reply(EXECUTIONS.load(Ordering::Relaxed).to_string());
     });
 
     let mut submitter = Worker::without_address();
     submitter.name("submitter").count(2);
     submitter.on_worker_message(|_, msg| {
+        if let Ok(SummaryOf { summary_of }) = msg.json() {
+            let kept = SUMMARIES.with(|s| s.borrow().get(&summary_of).cloned());
+            let _ = msg.reply(kept.unwrap_or_else(|| br#"{"running":true}"#.to_vec()));
+            return;
+        }
         let run: Run = match msg.json() {
             Ok(r) => r,
             Err(e) => {
@@ -121,6 +148,7 @@ fn main() -> oxwork::Result<()> {
                 let _ = t.await;
             }
             let body = serde_json::to_vec(&*summary.borrow()).unwrap_or_default();
+            SUMMARIES.with(|s| s.borrow_mut().insert(run.from, body.clone()));
             if let Err(e) = msg.reply(body) {
                 eprintln!("cannot reply: {e}");
             }

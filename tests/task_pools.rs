@@ -155,3 +155,96 @@ fn a_result_too_large_for_the_hub_reaches_its_submitter_as_a_failure_and_the_poo
     }
     assert_eq!(after.as_deref().ok(), Some(&b"49"[..]), "the pool stopped");
 }
+
+#[test]
+fn killing_the_hub_mid_run_answers_every_task_with_its_result() {
+    const COUNT: u64 = 20_000;
+    let s = pool(&[("POOL_TASK_MS", "1".into())], 6);
+    let hub = s.group_pids("hub");
+    assert_eq!(hub.len(), 1);
+    let status = s.status_probe();
+    let killer = std::thread::spawn(move || {
+        // Mid-run: once a fifth of the tasks are done and more are running and queued.
+        let mid_run = || {
+            status().is_some_and(|st| {
+                st["hub"]["pools"].as_array().is_some_and(|p| {
+                    p.iter().any(|p| {
+                        p["name"] == "square"
+                            && p["running"].as_u64() > Some(0)
+                            && p["done"].as_u64() >= Some(2 * COUNT / 5)
+                    })
+                })
+            })
+        };
+        let reached = eventually(Duration::from_secs(60), mid_run);
+        kill9(hub[0]);
+        reached
+    });
+    let path = s.hub_path();
+    let (summaries, executions) = local_runtime().block_on(async move {
+        use oxwork::bus::Headers;
+        let bus = Bus::connect_hub(path, "test");
+        assert!(bus.wait_connected(Duration::from_secs(5)).await);
+        let ask = |subject: String, body: String, limit: Duration| {
+            let b = bus.clone();
+            async move { b.request(&subject, Headers::new(), body, limit).await }
+        };
+        let runs: Vec<_> = (0..2u64)
+            .map(|id| {
+                let body = json!({"from": id * 1_000_000, "count": COUNT, "in_flight": 200, "timeout_ms": 60_000});
+                tokio::task::spawn_local(ask(
+                    format!("ox.w.testnode.submitter.{id}"),
+                    body.to_string(),
+                    Duration::from_secs(120),
+                ))
+            })
+            .collect();
+        let mut summaries = Vec::new();
+        for (id, run) in runs.into_iter().enumerate() {
+            // This client's own request may go down with the hub: then it asks for the summary
+            // the submitter kept.
+            let mut answer = run.await.expect("join").ok();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while answer.is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let asked = ask(
+                    format!("ox.w.testnode.submitter.{id}"),
+                    json!({"summary_of": id as u64 * 1_000_000}).to_string(),
+                    Duration::from_secs(5),
+                )
+                .await;
+                answer = asked.ok().filter(|a| !a.payload.starts_with(b"{\"running\""));
+            }
+            let answer = answer.expect("the submitter's summary within 2 minutes");
+            summaries.push(serde_json::from_slice::<Value>(&answer.payload).expect("json"));
+        }
+        let mut executions = 0u64;
+        for id in 0..3 {
+            let ran = ask(
+                format!("ox.w.testnode.square.{id}"),
+                String::new(),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("a square process says how many tasks it ran");
+            executions += ran.text().parse::<u64>().expect("a count");
+        }
+        (summaries, executions)
+    });
+    assert!(
+        killer.join().expect("killer"),
+        "the run never reached its middle"
+    );
+    for sum in &summaries {
+        assert_eq!(sum["ok"], COUNT, "{sum}");
+        assert_eq!(sum["wrong"], 0, "{sum}");
+        assert_eq!(sum["errors"], json!({}), "{sum}");
+    }
+    assert!(executions >= 2 * COUNT, "{executions} executions");
+    eprintln!(
+        "hub killed mid-run: {} tasks answered, {executions} executions, {} ran twice",
+        2 * COUNT,
+        executions - 2 * COUNT
+    );
+    assert!(eventually(SETTLE, || s.group_pids("hub").len() == 1));
+}

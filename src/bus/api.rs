@@ -269,7 +269,7 @@ impl super::Bus {
         opts: SubmitOptions,
     ) -> Result<Bytes, BusError> {
         let deadline = tokio::time::Instant::now() + opts.timeout;
-        let (reply, token, rx) = self.reply_slot()?;
+        let (reply, token, rx) = self.task_reply_slot()?;
         let queued = self.queue_task(Submission {
             pool: pool.to_string(),
             reply: Some(reply),
@@ -306,7 +306,7 @@ impl super::Bus {
     pub fn submit_detached(&self, pool: &str, payload: impl Into<Bytes>) -> Result<(), BusError> {
         let queuing = self.queue_task(Submission {
             pool: pool.to_string(),
-            reply: None,
+            reply: self.detached_reply()?,
             max_retries: DEFAULT_TASK_RETRIES,
             payload: payload.into(),
             deadline: tokio::time::Instant::now() + DEFAULT_TASK_TIMEOUT,

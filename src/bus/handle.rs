@@ -56,6 +56,9 @@ struct Inner {
     inbox_sid: Cell<Option<u32>>,
     next_token: Cell<u64>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Result<BusMessage, BusError>>>>,
+    /// Pending tokens of submitted tasks the transport submits again after a lost connection:
+    /// those keep waiting when the connection drops.
+    outlive_loss: RefCell<std::collections::HashSet<u64>>,
     gathers: RefCell<HashMap<u64, tokio::sync::mpsc::Sender<BusMessage>>>,
     /// Reply tokens whose durable task result arrived (bounded).
     answered: RefCell<RecentTokens>,
@@ -131,6 +134,7 @@ impl Bus {
                 inbox_sid: Cell::new(None),
                 next_token: Cell::new(0),
                 pending: RefCell::new(HashMap::new()),
+                outlive_loss: RefCell::new(std::collections::HashSet::new()),
                 gathers: RefCell::new(HashMap::new()),
                 answered: RefCell::new(RecentTokens::default()),
             }),
@@ -138,8 +142,17 @@ impl Bus {
         let me = Rc::downgrade(&bus.inner);
         bus.inner.link.set_on_lost(Rc::new(move || {
             if let Some(inner) = me.upgrade() {
-                for (_, tx) in inner.pending.borrow_mut().drain() {
-                    let _ = tx.send(Err(BusError::Disconnected));
+                let survivors = inner.outlive_loss.borrow();
+                let mut pending = inner.pending.borrow_mut();
+                let lost: Vec<u64> = pending
+                    .keys()
+                    .filter(|t| !survivors.contains(t))
+                    .copied()
+                    .collect();
+                for token in lost {
+                    if let Some(tx) = pending.remove(&token) {
+                        let _ = tx.send(Err(BusError::Disconnected));
+                    }
                 }
             }
         }));
@@ -299,6 +312,9 @@ impl Bus {
             }
             return;
         }
+        if let Some(t) = token {
+            self.inner.outlive_loss.borrow_mut().remove(&t);
+        }
         if let Some(tx) = token.and_then(|t| self.inner.pending.borrow_mut().remove(&t)) {
             let result = if msg.headers.get(STATUS_HEADER) == Some("503") {
                 Err(BusError::NoResponders(msg.text().into_owned()))
@@ -322,6 +338,29 @@ impl Bus {
         Ok((format!("{}.{token}", self.inner.inbox), token, rx))
     }
 
+    /// A reply slot for a submitted task: on a transport that submits tasks again after a lost
+    /// connection (the hub), it keeps waiting through the loss.
+    pub(crate) fn task_reply_slot(&self) -> Result<(String, u64, ReplyReceiver), BusError> {
+        let slot = self.reply_slot()?;
+        if self.inner.link.capabilities().resubmits_tasks {
+            self.inner.outlive_loss.borrow_mut().insert(slot.1);
+        }
+        Ok(slot)
+    }
+
+    /// The reply subject of a fire-and-forget task, where the transport needs one to learn
+    /// that it is done (see `Capabilities::resubmits_tasks`); its answer is dropped.
+    pub(crate) fn detached_reply(&self) -> Result<Option<String>, BusError> {
+        if !self.inner.link.capabilities().resubmits_tasks {
+            return Ok(None);
+        }
+        self.ensure_inbox()?;
+        let token = self.inner.next_token.get() + 1;
+        self.inner.next_token.set(token);
+        // Not a number, so the inbox never takes it for an awaited answer.
+        Ok(Some(format!("{}.d{token}", self.inner.inbox)))
+    }
+
     pub(crate) async fn await_reply(
         &self,
         token: u64,
@@ -332,7 +371,7 @@ impl Bus {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(BusError::Disconnected),
             Err(_) => {
-                self.inner.pending.borrow_mut().remove(&token);
+                self.forget_pending(token);
                 Err(BusError::Timeout)
             }
         }
@@ -340,6 +379,7 @@ impl Bus {
 
     pub(crate) fn forget_pending(&self, token: u64) {
         self.inner.pending.borrow_mut().remove(&token);
+        self.inner.outlive_loss.borrow_mut().remove(&token);
     }
 
     /// Sends a request and waits for its first reply, at most `timeout`.

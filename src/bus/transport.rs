@@ -191,6 +191,11 @@ pub(crate) struct Capabilities {
     pub(crate) counted_gather: bool,
     /// Shared state can be listed by key prefix (NATS).
     pub(crate) lists_state: bool,
+    /// Submitted tasks outlive a lost connection: the transport submits them again to the
+    /// server it reconnects to (the hub, whose queues die with it), so a submitter keeps
+    /// waiting rather than failing with `Disconnected`, and fire-and-forget submissions need a
+    /// reply subject for the transport to learn they are done.
+    pub(crate) resubmits_tasks: bool,
 }
 
 /// The contract of a bus transport (see the module's documentation for what every transport

@@ -1,6 +1,12 @@
 //! The hub transport of the bus: one Unix-socket connection to the hub, with reconnection
 //! (backing off while the hub refuses or drops it), re-subscription, a bounded outbound buffer,
 //! shared-state calls and task-pool membership.
+//!
+//! The hub keeps its task queues in memory, so its death would lose them; this side makes up
+//! for it. Every task submitted here is kept until a message arrives on its reply subject and
+//! is submitted again to the hub that replaces a lost one; a task of a lost hub that this
+//! process runs (or whose result it had not yet written) has its result published straight to
+//! the submitter's reply subject, since the new hub's task ids name other tasks.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +32,79 @@ use crate::runtime::guard::guarded;
 
 /// Bytes handed to the socket per write call.
 const MAX_WRITE: usize = 256 * 1024;
+/// Submitted tasks kept for a replacement hub, at most (past it, `submit` is refused with
+/// `Backpressure`).
+const MAX_KEPT_TASKS: usize = 100_000;
+/// Payload bytes of kept submitted tasks, at most.
+const MAX_KEPT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Tasks this process submitted whose result has not arrived, in submission order, so that a
+/// replacement hub gets them again.
+#[derive(Default)]
+struct KeptSubmissions {
+    by_seq: BTreeMap<u64, Submission>,
+    by_reply: HashMap<String, u64>,
+    bytes: usize,
+    next_seq: u64,
+}
+
+impl KeptSubmissions {
+    /// Keeps `task` (which has a reply subject), or refuses when the bounds are reached even
+    /// after forgetting the tasks whose submitters stopped waiting.
+    fn keep(&mut self, task: &Submission, reply: &str) -> Result<(), BusError> {
+        if self.by_seq.len() >= MAX_KEPT_TASKS || self.bytes + task.payload.len() > MAX_KEPT_BYTES {
+            self.forget_expired(tokio::time::Instant::now());
+            if self.by_seq.len() >= MAX_KEPT_TASKS
+                || self.bytes + task.payload.len() > MAX_KEPT_BYTES
+            {
+                return Err(BusError::Backpressure);
+            }
+        }
+        self.next_seq += 1;
+        // Every reply subject is fresh (`Bus` makes one per submission), so none is replaced.
+        self.by_reply.insert(reply.to_string(), self.next_seq);
+        self.bytes += task.payload.len();
+        self.by_seq.insert(self.next_seq, task.clone());
+        Ok(())
+    }
+
+    /// The task answered on `reply`, forgotten.
+    fn answered(&mut self, reply: &str) {
+        if let Some(seq) = self.by_reply.remove(reply) {
+            if let Some(t) = self.by_seq.remove(&seq) {
+                self.bytes -= t.payload.len();
+            }
+        }
+    }
+
+    fn forget_expired(&mut self, now: tokio::time::Instant) {
+        let expired: Vec<u64> = self
+            .by_seq
+            .iter()
+            .filter(|(_, t)| t.deadline <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            if let Some(t) = self.by_seq.remove(&seq) {
+                self.bytes -= t.payload.len();
+                if let Some(r) = &t.reply {
+                    if self.by_reply.get(r) == Some(&seq) {
+                        self.by_reply.remove(r);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A task this process was given and has not finished.
+struct RunningTask {
+    /// The connection (one per hub life) it came on.
+    generation: u64,
+    /// The hub's id of it, meaningful on that connection only.
+    hub_task: u64,
+    reply: Option<String>,
+}
 
 struct SubState {
     subject: String,
@@ -51,6 +130,12 @@ struct Inner {
     on_unreachable: RefCell<Option<Rc<dyn Fn()>>>,
     on_lost: RefCell<Option<Rc<dyn Fn()>>>,
     connected_notify: Notify,
+    /// Counts connections; a task belongs to the one it arrived on.
+    generation: Cell<u64>,
+    /// Tasks running here, by the id handed to the pool member (ours, unique across hubs).
+    running: RefCell<HashMap<u64, RunningTask>>,
+    next_task: Cell<u64>,
+    kept: RefCell<KeptSubmissions>,
 }
 
 /// A connection to the hub. Cheap to clone; every clone is the same connection.
@@ -79,6 +164,10 @@ impl HubLink {
                 on_unreachable: RefCell::new(None),
                 on_lost: RefCell::new(None),
                 connected_notify: Notify::new(),
+                generation: Cell::new(0),
+                running: RefCell::new(HashMap::new()),
+                next_task: Cell::new(0),
+                kept: RefCell::new(KeptSubmissions::default()),
             }),
         };
         let l = link.clone();
@@ -160,12 +249,26 @@ impl HubLink {
             }
         }
         let mut out = self.inner.out.borrow_mut();
-        // Membership frames queued meanwhile are in the prelude already, from state; anything
-        // else queued stays, in order, after it.
-        strip_membership_frames(&mut out);
+        // Membership frames queued meanwhile are in the prelude already, from state; results
+        // for a lost hub become direct messages; anything else queued stays, in order, after
+        // them, and then every task still awaiting its result is submitted (again).
+        rebuild_for_new_hub(&mut out);
         prelude.extend_from_slice(&out);
+        let mut kept = self.inner.kept.borrow_mut();
+        kept.forget_expired(tokio::time::Instant::now());
+        let resubmitted = kept.by_seq.len();
+        for task in kept.by_seq.values() {
+            if let Err(e) = wire::encode(&submit_frame(task), &mut prelude) {
+                tracing::error!("cannot submit a task for pool {} again ({e:?})", task.pool);
+            }
+        }
+        drop(kept);
         *out = prelude;
         self.inner.written.set(0);
+        self.inner.generation.set(self.inner.generation.get() + 1);
+        if resubmitted > 0 && self.inner.generation.get() > 1 {
+            tracing::info!("{resubmitted} tasks submitted again to the new hub");
+        }
         self.inner.connected.set(true);
         self.inner.connected_notify.notify_waiters();
         tracing::debug!("bus connected to {}", self.inner.path.display());
@@ -260,6 +363,12 @@ impl HubLink {
                     headers,
                     payload,
                 } => {
+                    {
+                        let mut kept = self.inner.kept.borrow_mut();
+                        if !kept.by_reply.is_empty() {
+                            kept.answered(&subject);
+                        }
+                    }
                     let handler = self
                         .inner
                         .subs
@@ -285,13 +394,24 @@ impl HubLink {
                     pool,
                     task,
                     attempt,
+                    reply,
                     payload,
                 } => {
                     let handler = self.inner.task_handler.borrow().clone();
                     if let Some(h) = handler {
+                        let local = self.inner.next_task.get() + 1;
+                        self.inner.next_task.set(local);
+                        self.inner.running.borrow_mut().insert(
+                            local,
+                            RunningTask {
+                                generation: self.inner.generation.get(),
+                                hub_task: task,
+                                reply,
+                            },
+                        );
                         h(TaskDelivery {
                             pool,
-                            task,
+                            task: local,
                             attempt,
                             payload,
                         });
@@ -316,6 +436,7 @@ impl Transport for HubLink {
         Capabilities {
             counted_gather: true,
             lists_state: false,
+            resubmits_tasks: true,
         }
     }
 
@@ -422,20 +543,39 @@ impl Transport for HubLink {
     }
 
     fn task_done(&self, outcome: TaskOutcome) -> Result<(), BusError> {
-        self.queue(&Frame::TaskDone {
-            task: outcome.task,
-            ok: outcome.ok,
-            payload: outcome.payload,
-        })
+        let Some(run) = self.inner.running.borrow_mut().remove(&outcome.task) else {
+            return Ok(());
+        };
+        let same_hub = self.inner.connected.get() && run.generation == self.inner.generation.get();
+        if same_hub {
+            self.queue(&Frame::TaskDone {
+                task: run.hub_task,
+                ok: outcome.ok,
+                reply: run.reply,
+                payload: outcome.payload,
+            })
+        } else if let Some(reply) = run.reply {
+            self.queue(&direct_result(reply, outcome.ok, outcome.payload))
+        } else {
+            Ok(())
+        }
     }
 
     fn submit(&self, task: Submission) -> LocalBoxFuture<'static, Result<(), BusError>> {
-        let queued = self.queue(&Frame::Submit {
-            pool: task.pool,
-            reply: task.reply,
-            max_retries: task.max_retries,
-            payload: task.payload,
-        });
+        let frame = submit_frame(&task);
+        let queued = match &task.reply {
+            Some(reply) => self
+                .inner
+                .kept
+                .borrow_mut()
+                .keep(&task, reply)
+                .and_then(|()| {
+                    self.queue(&frame).inspect_err(|_| {
+                        self.inner.kept.borrow_mut().answered(reply);
+                    })
+                }),
+            None => self.queue(&frame),
+        };
         Box::pin(std::future::ready(queued))
     }
 
@@ -466,18 +606,151 @@ fn label(name: &str) -> String {
     name[..end].to_string()
 }
 
-/// Removes Hello, Sub, Unsub and PoolJoin frames: on (re)connection they are sent from the
-/// client's state instead, exactly once.
-fn strip_membership_frames(out: &mut BytesMut) {
-    let mut kept = BytesMut::with_capacity(out.len());
+fn submit_frame(task: &Submission) -> Frame {
+    Frame::Submit {
+        pool: task.pool.clone(),
+        reply: task.reply.clone(),
+        max_retries: task.max_retries,
+        payload: task.payload.clone(),
+    }
+}
+
+/// A task's result sent to its submitter without the hub's bookkeeping, as the hub sends it.
+fn direct_result(reply: String, ok: bool, payload: Bytes) -> Frame {
+    Frame::Pub {
+        subject: reply,
+        reply: None,
+        headers: crate::bus::Headers::new()
+            .with(crate::bus::STATUS_HEADER, if ok { "ok" } else { "failed" }),
+        payload,
+    }
+}
+
+/// Readies what was queued for a new connection: Hello, Sub, Unsub and PoolJoin frames go
+/// (they are sent from the client's state instead, exactly once), so do submissions with a
+/// reply subject (sent again from the kept ones), and a `TaskDone` for the previous connection
+/// becomes its result sent straight to the submitter.
+fn rebuild_for_new_hub(out: &mut BytesMut) {
+    let mut rebuilt = BytesMut::with_capacity(out.len());
     while let Ok(Some(frame)) = wire::decode(out, usize::MAX) {
-        if !matches!(
-            frame,
-            Frame::Sub { .. } | Frame::Unsub { .. } | Frame::PoolJoin { .. } | Frame::Hello { .. }
-        ) {
-            // Decoded from our own buffer, so it encodes again.
-            let _ = wire::encode(&frame, &mut kept);
+        let frame = match frame {
+            Frame::Sub { .. }
+            | Frame::Unsub { .. }
+            | Frame::PoolJoin { .. }
+            | Frame::Hello { .. } => continue,
+            Frame::Submit { reply: Some(_), .. } => continue,
+            Frame::TaskDone {
+                ok,
+                reply: Some(reply),
+                payload,
+                ..
+            } => direct_result(reply, ok, payload),
+            Frame::TaskDone { reply: None, .. } => continue,
+            other => other,
+        };
+        // Decoded from our own buffer, so it encodes again.
+        let _ = wire::encode(&frame, &mut rebuilt);
+    }
+    *out = rebuilt;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(reply: &str, payload: Bytes, deadline: tokio::time::Instant) -> Submission {
+        Submission {
+            pool: "p".into(),
+            reply: Some(reply.into()),
+            max_retries: 3,
+            payload,
+            deadline,
         }
     }
-    *out = kept;
+
+    fn frames(mut buf: BytesMut) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Ok(Some(f)) = wire::decode(&mut buf, usize::MAX) {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn a_result_for_a_lost_hub_becomes_a_direct_message_and_membership_and_submissions_go() {
+        let mut out = BytesMut::new();
+        for f in [
+            Frame::Sub {
+                sid: 1,
+                subject: "a".into(),
+                queue: None,
+            },
+            Frame::Submit {
+                pool: "p".into(),
+                reply: Some("_INBOX.x.1".into()),
+                max_retries: 3,
+                payload: Bytes::from_static(b"t"),
+            },
+            Frame::TaskDone {
+                task: 7,
+                ok: true,
+                reply: Some("_INBOX.y.3".into()),
+                payload: Bytes::from_static(b"49"),
+            },
+            Frame::TaskDone {
+                task: 8,
+                ok: true,
+                reply: None,
+                payload: Bytes::new(),
+            },
+            Frame::Pub {
+                subject: "b".into(),
+                reply: None,
+                headers: Default::default(),
+                payload: Bytes::from_static(b"m"),
+            },
+        ] {
+            wire::encode(&f, &mut out).expect("encode");
+        }
+        rebuild_for_new_hub(&mut out);
+        let got = frames(out);
+        assert_eq!(got.len(), 2, "{got:?}");
+        match &got[0] {
+            Frame::Pub {
+                subject,
+                headers,
+                payload,
+                ..
+            } => {
+                assert_eq!(subject, "_INBOX.y.3");
+                assert_eq!(headers.get(crate::bus::STATUS_HEADER), Some("ok"));
+                assert_eq!(&payload[..], b"49");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&got[1], Frame::Pub { subject, .. } if subject == "b"));
+    }
+
+    #[tokio::test]
+    async fn kept_submissions_are_bounded_and_forget_answered_and_expired_ones() {
+        let now = tokio::time::Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut kept = KeptSubmissions::default();
+        let big = Bytes::from(vec![0u8; 40 * 1024 * 1024]);
+        kept.keep(&submission("r1", big.clone(), later), "r1")
+            .expect("first");
+        assert!(matches!(
+            kept.keep(&submission("r2", big.clone(), later), "r2"),
+            Err(BusError::Backpressure)
+        ));
+        kept.answered("r1");
+        assert_eq!((kept.by_seq.len(), kept.bytes), (0, 0));
+        kept.keep(&submission("r3", big.clone(), now), "r3")
+            .expect("after the answer");
+        // r3's deadline has passed: it is forgotten to make room.
+        kept.keep(&submission("r4", big, later), "r4")
+            .expect("room made by forgetting an expired task");
+        assert_eq!(kept.by_seq.len(), 1);
+        assert!(kept.by_reply.contains_key("r4") && !kept.by_reply.contains_key("r3"));
+    }
 }

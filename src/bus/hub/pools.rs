@@ -86,6 +86,8 @@ pub(super) struct Assignment {
     pub(super) peer: Rc<Peer>,
     pub(super) task: u64,
     pub(super) attempt: u8,
+    /// The submitter's reply subject, for a result that outlives this hub.
+    pub(super) reply: Option<String>,
     pub(super) payload: Bytes,
 }
 
@@ -188,6 +190,7 @@ impl Pools {
                 peer: best.peer.clone(),
                 task: task.id,
                 attempt: task.attempts,
+                reply: task.reply.clone(),
                 payload: task.payload.clone(),
             });
             pool.running.insert(task.id, (best.peer.id, task));

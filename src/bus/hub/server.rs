@@ -220,7 +220,9 @@ impl Hub {
                     }
                 }
             }
-            Frame::TaskDone { task, ok, payload } => {
+            Frame::TaskDone {
+                task, ok, payload, ..
+            } => {
                 let finished = self.pools.borrow_mut().done(peer.id, task, ok);
                 if let Some((pool, reply)) = finished {
                     if let Some(r) = reply {
@@ -247,6 +249,7 @@ impl Hub {
                 pool: pool.to_string(),
                 task: a.task,
                 attempt: a.attempt,
+                reply: a.reply,
                 payload: a.payload,
             };
             if !self.send(&a.peer, &frame) {

@@ -62,15 +62,21 @@ pub(crate) enum Frame {
         max_retries: u8,
         payload: Bytes,
     },
+    /// A task for a member; `reply` is the submitter's, so that a result finished after the
+    /// hub went away can still reach it directly.
     Task {
         pool: String,
         task: u64,
         attempt: u8,
+        reply: Option<String>,
         payload: Bytes,
     },
+    /// A task's result; `reply` repeats the task's, so that a result still queued when the
+    /// hub went away can be sent to its submitter directly once a new hub is up.
     TaskDone {
         task: u64,
         ok: bool,
+        reply: Option<String>,
         payload: Bytes,
     },
 }
@@ -378,18 +384,26 @@ fn encode_fields(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFram
             pool,
             task,
             attempt,
+            reply,
             payload,
         } => {
             dst.put_u8(op::TASK);
             put_str(dst, pool)?;
             dst.put_u64(*task);
             dst.put_u8(*attempt);
+            put_opt(dst, reply)?;
             put_bytes(dst, payload)?;
         }
-        Frame::TaskDone { task, ok, payload } => {
+        Frame::TaskDone {
+            task,
+            ok,
+            reply,
+            payload,
+        } => {
             dst.put_u8(op::TASK_DONE);
             dst.put_u64(*task);
             dst.put_u8(u8::from(*ok));
+            put_opt(dst, reply)?;
             put_bytes(dst, payload)?;
         }
     }
@@ -495,11 +509,13 @@ pub(crate) fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Fram
             pool: r.str()?,
             task: r.u64()?,
             attempt: r.u8()?,
+            reply: r.opt()?,
             payload: r.bytes()?,
         },
         op::TASK_DONE => Frame::TaskDone {
             task: r.u64()?,
             ok: r.u8()? != 0,
+            reply: r.opt()?,
             payload: r.bytes()?,
         },
         other => return err(format!("unknown operation {other}")),
@@ -628,11 +644,13 @@ mod tests {
                 pool: "p".into(),
                 task: 9,
                 attempt: 1,
+                reply: Some("_INBOX.a.1".into()),
                 payload: Bytes::new(),
             },
             Frame::TaskDone {
                 task: 9,
                 ok: true,
+                reply: None,
                 payload: Bytes::from_static(b"r"),
             },
         ] {

@@ -240,6 +240,8 @@ impl Transport for NatsLink {
         Capabilities {
             counted_gather: false,
             lists_state: true,
+            // JetStream keeps the tasks.
+            resubmits_tasks: false,
         }
     }
 
