@@ -42,6 +42,20 @@ fn main() -> oxwork::Result<()> {
     {
         chat.handshake_timeout(s);
     }
+    // A silent connection is pinged after WS_CHAT_PING seconds (default 30) and closed when
+    // WS_CHAT_PONG_TIMEOUT more (default 10) pass without a byte from it.
+    if let Some(s) = std::env::var("WS_CHAT_PING")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        chat.ping_interval(s);
+    }
+    if let Some(s) = std::env::var("WS_CHAT_PONG_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        chat.pong_timeout(s);
+    }
     if let (Ok(cert), Ok(key)) = (
         std::env::var("WS_CHAT_TLS_CERT"),
         std::env::var("WS_CHAT_TLS_KEY"),

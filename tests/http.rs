@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+use serde_json::Value;
 use support::*;
 
 fn http_server(extra: &[(&str, String)]) -> (Server, String) {
@@ -329,6 +330,201 @@ fn slowloris_connections_are_cut_off_at_the_head_timeout_and_normal_requests_car
         waits.len(),
         waits[waits.len() / 2],
         waits[waits.len() - 1]
+    );
+}
+
+/// Bodies trickled below the minimum rate (240 B/s after a 5 s grace, by default) are cut off
+/// with 408, while an upload that is slow but above the rate is answered.
+#[test]
+fn request_bodies_trickled_below_the_minimum_rate_are_cut_off_and_slow_uploads_are_not() {
+    const ATTACKERS: usize = 200;
+    let (s, _base) = http_server(&[]);
+    let port = s.port;
+    let honest = std::thread::spawn(move || {
+        // 24 KiB at about 3 KiB/s: past the grace, well above the rate.
+        let body = vec![b'x'; 24 * 1024];
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).expect("head");
+        for chunk in body.chunks(512) {
+            c.write_all(chunk).expect("a slow upload was cut off");
+            std::thread::sleep(Duration::from_millis(160));
+        }
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    let cut_after: Vec<(Duration, bool)> = local_runtime().block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tasks = Vec::new();
+        for _ in 0..ATTACKERS {
+            tasks.push(tokio::task::spawn_local(async move {
+                let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
+                let started = std::time::Instant::now();
+                let _ = c
+                    .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+                    .await;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 512];
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        n = c.read(&mut buf) => match n {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        },
+                        _ = tick.tick() => {
+                            let _ = c.write_all(b"a").await;
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(20)) => break,
+                    }
+                }
+                (started.elapsed(), got.starts_with(b"HTTP/1.1 408"))
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("attacker"));
+        }
+        out
+    });
+    let answer = honest.join().expect("honest client");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the slow upload: {answer:?}"
+    );
+    let refused = cut_after.iter().filter(|(_, r)| *r).count();
+    assert_eq!(refused, ATTACKERS, "every trickler gets 408");
+    let slowest = cut_after.iter().map(|(d, _)| *d).max().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(9),
+        "the last trickler was cut off after {slowest:?}"
+    );
+    eprintln!("{ATTACKERS} body tricklers cut off with 408 by {slowest:?}");
+}
+
+fn worker_connections_and_memory(s: &Server) -> (u64, u64) {
+    let st = s.status();
+    let workers: Vec<Value> = st["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| p["worker"] == "http_hello")
+        .cloned()
+        .collect();
+    (
+        workers
+            .iter()
+            .map(|p| p["stats"]["connections"].as_u64().unwrap_or(0))
+            .sum(),
+        workers
+            .iter()
+            .map(|p| p["memory_bytes"].as_u64().unwrap_or(0))
+            .sum(),
+    )
+}
+
+/// A response with `Connection: close` to a client that reads nothing: once the peer has taken
+/// nothing for 10 s the connection is dropped, not held with its send buffer forever.
+#[test]
+fn a_closing_connection_whose_peer_reads_nothing_is_dropped_after_the_stall_limit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 64 * 1024 * 1024]).expect("big file");
+    let (s, _base) = http_server(&[("HTTP_FILE", big.display().to_string())]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+    c.write_all(b"GET /file HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let started = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || worker_connections_and_memory(&s)
+            .0
+            == 1),
+        "the connection was not counted"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || worker_connections_and_memory(
+            &s
+        )
+        .0 == 0),
+        "a closing connection whose peer reads nothing was held for 30 s"
+    );
+    let dropped_after = started.elapsed();
+    assert!(
+        dropped_after >= Duration::from_secs(9),
+        "dropped before the stall limit: {dropped_after:?}"
+    );
+    eprintln!("a never-reading client's closing connection was dropped after {dropped_after:?}");
+    drop(c);
+}
+
+/// 20 clients that pipeline requests and never read cost a worker at most about their send
+/// bound (1 MiB) and a read buffer each, and the memory is given back when they go.
+#[test]
+fn twenty_never_reading_clients_hold_at_most_their_bounds() {
+    const CLIENTS: usize = 20;
+    let (s, _base) = http_server(&[]);
+    let (_, before) = worker_connections_and_memory(&s);
+    let mut clients = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..CLIENTS {
+        let c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+        let mut w = c.try_clone().expect("clone");
+        writers.push(std::thread::spawn(move || {
+            let many = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+            // Blocks once the server stops reading; ends when the test shuts the socket.
+            while w.write_all(&many).is_ok() {}
+        }));
+        clients.push(c);
+    }
+    // Until every client's connection has stopped being served (its send bound reached).
+    std::thread::sleep(Duration::from_secs(3));
+    let (conns, during) = worker_connections_and_memory(&s);
+    assert_eq!(conns, CLIENTS as u64);
+    let per_client = during.saturating_sub(before) / CLIENTS as u64;
+    for c in &clients {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    for w in writers {
+        let _ = w.join();
+    }
+    drop(clients);
+    assert!(
+        eventually(Duration::from_secs(10), || worker_connections_and_memory(
+            &s
+        )
+        .0 == 0),
+        "the clients' connections were not closed"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, after) = worker_connections_and_memory(&s);
+    eprintln!(
+        "{CLIENTS} never-reading clients: workers {} MiB before, {} MiB with them ({} KiB each), \
+         {} MiB after they left",
+        before >> 20,
+        during >> 20,
+        per_client >> 10,
+        after >> 20
+    );
+    assert!(
+        per_client <= 2 * 1024 * 1024,
+        "each never-reading client held {} KiB, over its bound",
+        per_client >> 10
+    );
+    assert!(
+        after <= before + (during - before) / 2 + 4 * 1024 * 1024,
+        "the memory was not given back: {} MiB before, {} MiB with the clients, {} MiB after",
+        before >> 20,
+        during >> 20,
+        after >> 20
     );
 }
 

@@ -303,3 +303,71 @@ fn an_http_worker_accepts_websocket_upgrades_on_its_chosen_path() {
         assert!(refused.is_err(), "upgraded on a path without a route");
     });
 }
+
+#[test]
+fn a_silent_client_is_pinged_and_closed_when_it_does_not_answer() {
+    let s = chat(&[
+        ("WS_CHAT_PING", "1".into()),
+        ("WS_CHAT_PONG_TIMEOUT", "1".into()),
+    ]);
+    let mut c = raw_open(s.port);
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut ping = [0u8; 2];
+    c.read_exact(&mut ping).expect("a ping");
+    assert_eq!(ping, [0x89, 0], "an empty ping");
+    let pinged_after = started.elapsed();
+    // No answer: the connection is closed about a second later.
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    let closed_after = started.elapsed();
+    assert!(
+        pinged_after >= Duration::from_millis(900) && pinged_after < Duration::from_secs(3),
+        "pinged after {pinged_after:?}"
+    );
+    assert!(
+        closed_after >= pinged_after + Duration::from_millis(900)
+            && closed_after < pinged_after + Duration::from_secs(3),
+        "closed {closed_after:?} after the start, pinged at {pinged_after:?}"
+    );
+}
+
+#[test]
+fn a_quiet_client_that_answers_pings_stays_connected() {
+    let s = chat(&[
+        ("WS_CHAT_PING", "0.5".into()),
+        ("WS_CHAT_PONG_TIMEOUT", "0.5".into()),
+    ]);
+    let url = format!("ws://127.0.0.1:{}/ws", s.port);
+    local_runtime().block_on(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        // Silent for 4 s, 8 ping intervals: tungstenite answers each ping as it reads.
+        let mut pings = 0;
+        let quiet_until = tokio::time::Instant::now() + Duration::from_secs(4);
+        while let Ok(Some(frame)) = tokio::time::timeout_at(quiet_until, ws.next()).await {
+            match frame.expect("still open") {
+                Message::Ping(_) => pings += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(pings >= 4, "{pings} pings in 4 s");
+        ws.send(Message::Text("still here".into()))
+            .await
+            .expect("send");
+        let echoed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return t.to_string(),
+                    Some(Ok(_)) => continue,
+                    other => panic!("closed: {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the chat line");
+        assert!(echoed.ends_with("still here"), "{echoed}");
+    });
+}

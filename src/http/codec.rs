@@ -28,6 +28,13 @@ pub struct HttpLimits {
     /// A keep-alive connection with no request under way is closed after this much silence
     /// (default 60 s). A request waiting for its response is not idle.
     pub keep_alive_timeout: std::time::Duration,
+    /// A request body must arrive at an average of at least this many bytes per second,
+    /// counted from the end of its head, once `body_rate_grace` has passed (default 240, as
+    /// ASP.NET Kestrel; 0 turns the check off); then `408` and the close: a client trickling a
+    /// body cannot hold a connection.
+    pub min_body_rate: u32,
+    /// How long a body's rate is not checked at first (default 5 s).
+    pub body_rate_grace: std::time::Duration,
 }
 
 impl Default for HttpLimits {
@@ -39,6 +46,8 @@ impl Default for HttpLimits {
             spill_over: 256 * 1024,
             head_timeout: std::time::Duration::from_secs(10),
             keep_alive_timeout: std::time::Duration::from_secs(60),
+            min_body_rate: 240,
+            body_rate_grace: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -505,16 +514,22 @@ impl Protocol for Http {
         match (self.head, buffered) {
             (None, 0) => Some(Deadline::Idle(self.limits.keep_alive_timeout)),
             (None, _) => Some(Deadline::Incomplete(self.limits.head_timeout)),
-            // A body on its way: bounded by max_package_size, not by time.
+            // A body on its way: it must keep a minimum rate.
+            (Some(_), _) if self.limits.min_body_rate > 0 => Some(Deadline::MinRate {
+                bytes_per_sec: self.limits.min_body_rate,
+                grace: self.limits.body_rate_grace,
+            }),
             (Some(_), _) => None,
         }
     }
 
     fn timed_out(&mut self) -> Rejection {
-        reject(
-            StatusCode::REQUEST_TIMEOUT,
-            "request head not completed in time",
-        )
+        let why = if self.head.is_some() {
+            "request body arriving slower than the minimum rate"
+        } else {
+            "request head not completed in time"
+        };
+        reject(StatusCode::REQUEST_TIMEOUT, why)
     }
 
     fn export_state(&self) -> Option<Vec<u8>> {

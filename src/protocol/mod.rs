@@ -206,15 +206,27 @@ pub enum Deadline {
     /// passes, the connection is refused with [`Protocol::timed_out`].
     Incomplete(std::time::Duration),
     /// Nothing is under way and the peer may stay silent this long (HTTP keep-alive); then
-    /// the connection is closed quietly.
+    /// the connection is closed quietly. Every byte received starts the silence again.
     Idle(std::time::Duration),
+    /// A message is arriving (an HTTP request body) and must keep an average of at least
+    /// `bytes_per_sec` from the state's start, after a first `grace`; when it falls behind,
+    /// the connection is refused with [`Protocol::timed_out`].
+    MinRate {
+        /// The lowest average rate accepted.
+        bytes_per_sec: u32,
+        /// How long the rate is not checked at first (a client may be slow to start).
+        grace: std::time::Duration,
+    },
+    /// The peer may stay silent this long; then the driver calls [`Protocol::probe`], which
+    /// asks it whether it is still there (a WebSocket ping). Every byte received starts the
+    /// silence again.
+    Probe(std::time::Duration),
 }
 
 impl Deadline {
-    pub(crate) fn after(self) -> std::time::Duration {
-        match self {
-            Deadline::Incomplete(d) | Deadline::Idle(d) => d,
-        }
+    /// True for the deadlines that every byte received restarts.
+    pub(crate) fn restarts_on_input(self) -> bool {
+        matches!(self, Deadline::Idle(_) | Deadline::Probe(_))
     }
 }
 
@@ -308,10 +320,17 @@ pub trait Protocol: 'static {
         None
     }
 
-    /// The refusal for a message not completed within its [`Deadline::Incomplete`] (HTTP
-    /// answers `408`).
+    /// The refusal for a message not completed within its [`Deadline::Incomplete`] or
+    /// arriving slower than its [`Deadline::MinRate`] (HTTP answers `408`).
     fn timed_out(&mut self) -> Rejection {
         Rejection::new("message not completed in time")
+    }
+
+    /// Asks a silent peer whether it is still there, when a [`Deadline::Probe`] passes (a
+    /// WebSocket ping); the protocol's next deadline bounds the wait for the answer. Nothing,
+    /// by default.
+    fn probe(&mut self, wire: &mut Wire<'_>) {
+        let _ = wire;
     }
 
     /// The protocol's state between messages, for handing the connection to another process

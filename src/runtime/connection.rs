@@ -528,6 +528,14 @@ impl<P: Protocol> Connection<P> {
         self.close();
     }
 
+    /// Asks a silent peer whether it is still there (the protocol's [`Protocol::probe`]: a
+    /// WebSocket ping).
+    pub(crate) fn probe(&self) {
+        if self.inner.state.get() == State::Open {
+            self.with_wire(|wire| self.inner.proto.borrow_mut().probe(wire));
+        }
+    }
+
     /// How long ago the connection was established.
     pub fn age(&self) -> std::time::Duration {
         self.inner.created.elapsed() + self.inner.moved_age.get()

@@ -55,6 +55,10 @@ const FAREWELL_WAIT: Duration = Duration::from_secs(1);
 /// it is closed: long enough that a client busy on it sends its next request first, and gets
 /// that request's response with `Connection: close`.
 const DRAIN_IDLE: Duration = Duration::from_millis(500);
+/// A closing connection whose peer takes none of what is left to send for this long is
+/// dropped: a client that never reads cannot hold a descriptor and its send buffer forever.
+/// Measured from the last byte the peer took, so a slow download still finishes.
+const CLOSE_STALL_LIMIT: Duration = Duration::from_secs(10);
 
 enum Event {
     HandshakeDeadline,
@@ -147,9 +151,11 @@ where
     let mut woken = !rbuf.is_empty();
     let mut farewell_wait: Option<Pin<Box<Sleep>>> = None;
     // The protocol's bound on the current state, and its timer.
-    let mut deadline: Option<(crate::protocol::Deadline, Pin<Box<Sleep>>)> = None;
+    let mut deadline: Option<ArmedDeadline> = None;
     let mut moving = false;
     let mut drain_idle: Option<Pin<Box<Sleep>>> = None;
+    // While closing with output left: bytes written so far, and when the peer stalls out.
+    let mut close_stall: Option<(u64, Pin<Box<Sleep>>)> = None;
 
     loop {
         let event = poll_fn(|cx| {
@@ -178,6 +184,20 @@ where
             match inner.state.get() {
                 State::Destroyed | State::Closed => return Poll::Ready(Event::CloseNow),
                 State::Closing if flushed => return Poll::Ready(Event::Flushed),
+                State::Closing => {
+                    let written = inner.bytes_out.get();
+                    if close_stall.as_ref().is_none_or(|(at, _)| *at != written) {
+                        close_stall = Some((written, Box::pin(sleep(CLOSE_STALL_LIMIT))));
+                    }
+                    if let Some((_, timer)) = close_stall.as_mut() {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::Failed(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "closing, and the peer took nothing for 10 s: dropped",
+                            )));
+                        }
+                    }
+                }
                 _ => {}
             }
             if flushed && inner.buffer_full.get() {
@@ -263,12 +283,12 @@ where
             } else {
                 None
             };
-            if wanted != deadline.as_ref().map(|(d, _)| *d) {
-                deadline = wanted.map(|d| (d, Box::pin(sleep(d.after()))));
+            if wanted != deadline.as_ref().map(|a| a.kind) {
+                deadline = wanted.map(|d| ArmedDeadline::new(d, rbuf.len()));
             }
-            if let Some((d, timer)) = deadline.as_mut() {
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Deadline(*d));
+            if let Some(armed) = deadline.as_mut() {
+                if armed.poll(rbuf.len(), cx) {
+                    return Poll::Ready(Event::Deadline(armed.kind));
                 }
             }
             if let Some(idle) = idle.as_mut() {
@@ -294,6 +314,13 @@ where
             Event::Read | Event::Wake => {
                 if let (Some(idle), Some(d)) = (idle.as_mut(), opts.idle_timeout) {
                     idle.as_mut().reset(Instant::now() + d);
+                }
+                if deadline
+                    .as_ref()
+                    .is_some_and(|a| a.kind.restarts_on_input())
+                {
+                    // Armed again from now by the next poll.
+                    deadline = None;
                 }
                 dispatch(&conn, &mut rbuf);
                 if std::mem::take(&mut rbuf_is_scratch) {
@@ -371,6 +398,7 @@ where
                         );
                         conn.close();
                     }
+                    crate::protocol::Deadline::Probe(_) => conn.probe(),
                     _ => {
                         let why = inner.proto.borrow_mut().timed_out();
                         conn.reject(&why);
@@ -512,4 +540,85 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
         }
     })
     .await;
+}
+
+/// The protocol's deadline for the connection's current state, armed when the state began.
+struct ArmedDeadline {
+    kind: crate::protocol::Deadline,
+    timer: Pin<Box<Sleep>>,
+    since: Instant,
+    /// Bytes buffered when the state began (a rate counts what arrived after).
+    start_len: usize,
+}
+
+impl ArmedDeadline {
+    fn new(kind: crate::protocol::Deadline, buffered: usize) -> ArmedDeadline {
+        let since = Instant::now();
+        let mut armed = ArmedDeadline {
+            kind,
+            timer: Box::pin(tokio::time::sleep_until(since)),
+            since,
+            start_len: buffered,
+        };
+        let due = armed.due(buffered);
+        armed.timer.as_mut().reset(due);
+        armed
+    }
+
+    /// When the deadline passes, given what is buffered now.
+    fn due(&self, buffered: usize) -> Instant {
+        use crate::protocol::Deadline;
+        match self.kind {
+            Deadline::Incomplete(d) | Deadline::Idle(d) | Deadline::Probe(d) => self.since + d,
+            Deadline::MinRate {
+                bytes_per_sec,
+                grace,
+            } => {
+                // The moment by which what arrived is exactly the lowest rate's worth.
+                let arrived = buffered.saturating_sub(self.start_len) as f64;
+                let earned =
+                    std::time::Duration::from_secs_f64(arrived / f64::from(bytes_per_sec.max(1)));
+                self.since + grace.max(earned)
+            }
+        }
+    }
+
+    /// True once passed; otherwise the timer wakes the task when it passes.
+    fn poll(&mut self, buffered: usize, cx: &mut std::task::Context<'_>) -> bool {
+        let due = self.due(buffered);
+        if self.timer.deadline() != due {
+            self.timer.as_mut().reset(due);
+        }
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Deadline;
+
+    #[tokio::test]
+    async fn a_minimum_rate_is_due_after_the_grace_or_when_what_arrived_runs_out() {
+        let rate = Deadline::MinRate {
+            bytes_per_sec: 100,
+            grace: Duration::from_secs(5),
+        };
+        let armed = ArmedDeadline::new(rate, 40);
+        // 40 bytes were there before the state began: they do not count.
+        assert_eq!(armed.due(40), armed.since + Duration::from_secs(5));
+        assert_eq!(armed.due(240), armed.since + Duration::from_secs(5));
+        // 1,000 bytes at 100 B/s carry the connection 10 s from the start.
+        assert_eq!(armed.due(1040), armed.since + Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn silence_deadlines_restart_on_input_and_the_others_do_not() {
+        let d = Duration::from_secs(1);
+        assert!(Deadline::Idle(d).restarts_on_input());
+        assert!(Deadline::Probe(d).restarts_on_input());
+        assert!(!Deadline::Incomplete(d).restarts_on_input());
+        let armed = ArmedDeadline::new(Deadline::Incomplete(d), 0);
+        assert_eq!(armed.due(5000), armed.since + d);
+    }
 }

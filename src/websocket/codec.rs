@@ -15,6 +15,19 @@ use crate::protocol::{Farewell, Input, Payload, Protocol, Rejection, Wire};
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// How long a client has to complete its opening handshake.
 pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An open connection silent this long gets a ping (below the 60 s idle limit of common
+/// proxies and load balancers, so a quiet connection is also kept alive through them).
+pub(crate) const DEFAULT_PING_AFTER: Duration = Duration::from_secs(30);
+/// How long a pinged connection may stay silent before it is closed as gone.
+pub(crate) const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a silent open connection is checked: a ping after `ping_after` of silence (`None`: never),
+/// then closed after `pong_timeout` more without a byte from the peer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keepalive {
+    pub(crate) ping_after: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+}
 const MAX_HANDSHAKE: usize = 16 * 1024;
 
 /// A whole WebSocket message from the peer.
@@ -125,6 +138,9 @@ pub struct WebSocket {
     /// Answers plain HTTP requests on the WebSocket port (a page that opens the socket).
     pub(crate) plain_http: Rc<RefCell<Option<PlainHttpHook>>>,
     pub(crate) handshake_timeout: Rc<std::cell::Cell<Duration>>,
+    pub(crate) keepalive: Rc<std::cell::Cell<Keepalive>>,
+    /// A ping went out for silence and no frame has come since.
+    awaiting_pong: bool,
     info: Option<HandshakeInfo>,
     /// Set when this end is the client (an outbound connection).
     client: Option<ClientSide>,
@@ -172,6 +188,11 @@ impl Default for WebSocket {
             hook: Rc::default(),
             plain_http: Rc::default(),
             handshake_timeout: Rc::new(std::cell::Cell::new(DEFAULT_HANDSHAKE_TIMEOUT)),
+            keepalive: Rc::new(std::cell::Cell::new(Keepalive {
+                ping_after: Some(DEFAULT_PING_AFTER),
+                pong_timeout: DEFAULT_PONG_TIMEOUT,
+            })),
+            awaiting_pong: false,
             info: None,
             client: None,
         }
@@ -591,7 +612,10 @@ impl Protocol for WebSocket {
                 self.handshake_decode(&packet, wire)?;
                 Ok(None)
             }
-            Phase::Open => self.frame(packet, wire),
+            Phase::Open => {
+                self.awaiting_pong = false;
+                self.frame(packet, wire)
+            }
             Phase::Closing => Ok(None),
         }
     }
@@ -662,6 +686,27 @@ impl Protocol for WebSocket {
 
     fn at_rest(&self) -> bool {
         self.fragments.is_none()
+    }
+
+    fn deadline(&self, _buffered: usize) -> Option<crate::protocol::Deadline> {
+        use crate::protocol::Deadline;
+        if self.phase != Phase::Open {
+            // The handshake has its own deadline; a closing connection the driver's flush bound.
+            return None;
+        }
+        let keepalive = self.keepalive.get();
+        if self.awaiting_pong {
+            return Some(Deadline::Idle(keepalive.pong_timeout));
+        }
+        keepalive.ping_after.map(Deadline::Probe)
+    }
+
+    fn probe(&mut self, wire: &mut Wire<'_>) {
+        if self.phase == Phase::Open {
+            let mask = self.out_mask();
+            write_frame(wire.buf(), 0x9, b"", mask);
+            self.awaiting_pong = true;
+        }
     }
 
     fn export_state(&self) -> Option<Vec<u8>> {

@@ -4,12 +4,10 @@
 
 use std::rc::Rc;
 
-use bytes::Bytes;
-
-use super::{HandshakeInfo, WebSocket, WsOutput};
+use super::{HandshakeInfo, WebSocket};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Http, Request, Response};
-use crate::protocol::{Dynamic, Protocol as _};
+use crate::protocol::Dynamic;
 use crate::runtime::connection::Connection;
 use crate::runtime::outbound::AsyncConnection;
 use crate::runtime::timer::IntoInterval;
@@ -101,20 +99,26 @@ impl Worker<WebSocket> {
         self
     }
 
-    /// Sends a ping to every connection of the process this often, so that live but quiet
-    /// clients answer (with a pong) and are not closed by `idle_timeout`.
+    /// Pings a connection that has been silent this long (default 30 s; zero: never), so that
+    /// a peer that has gone without a word (a pulled cable, a sleeping laptop) is found out and
+    /// a quiet connection stays open through proxies that close idle ones. Any frame from the
+    /// peer counts as an answer.
     pub fn ping_interval(&mut self, every: impl IntoInterval) -> &mut Self {
         let every = every.into_interval();
-        self.on_start_internal(move |w| {
-            let w = w.clone();
-            crate::runtime::timer::Timer::add(every, true, move || {
-                for c in w.connections() {
-                    if c.with_protocol(|ws| ws.handshake_done()) {
-                        c.send(WsOutput::Ping(Bytes::new()));
-                    }
-                }
-            });
-        });
+        let cell = &self.protocol().keepalive;
+        let mut keepalive = cell.get();
+        keepalive.ping_after = (!every.is_zero()).then_some(every);
+        cell.set(keepalive);
+        self
+    }
+
+    /// How long a pinged connection may stay silent before it is closed as gone (default
+    /// 10 s). Every byte from the peer restarts the wait.
+    pub fn pong_timeout(&mut self, t: impl IntoInterval) -> &mut Self {
+        let cell = &self.protocol().keepalive;
+        let mut keepalive = cell.get();
+        keepalive.pong_timeout = t.into_interval();
+        cell.set(keepalive);
         self
     }
 }
