@@ -108,3 +108,44 @@ fn on_close_runs_exactly_once_per_connection() {
         );
     }
 }
+
+/// A text client that sends a lot and reads nothing for a while: once its replies fill the send
+/// bound the server stops reading it, drops no reply, and when it reads every reply is there.
+#[test]
+fn a_text_client_that_does_not_read_loses_no_reply() {
+    use std::io::Read;
+    const LINES: usize = 80_000;
+    let s = echo(1, &[]);
+    // A small receive buffer, so that the kernel cannot absorb the replies on our side.
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(64 * 1024).expect("rcvbuf");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], s.port).into();
+    sock.connect(&addr.into()).expect("connect");
+    let mut c: std::net::TcpStream = sock.into();
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut w = c.try_clone().expect("clone");
+    let line = |n: usize| format!("{n:0>99}\n");
+    let writer = std::thread::spawn(move || {
+        // 8 MB of replies: more than every kernel buffer between us, and 8 times the send bound.
+        for n in 0..LINES {
+            if w.write_all(line(n).as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let failed: u64 = s.status()["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .map(|p| p["stats"]["failed_sends"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(failed, 0, "replies were dropped");
+    let expected: Vec<u8> = (0..LINES).flat_map(|n| line(n).into_bytes()).collect();
+    let mut got = vec![0u8; expected.len()];
+    c.read_exact(&mut got).expect("every reply");
+    assert!(got == expected, "the replies differ from the lines sent");
+    writer.join().expect("writer");
+}
