@@ -3,7 +3,7 @@
 //!
 //! `square` is a pool (`POOL_PROCS` processes, default 3; `POOL_CONCURRENCY` tasks each,
 //! default 8; `POOL_QUEUE` queued at most, default 100,000; on NATS `POOL_LEASE_MS`, the task
-//! lease, default 30,000): a task `n` answers `n*n` after `POOL_TASK_MS` milliseconds
+//! lease, default 10,000): a task `n` answers `n*n` after `POOL_TASK_MS` milliseconds
 //! (default 0); the task `POOL_POISON` (if set) kills the process that takes it; a task
 //! `big:N` answers N bytes (a result too large for the bus, for its test). `submitter`
 //! (2 processes) takes a worker message
@@ -76,7 +76,7 @@ fn main() -> oxwork::Result<()> {
         .count(env("POOL_PROCS", 3))
         .task_concurrency(env("POOL_CONCURRENCY", 8))
         .task_queue_limit(env("POOL_QUEUE", 100_000))
-        .task_lease(Duration::from_millis(env("POOL_LEASE_MS", 30_000)));
+        .task_lease(Duration::from_millis(env("POOL_LEASE_MS", 10_000)));
     let delay = Duration::from_millis(env("POOL_TASK_MS", 0));
     let poison: Option<u64> = std::env::var("POOL_POISON")
         .ok()

@@ -58,7 +58,18 @@ pub struct NatsSettings {
     pub tls_client: Option<(PathBuf, PathBuf)>,
     /// Refuse to talk to NATS without TLS.
     pub require_tls: bool,
+    /// How many copies JetStream keeps of every stream (task queues, dead letters, shared
+    /// state): `OXWORK_BUS_REPLICAS`. `None`: the cluster's size up to 3, as the server says
+    /// (1 on a single server).
+    pub replicas: Option<usize>,
+    /// How often the connection is checked with a ping (`OXWORK_BUS_PING`, seconds; default
+    /// 2): a link that stops answering is noticed after two unanswered pings, so a partition
+    /// shows in `status` within a few seconds instead of minutes.
+    pub ping_interval: std::time::Duration,
 }
+
+/// The default [`NatsSettings::ping_interval`].
+pub(crate) const DEFAULT_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl std::fmt::Debug for NatsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,7 +130,31 @@ impl NatsSettings {
                 ))
             }
         };
+        let replicas = match env_text("OXWORK_BUS_REPLICAS") {
+            None => None,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n @ 1..=5) => Some(n),
+                _ => {
+                    return Err(BusError::Config(format!(
+                        "OXWORK_BUS_REPLICAS={v:?}: JetStream keeps 1 to 5 replicas"
+                    )))
+                }
+            },
+        };
+        let ping_interval = match env_text("OXWORK_BUS_PING") {
+            None => DEFAULT_PING_INTERVAL,
+            Some(v) => match v.parse::<f64>() {
+                Ok(s) if s > 0.0 && s <= 3600.0 => std::time::Duration::from_secs_f64(s),
+                _ => {
+                    return Err(BusError::Config(format!(
+                        "OXWORK_BUS_PING={v:?}: seconds between pings, above 0"
+                    )))
+                }
+            },
+        };
         Ok(NatsSettings {
+            replicas,
+            ping_interval,
             require_tls: servers.iter().any(|s| s.starts_with("tls://"))
                 || env_text("OXWORK_BUS_TLS").as_deref() == Some("required"),
             servers,
@@ -146,7 +181,9 @@ impl NatsSettings {
         &self,
         name: &str,
     ) -> Result<async_nats::ConnectOptions, BusError> {
-        let mut o = async_nats::ConnectOptions::new().name(name);
+        let mut o = async_nats::ConnectOptions::new()
+            .name(name)
+            .ping_interval(self.ping_interval);
         if let Some(path) = &self.credentials_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 BusError::Config(format!(

@@ -189,6 +189,16 @@ impl Bus {
         self.inner.link.is_connected()
     }
 
+    /// How long the bus has been unreachable, while it is: on NATS a lost link (a server down,
+    /// or a partition, noticed within two ping intervals) counts from the moment it was
+    /// noticed. `None` while connected.
+    pub fn disconnected_for(&self) -> Option<Duration> {
+        if self.is_connected() {
+            return None;
+        }
+        self.inner.link.disconnected_for()
+    }
+
     /// Waits until connected, at most `limit`; returns whether it is.
     pub async fn wait_connected(&self, limit: Duration) -> bool {
         self.inner.link.wait_connected(limit).await

@@ -183,6 +183,9 @@ pub enum BusError {
     Decode(String),
     /// The bus is configured wrongly (an address, credentials, a certificate file).
     Config(String),
+    /// The bus's servers could not take the operation before its deadline, though connected
+    /// (on NATS: JetStream electing a leader, or the servers holding a stream down).
+    Unavailable(String),
 }
 
 impl fmt::Display for BusError {
@@ -206,6 +209,7 @@ impl fmt::Display for BusError {
             }
             BusError::Disconnected => f.write_str("connection to the bus lost"),
             BusError::NotAvailable => f.write_str("no bus in this process"),
+            BusError::Unavailable(why) => write!(f, "bus unavailable: {why}"),
             BusError::PoolFull(p) => write!(f, "task pool {p} is full"),
             BusError::TaskFailed(m) => write!(f, "task failed: {m}"),
             BusError::RetriesExhausted(m) => write!(f, "task retries exhausted: {m}"),

@@ -263,4 +263,10 @@ pub(crate) trait Transport {
     /// `f` runs whenever the server cannot be reached (the hub: the worker asks the master to
     /// start it). Transports whose server is not ours ignore it.
     fn set_on_unreachable(&self, f: Rc<dyn Fn()>);
+
+    /// How long the connection has been down, when it is (`None` while connected, and where
+    /// the transport does not know).
+    fn disconnected_for(&self) -> Option<Duration> {
+        None
+    }
 }

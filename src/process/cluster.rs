@@ -122,6 +122,9 @@ pub(crate) struct BusStatus {
     /// `hub`, or `nats` and the servers (passwords hidden).
     pub(crate) backend: String,
     pub(crate) connected: bool,
+    /// How long the bus has been unreachable, while it is (NATS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) disconnected_for_ms: Option<u64>,
     /// Task pools on NATS (the hub reports its own).
     #[serde(default)]
     pub(crate) pools: Vec<PoolStats>,

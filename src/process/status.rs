@@ -184,10 +184,18 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
         "{:-^100}\nbus: {}   {}",
         " BUS ",
         r.bus.backend,
-        match (r.bus.connected, r.bus.backend.as_str()) {
-            (true, _) => "connected",
-            (false, "hub") => "not running (started on first use)",
-            (false, _) => "NOT CONNECTED (reconnecting)",
+        match (
+            r.bus.connected,
+            r.bus.backend.as_str(),
+            r.bus.disconnected_for_ms
+        ) {
+            (true, ..) => "connected".to_string(),
+            (false, "hub", _) => "not running (started on first use)".to_string(),
+            (false, _, Some(ms)) => format!(
+                "NOT CONNECTED for {} (reconnecting; pools pull nothing meanwhile)",
+                human_duration(ms as f64 / 1000.0)
+            ),
+            (false, ..) => "NOT CONNECTED (reconnecting)".to_string(),
         }
     );
     if !r.bus.pools.is_empty() {

@@ -193,7 +193,7 @@ impl<P: Protocol + Clone> Worker<P> {
             task_concurrency: 1,
             gateway: false,
             task_queue_limit: 100_000,
-            task_lease: Duration::from_secs(30),
+            task_lease: Duration::from_secs(10),
             is_pool: false,
             tls: None,
         };
@@ -344,8 +344,10 @@ impl<P: Protocol> Worker<P> {
         task_concurrency: u32 => |c, v| c.task_concurrency = v.max(1));
     setting!(
         /// On NATS, how long a task may go without a sign of life from its process before
-        /// JetStream gives it to another process (default 30 s). A running task's lease is
-        /// renewed every third of it, so only a dead or frozen process loses its tasks.
+        /// JetStream gives it to another process (default 10 s). A running task's lease is
+        /// renewed every third of it, so only a dead, frozen or cut-off process loses its
+        /// tasks; the default leaves a task stuck on a dead node two thirds of the default
+        /// 30 s submit deadline to run elsewhere and be answered.
         task_lease: Duration => |c, v| c.task_lease = v.max(Duration::from_millis(300)));
 
     /// Runs when a client connects.

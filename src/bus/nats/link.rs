@@ -64,6 +64,11 @@ pub(super) struct Inner {
     next_sid: Cell<u32>,
     pub(super) pool: RefCell<Option<Rc<PoolMember>>>,
     pub(super) kv_stream: RefCell<Option<jetstream::stream::Stream>>,
+    /// The replica count for streams, once worked out.
+    replicas: Cell<Option<usize>>,
+    /// When the connection was found lost (milliseconds since the epoch; 0: it is not). Set
+    /// from the client's event callback, which runs on the client's own tasks.
+    lost_at_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A connection to NATS. Cheap to clone; every clone is the same connection.
@@ -88,6 +93,8 @@ impl NatsLink {
                 next_sid: Cell::new(0),
                 pool: RefCell::new(None),
                 kv_stream: RefCell::new(None),
+                replicas: Cell::new(None),
+                lost_at_ms: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(now_ms())),
             }),
         };
         let l = link.clone();
@@ -104,6 +111,28 @@ impl NatsLink {
             }
             notified.await;
         }
+    }
+
+    /// How many replicas every stream gets: the operator's choice, else the size of the
+    /// cluster the server belongs to (its INFO lists every server's client address) up to 3,
+    /// else 1.
+    pub(super) async fn replicas(&self) -> usize {
+        if let Some(n) = self.inner.replicas.get() {
+            return n;
+        }
+        let n = match self.inner.settings.replicas {
+            Some(n) => n,
+            None => {
+                let info = self.client().await.server_info();
+                if info.cluster.is_some() {
+                    info.connect_urls.len().clamp(1, 3)
+                } else {
+                    1
+                }
+            }
+        };
+        self.inner.replicas.set(Some(n));
+        n
     }
 
     fn queue(&self, cmd: Command) -> Result<(), BusError> {
@@ -134,6 +163,7 @@ impl NatsLink {
             }
         };
         let servers = self.describe();
+        let lost_at = self.inner.lost_at_ms.clone();
         let options = options
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -144,13 +174,34 @@ impl NatsLink {
             })
             .event_callback(move |event| {
                 let servers = servers.clone();
+                let lost_at = lost_at.clone();
                 async move {
+                    use std::sync::atomic::Ordering;
                     match event {
                         async_nats::Event::Connected => {
-                            tracing::info!("bus connected to NATS {servers}")
+                            let since = lost_at.swap(0, Ordering::Relaxed);
+                            let gone = now_ms().saturating_sub(since);
+                            // Said once per loss, at the level the loss was said.
+                            if since > 0 && gone > 2_000 {
+                                tracing::warn!(
+                                    "bus connection to NATS {servers} back after {:.1} s",
+                                    gone as f64 / 1000.0
+                                )
+                            } else {
+                                tracing::info!("bus connected to NATS {servers}")
+                            }
                         }
                         async_nats::Event::Disconnected => {
-                            tracing::warn!("bus connection to NATS {servers} lost; reconnecting")
+                            let _ = lost_at.compare_exchange(
+                                0,
+                                now_ms(),
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            );
+                            tracing::warn!(
+                                "bus connection to NATS {servers} lost (or stopped answering \
+                                 pings); reconnecting"
+                            )
                         }
                         other => tracing::warn!("NATS {servers}: {other}"),
                     }
@@ -388,6 +439,24 @@ impl Transport for NatsLink {
 
     /// The NATS servers are not ours to start.
     fn set_on_unreachable(&self, _f: Rc<dyn Fn()>) {}
+
+    fn disconnected_for(&self) -> Option<Duration> {
+        if self.is_connected() {
+            return None;
+        }
+        let since = self
+            .inner
+            .lost_at_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Some(Duration::from_millis(now_ms().saturating_sub(since)))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Our headers as NATS headers; names or values NATS cannot carry are left out with a warning.

@@ -64,28 +64,23 @@ async fn bucket(link: &NatsLink) -> Result<jetstream::stream::Stream, BusError> 
         return Ok(s);
     }
     let js = jetstream::new(link.client().await);
-    let stream_name = format!("KV_{BUCKET}");
-    let stream = match js.get_stream(&stream_name).await {
-        Ok(s) => s,
-        Err(_) => {
-            // The stream a KV bucket is made of (as `nats kv add oxwork --history 1` makes it),
-            // created directly: the client's bucket call expects a newer server's answer.
-            let config = jetstream::stream::Config {
-                name: stream_name.clone(),
-                subjects: vec![format!("$KV.{BUCKET}.>")],
-                max_messages_per_subject: 1,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            };
-            super::stream_made(&js, config)
-                .await
-                .map_err(|e| state_error("cannot create the shared-state bucket", e))?
-        }
+    // The stream a KV bucket is made of (as `nats kv add oxwork --history 1` makes it),
+    // created directly: the client's bucket call expects a newer server's answer.
+    let config = jetstream::stream::Config {
+        name: format!("KV_{BUCKET}"),
+        subjects: vec![format!("$KV.{BUCKET}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: link.replicas().await,
+        ..Default::default()
     };
+    let stream = super::replicated_stream(&js, config)
+        .await
+        .map_err(|e| state_error("cannot set up the shared-state bucket", e))?;
     *link.inner.kv_stream.borrow_mut() = Some(stream.clone());
     Ok(stream)
 }

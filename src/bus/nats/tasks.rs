@@ -87,9 +87,10 @@ fn header<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<
         .map(|v| v.as_str())
 }
 
-fn stream_config(pool: &str, max_queue: u32) -> jetstream::stream::Config {
+fn stream_config(pool: &str, max_queue: u32, replicas: usize) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: stream_name(pool),
+        num_replicas: replicas,
         subjects: vec![task_subject(pool)],
         retention: jetstream::stream::RetentionPolicy::WorkQueue,
         max_messages: i64::from(max_queue.max(1)),
@@ -100,38 +101,36 @@ fn stream_config(pool: &str, max_queue: u32) -> jetstream::stream::Config {
     }
 }
 
-/// Makes sure the pool's stream exists; the pool's own processes set its queue limit.
+/// Makes sure the pool's stream exists with `replicas` copies; the pool's own processes set its
+/// queue limit. Errors are JetStream's words (a leader election, a server down, a timeout):
+/// callers retry.
 async fn ensure_stream(
     js: &jetstream::Context,
     pool: &str,
     max_queue: Option<u32>,
-) -> Result<jetstream::stream::Stream, BusError> {
-    let fail = |e: &dyn std::fmt::Display| {
-        BusError::State(format!("task pool {pool}: cannot set up its stream: {e}"))
-    };
-    match max_queue {
-        Some(limit) => {
-            let config = stream_config(pool, limit);
-            match js.get_stream(&config.name).await {
-                Ok(mut s) => {
-                    let current = s.info().await.map_err(|e| fail(&e))?.config.max_messages;
-                    if current != config.max_messages {
-                        js.update_stream(config.clone())
-                            .await
-                            .map_err(|e| fail(&e))?;
-                    }
-                    Ok(s)
-                }
-                Err(_) => super::stream_made(js, config).await.map_err(|e| fail(&e)),
-            }
-        }
-        None => super::stream_made(js, stream_config(pool, 100_000))
+    replicas: usize,
+) -> Result<jetstream::stream::Stream, String> {
+    let config = stream_config(pool, max_queue.unwrap_or(100_000), replicas);
+    let mut stream = super::replicated_stream(js, config.clone()).await?;
+    if max_queue.is_some() {
+        let current = stream
+            .info()
             .await
-            .map_err(|e| fail(&e)),
+            .map_err(|e| e.to_string())?
+            .config
+            .clone();
+        if current.max_messages != config.max_messages {
+            let updated = jetstream::stream::Config {
+                max_messages: config.max_messages,
+                ..current
+            };
+            js.update_stream(updated).await.map_err(|e| e.to_string())?;
+        }
     }
+    Ok(stream)
 }
 
-async fn ensure_dead_stream(js: &jetstream::Context) -> Result<(), BusError> {
+async fn ensure_dead_stream(js: &jetstream::Context, replicas: usize) -> Result<(), String> {
     let config = jetstream::stream::Config {
         name: DEAD_STREAM.into(),
         subjects: vec!["ox.dead.>".into()],
@@ -139,17 +138,23 @@ async fn ensure_dead_stream(js: &jetstream::Context) -> Result<(), BusError> {
         max_messages_per_subject: 1,
         discard: jetstream::stream::DiscardPolicy::Old,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     };
-    let fail =
-        |e: &dyn std::fmt::Display| BusError::State(format!("cannot set up {DEAD_STREAM}: {e}"));
-    let mut stream = super::stream_made(js, config.clone())
+    let mut stream = super::replicated_stream(js, config.clone()).await?;
+    let existing = stream
+        .info()
         .await
-        .map_err(|e| fail(&e))?;
-    let existing = stream.info().await.map_err(|e| fail(&e))?;
-    if existing.config.max_messages_per_subject != 1 {
+        .map_err(|e| e.to_string())?
+        .config
+        .clone();
+    if existing.max_messages_per_subject != 1 {
         // Made by an earlier version, which kept every copy of a task retired twice.
-        js.update_stream(config).await.map_err(|e| fail(&e))?;
+        let fixed = jetstream::stream::Config {
+            max_messages_per_subject: 1,
+            ..existing
+        };
+        js.update_stream(fixed).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -186,8 +191,10 @@ impl PoolMember {
             handler,
             stopping: Cell::new(false),
         });
+        let (m, link2) = (member.clone(), link.clone());
+        spawn_local(async move { m.pull_loop(link2, max_queue).await });
         let (m, link) = (member.clone(), link.clone());
-        spawn_local(async move { m.pull_loop(link, max_queue).await });
+        spawn_local(async move { m.sweep_loop(link).await });
         member
     }
 
@@ -195,9 +202,20 @@ impl PoolMember {
         &self,
         js: &jetstream::Context,
         max_queue: u32,
+        replicas: usize,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
-        let stream = ensure_stream(js, &self.pool, Some(max_queue)).await?;
-        ensure_dead_stream(js).await?;
+        let fail = |e: String| {
+            BusError::Unavailable(format!(
+                "task pool {}: cannot set up its stream: {e}",
+                self.pool
+            ))
+        };
+        let stream = ensure_stream(js, &self.pool, Some(max_queue), replicas)
+            .await
+            .map_err(fail)?;
+        ensure_dead_stream(js, replicas)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot set up {DEAD_STREAM}: {e}")))?;
         let config = pull::Config {
             durable_name: Some(CONSUMER.into()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -222,11 +240,30 @@ impl PoolMember {
         Ok(consumer)
     }
 
+    async fn sweep_loop(self: Rc<Self>, link: NatsLink) {
+        let js = jetstream::new(link.client().await);
+        while !self.stopping.get() {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            if !link.is_connected() {
+                continue;
+            }
+            match sweep_replayed(&js, &self.pool).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "task pool {}: {n} completed tasks a server replayed after a crash removed",
+                    self.pool
+                ),
+                Err(e) => tracing::debug!("task pool {}: replay sweep: {e}", self.pool),
+            }
+        }
+    }
+
     async fn pull_loop(self: Rc<Self>, link: NatsLink, max_queue: u32) {
         let js = jetstream::new(link.client().await);
+        let replicas = link.replicas().await;
         let mut pause = Duration::from_millis(50);
         loop {
-            let consumer = match self.consumer(&js, max_queue).await {
+            let consumer = match self.consumer(&js, max_queue, replicas).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("{e}; retrying");
@@ -258,6 +295,14 @@ impl PoolMember {
                     {
                         let _ = tokio::time::timeout_at(until, self.room.notified()).await;
                     }
+                }
+                if !link.is_connected() {
+                    // Cut off: pull nothing (a pull now would only be delivered late, after its
+                    // request expired); the tasks already here carry on.
+                    while !link.is_connected() && !self.stopping.get() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
                 }
                 let room = (self.concurrency - self.busy.get()) as usize;
                 let batch = consumer
@@ -509,6 +554,49 @@ impl PoolMember {
     }
 }
 
+/// How often a pool process looks for completed tasks a server replayed.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Replayed tasks removed per sweep, at most.
+const SWEEP_MAX: u64 = 10_000;
+
+/// Removes tasks that are back in `pool`'s stream although completed: a server that crashes
+/// (kill -9) after acknowledging may replay them from its log when it restarts, behind the
+/// consumer's acknowledgement floor, where they are never delivered again and would only eat
+/// the queue's limit. Every message at or below the floor was acknowledged (a work queue deletes
+/// acknowledged messages), so any found there is one of those and is deleted. Returns how many.
+pub(crate) async fn sweep_replayed(js: &jetstream::Context, pool: &str) -> Result<u64, String> {
+    let mut stream = js
+        .get_stream(stream_name(pool))
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .first_sequence;
+    let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_consumer(CONSUMER)
+        .await
+        .map_err(|e| e.to_string())?;
+    let floor = consumer
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .ack_floor
+        .stream_sequence;
+    let mut removed = 0;
+    if first == 0 || first > floor {
+        return Ok(0);
+    }
+    for seq in first..=floor.min(first + SWEEP_MAX - 1) {
+        if let Ok(true) = stream.delete_message(seq).await {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Sends a request straight through the client (its own inbox), at most `limit`.
 async fn request(
     link: &NatsLink,
@@ -575,8 +663,11 @@ async fn deliver_result(link: &NatsLink, reply: &str, headers: Headers, payload:
     }
 }
 
-/// Queues a task on `pool`'s stream, retrying while NATS is away until `deadline`; the message
-/// id makes a retried publish that did arrive count once.
+/// Queues a task on `pool`'s stream, retrying until `deadline` whatever JetStream says short
+/// of a refusal (no stream yet, a leader election, a server of the stream down, a timeout);
+/// the message id makes a retried publish that did arrive count once. A full queue is
+/// [`BusError::PoolFull`] at once; a deadline passed while connected is
+/// [`BusError::Unavailable`] with JetStream's last words; never connected, `Disconnected`.
 pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusError> {
     let Submission {
         pool,
@@ -587,6 +678,9 @@ pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusE
     } = task;
     let pool = pool.as_str();
     let client = tokio::time::timeout_at(deadline, link.client())
+        .await
+        .map_err(|_| BusError::Disconnected)?;
+    let replicas = tokio::time::timeout_at(deadline, link.replicas())
         .await
         .map_err(|_| BusError::Disconnected)?;
     let js = jetstream::new(client);
@@ -602,37 +696,48 @@ pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusE
         next_submission()
     );
     headers.insert("Nats-Msg-Id", id.as_str());
-    let mut created = false;
     let mut pause = Duration::from_millis(50);
+    let mut last_words = String::from("no answer");
     loop {
-        let attempt = match js
-            .publish_with_headers(task_subject(pool), headers.clone(), payload.clone())
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| (e.kind(), e.to_string())),
-            Err(e) => Err((e.kind(), e.to_string())),
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let publish = async {
+            match js
+                .publish_with_headers(task_subject(pool), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| (e.kind(), e.to_string())),
+                Err(e) => Err((e.kind(), e.to_string())),
+            }
         };
+        let attempt = tokio::time::timeout(left, publish).await;
         use async_nats::jetstream::context::PublishErrorKind as K;
         match attempt {
-            Ok(()) => return Ok(()),
-            Err((K::StreamNotFound, _)) if !created => {
-                // Nobody of the pool has started yet: make its queue so the task waits there.
-                ensure_stream(&js, pool, None).await?;
-                created = true;
-                continue;
-            }
-            Err((_, why)) if why.contains("maximum messages") => {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err((_, why))) if why.contains("maximum messages") => {
                 return Err(BusError::PoolFull(pool.to_string()))
             }
-            Err((_, why)) => {
-                if tokio::time::Instant::now() + pause >= deadline {
-                    tracing::warn!("task for pool {pool} not queued: {why}");
-                    return Err(BusError::Disconnected);
+            Ok(Err((K::StreamNotFound, why))) => {
+                // Nobody of the pool has started yet: make its queue so the task waits there.
+                last_words = why;
+                let made = tokio::time::timeout(left, ensure_stream(&js, pool, None, replicas));
+                match made.await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => last_words = format!("cannot set up its stream: {e}"),
+                    Err(_) => {}
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
             }
+            Ok(Err((_, why))) => last_words = why,
+            Err(_) => {}
         }
+        if tokio::time::Instant::now() + pause >= deadline {
+            tracing::warn!("task for pool {pool} not queued before its deadline: {last_words}");
+            return Err(BusError::Unavailable(format!(
+                "task pool {pool}: JetStream did not take the task before its deadline \
+                 ({last_words})"
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -644,10 +749,12 @@ fn next_submission() -> u64 {
     })
 }
 
-/// The figures of `pool`'s queue for `status`.
+/// The figures of `pool`'s queue for `status`, from the consumer: queued is what it has not
+/// delivered yet, running what it delivered and awaits an acknowledgement for. (The stream's
+/// message count would also count completed tasks a server replayed after a crash, until
+/// [`sweep_replayed`] removes them.)
 pub(crate) async fn pool_stats(js: &jetstream::Context, pool: &str) -> Option<PoolStats> {
-    let mut stream = js.get_stream(stream_name(pool)).await.ok()?;
-    let queued_total = stream.info().await.ok()?.state.messages;
+    let stream = js.get_stream(stream_name(pool)).await.ok()?;
     let mut consumer: jetstream::consumer::Consumer<pull::Config> =
         stream.get_consumer(CONSUMER).await.ok()?;
     let info = consumer.info().await.ok()?;
@@ -665,7 +772,7 @@ pub(crate) async fn pool_stats(js: &jetstream::Context, pool: &str) -> Option<Po
     Some(PoolStats {
         name: pool.to_string(),
         consumers: info.num_waiting as u64,
-        queued: queued_total.saturating_sub(info.num_ack_pending as u64),
+        queued: info.num_pending,
         running: info.num_ack_pending as u64,
         retried: super::state::read_number(js, &redelivered_key(pool))
             .await

@@ -72,10 +72,21 @@ impl Master {
             Request::Connections => Response::Connections {
                 rows: self.connections().await,
             },
-            Request::Cluster => Response::Cluster {
-                nodes: match &self.bus {
-                    Some(bus) => crate::process::cluster::census(bus).await,
-                    None => vec![self.node_info()],
+            Request::Cluster => match &self.bus {
+                Some(bus) if !bus.is_connected() => Response::Error {
+                    message: format!(
+                        "this node cannot see the bus: NATS unreachable{} (cut off, or the \
+                         servers are down); no census possible",
+                        bus.disconnected_for()
+                            .map(|d| format!(" for {:.0} s", d.as_secs_f64()))
+                            .unwrap_or_default()
+                    ),
+                },
+                Some(bus) => Response::Cluster {
+                    nodes: crate::process::cluster::census(bus).await,
+                },
+                None => Response::Cluster {
+                    nodes: vec![self.node_info()],
                 },
             },
         };

@@ -192,7 +192,13 @@ impl Master {
             Some(bus) => BusStatus {
                 backend,
                 connected: bus.is_connected(),
-                pools: crate::process::cluster::nats_pools(bus, &pools).await,
+                disconnected_for_ms: bus.disconnected_for().map(|d| d.as_millis() as u64),
+                // A cut-off node has no figures to give, only a wait.
+                pools: if bus.is_connected() {
+                    crate::process::cluster::nats_pools(bus, &pools).await
+                } else {
+                    Vec::new()
+                },
             },
             None => {
                 let st = self.state.borrow();
@@ -200,6 +206,7 @@ impl Master {
                 BusStatus {
                     backend,
                     connected: hub.is_some_and(|pid| st.procs.contains_key(&pid)),
+                    disconnected_for_ms: None,
                     pools: Vec::new(),
                 }
             }
