@@ -37,7 +37,8 @@ struct Cli {
     /// The bus between processes and machines: `hub` (the embedded hub, default) or NATS,
     /// `nats://host:4222` (several, comma-separated, for a cluster; `tls://` for TLS).
     /// Credentials: in the URL or OXWORK_BUS_USER/PASSWORD/TOKEN/CREDS/NKEY; TLS files:
-    /// OXWORK_BUS_CA, OXWORK_BUS_CERT, OXWORK_BUS_KEY.
+    /// OXWORK_BUS_CA, OXWORK_BUS_CERT, OXWORK_BUS_KEY; stream copies OXWORK_BUS_REPLICAS
+    /// [default: the cluster's size up to 3]; ping interval OXWORK_BUS_PING [default: 2 s].
     #[arg(long, global = true, env = "OXWORK_BUS", value_name = "URL")]
     bus: Option<String>,
     /// This tree's node name, unique in a cluster [default: the host name]. Two nodes of one

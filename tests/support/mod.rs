@@ -619,6 +619,16 @@ impl Nats {
         }
     }
 
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// Whether this server's process is running (not stopped by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Starts it again on the same port with the same store.
     pub fn restart(&mut self) {
         self.stop();
@@ -669,4 +679,218 @@ pub fn ask_pool_lab_submitters(
     });
     side.join().expect("side thread");
     summaries
+}
+
+/// A JetStream cluster of `nats-server`s of the test's own on loopback (every server routes to
+/// every other), each with its own store; killed and reaped on drop.
+pub struct NatsCluster {
+    pub servers: Vec<Nats>,
+    /// Every server's client URL, comma-separated, as `--bus` takes them.
+    pub urls: String,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers named `s0`, `s1`, ... and waits until JetStream answers (its
+    /// meta-leader is elected).
+    pub fn start(n: usize) -> NatsCluster {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let servers: Vec<Nats> = (0..n)
+            .map(|i| {
+                Nats::start_with(&format!(
+                    "server_name: s{i}\ncluster {{ name: oxc, listen: \"127.0.0.1:{}\", routes: [{route_list}] }}",
+                    routes[i]
+                ))
+            })
+            .collect();
+        let urls = servers
+            .iter()
+            .map(|s| s.url.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster = NatsCluster { servers, urls };
+        let ready = local_runtime().block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::time::Instant::now() < deadline {
+                // Ready when a stream on every server can be made (and then it goes again).
+                if let Ok(c) = async_nats::connect(cluster.servers[0].url.as_str()).await {
+                    let js = async_nats::jetstream::new(c);
+                    let probe = async_nats::jetstream::stream::Config {
+                        name: "OX_TEST_READY".into(),
+                        subjects: vec!["ox.test.ready".into()],
+                        num_replicas: n,
+                        ..Default::default()
+                    };
+                    if js.create_stream(probe).await.is_ok() {
+                        let _ = js.delete_stream("OX_TEST_READY").await;
+                        return true;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            false
+        });
+        assert!(
+            ready,
+            "the JetStream cluster did not elect a leader in 30 s; s0 logged:\n{}",
+            cluster.servers[0].log()
+        );
+        cluster
+    }
+
+    /// The index of the server leading stream `name` (its RAFT group's leader).
+    pub fn stream_leader(&self, name: &str) -> Option<usize> {
+        let info = self.stream_info(name)?;
+        let leader = info.cluster?.leader?;
+        leader.strip_prefix('s')?.parse().ok()
+    }
+
+    /// Stream `name`'s information, asked of any live server.
+    pub fn stream_info(&self, name: &str) -> Option<async_nats::jetstream::stream::Info> {
+        let urls = self.live_urls();
+        local_runtime().block_on(async move {
+            for url in urls {
+                let Ok(Ok(c)) =
+                    tokio::time::timeout(Duration::from_secs(2), async_nats::connect(url)).await
+                else {
+                    continue;
+                };
+                let js = async_nats::jetstream::new(c);
+                let Ok(mut s) = js.get_stream(name).await else {
+                    continue;
+                };
+                if let Ok(info) = s.info().await {
+                    return Some(info.clone());
+                }
+            }
+            None
+        })
+    }
+
+    fn live_urls(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .filter(|s| s.is_running())
+            .map(|s| s.url.clone())
+            .collect()
+    }
+}
+
+/// A TCP proxy of the test's own on loopback that can be frozen: while frozen it moves no byte
+/// either way and closes nothing, as a network partition does (no RST, no FIN; the peers only
+/// notice by their own timeouts). Stops and joins its threads on drop.
+pub struct FreezableProxy {
+    pub port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FreezableProxy {
+    /// Forwards 127.0.0.1:`port` (a free one) to 127.0.0.1:`target`.
+    pub fn start(target: u16) -> FreezableProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listen");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let frozen = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, st) = (frozen.clone(), stop.clone());
+        let acceptor = std::thread::spawn(move || {
+            let mut pumps = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        for (from, to) in [
+                            (client.try_clone(), server.try_clone()),
+                            (server.try_clone(), client.try_clone()),
+                        ] {
+                            let (Ok(from), Ok(to)) = (from, to) else {
+                                continue;
+                            };
+                            let (f, st) = (f.clone(), st.clone());
+                            pumps.push(std::thread::spawn(move || pump(from, to, &f, &st)));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            for p in pumps {
+                let _ = p.join();
+            }
+        });
+        FreezableProxy {
+            port,
+            frozen,
+            stop,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// Holds every byte in both directions from now on.
+    pub fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Moves bytes again, the held ones first.
+    pub fn heal(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    frozen: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        if frozen.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                // Read just as the freeze began: held until the heal.
+                while frozen.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
 }

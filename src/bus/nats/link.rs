@@ -123,12 +123,26 @@ impl NatsLink {
         let n = match self.inner.settings.replicas {
             Some(n) => n,
             None => {
-                let info = self.client().await.server_info();
-                if info.cluster.is_some() {
+                let client = self.client().await;
+                // The server's INFO arrives with the connection (the client exists before).
+                while client.connection_state() != async_nats::connection::State::Connected
+                    || client.server_info().server_id.is_empty()
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let info = client.server_info();
+                let n = if info.cluster.is_some() {
                     info.connect_urls.len().clamp(1, 3)
                 } else {
                     1
-                }
+                };
+                tracing::debug!(
+                    "streams get {n} replica(s): server {} in cluster {:?} of {} servers",
+                    info.server_name,
+                    info.cluster,
+                    info.connect_urls.len()
+                );
+                n
             }
         };
         self.inner.replicas.set(Some(n));

@@ -46,6 +46,8 @@ const CONSUMER: &str = "workers";
 pub(crate) const DEAD_STREAM: &str = "OX_DEAD";
 /// How long a redelivered task waits for its submitter to say whether it has the result.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a submission waits for JetStream's acknowledgement before publishing again.
+const PUBLISH_ACK_WAIT: Duration = Duration::from_millis(1500);
 /// How long one pull request waits for tasks before asking again.
 const PULL_WAIT: Duration = Duration::from_secs(2);
 /// How long a result's delivery is retried while the submitter does not confirm it (it may be
@@ -683,7 +685,10 @@ pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusE
     let replicas = tokio::time::timeout_at(deadline, link.replicas())
         .await
         .map_err(|_| BusError::Disconnected)?;
-    let js = jetstream::new(client);
+    let mut js = jetstream::new(client);
+    // A publish whose acknowledgement went down with a server is sent again soon (the message
+    // id keeps it one task), rather than after the client's default 5 s.
+    js.set_timeout(PUBLISH_ACK_WAIT);
     let mut headers = async_nats::HeaderMap::new();
     if let Some(r) = &reply {
         headers.insert(REPLY_HEADER, r.as_str());
