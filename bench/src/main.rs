@@ -81,7 +81,7 @@ fn main() {
             }
             return;
         }
-        Some(role @ ("__nats-responder" | "__nats-sink" | "__nats-queue")) => {
+        Some(role @ ("__nats-responder" | "__nats-sink" | "__nats-queue" | "__js-worker")) => {
             return nats::helper(role, raw.get(1).map(String::as_str).unwrap_or(""));
         }
         Some("__serve-tokio") => return servers::serve_tokio(&raw[1..]),

@@ -90,11 +90,13 @@ impl NatsTree {
     }
 }
 
-/// `__nats-responder URL`, `__nats-sink URL`, `__nats-queue URL`: the helper processes.
+/// `__nats-responder URL`, `__nats-sink URL`, `__nats-queue URL`, `__js-worker URL`: the helper
+/// processes.
 pub fn helper(role: &str, url: &str) {
     runtime().block_on(async move {
         let Ok(client) = async_nats::connect(url).await else { return };
         match role {
+            "__js-worker" => js_worker(client).await,
             "__nats-responder" => {
                 let Ok(mut sub) = client.subscribe("bench.rr").await else { return };
                 while let Some(m) = sub.next().await {
@@ -251,4 +253,159 @@ pub fn queue_throughput(url: &str, in_flight: usize, duration: Duration) -> Resu
         }
         Ok(done.get() as f64 / start.elapsed().as_secs_f64())
     })
+}
+
+/// The raw JetStream work queue's stream, subject and reply header.
+const REF_STREAM: &str = "REF_TASKS";
+const REF_SUBJECT: &str = "ref.task";
+const REF_REPLY: &str = "ref-reply";
+/// Tasks a reference worker takes per pull (the oxwork pool's per-process concurrency).
+const REF_BATCH: usize = 64;
+
+/// A reference pool process: pulls tasks from the work queue as a plain async-nats user would
+/// (a continuous pull stream), answers each to the reply subject in its header, acknowledges.
+async fn js_worker(client: async_nats::Client) {
+    use async_nats::jetstream::{self, consumer::pull};
+    let js = jetstream::new(client.clone());
+    let Ok(stream) = js.get_stream(REF_STREAM).await else {
+        return;
+    };
+    let Ok(consumer) = stream.get_consumer::<pull::Config>("workers").await else {
+        return;
+    };
+    let Ok(mut messages) = consumer
+        .stream()
+        .max_messages_per_batch(REF_BATCH)
+        .messages()
+        .await
+    else {
+        return;
+    };
+    while let Some(Ok(m)) = messages.next().await {
+        let reply = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(REF_REPLY))
+            .map(|v| v.to_string());
+        if let Some(r) = reply {
+            let _ = client.publish(r, m.payload.clone()).await;
+        }
+        let _ = m.ack().await;
+    }
+}
+
+/// Durable tasks through JetStream with async-nats alone, shaped as the oxwork durable pool
+/// measurement: a work-queue stream, 4 worker processes pulling and acknowledging, and 2
+/// submitting connections keeping `in_flight` tasks each (publish, wait for JetStream's
+/// acknowledgement, wait for the worker's reply). Tasks per second, end to end.
+pub fn jetstream_tasks(url: &str, in_flight: usize, duration: Duration) -> Result<f64, String> {
+    use async_nats::jetstream::{self, consumer::pull, stream};
+    let rt = runtime();
+    let local = tokio::task::LocalSet::new();
+    let mut workers: Vec<Child> = Vec::new();
+    let rate = local.block_on(&rt, async {
+        let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+        let js = jetstream::new(client);
+        let _ = js.delete_stream(REF_STREAM).await;
+        let made = js
+            .create_stream(stream::Config {
+                name: REF_STREAM.into(),
+                subjects: vec![REF_SUBJECT.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("reference stream: {e}"))?;
+        made.create_consumer(pull::Config {
+            durable_name: Some("workers".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 100_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("reference consumer: {e}"))?;
+        for _ in 0..4 {
+            let child = pin::self_command(&["__js-worker".to_string(), url.to_string()], true)
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            workers.push(child);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let done = Rc::new(Cell::new(0u64));
+        let start = Instant::now();
+        let end = start + duration;
+        let mut tasks = Vec::new();
+        let mut readers = Vec::new();
+        for c in 0..2 {
+            let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+            let js = jetstream::new(client.clone());
+            let waiting: Rc<
+                RefCell<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+            > = Rc::default();
+            let mut replies = client
+                .subscribe(format!("ref.reply.{c}.*"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let w = waiting.clone();
+            readers.push(tokio::task::spawn_local(async move {
+                while let Some(m) = replies.next().await {
+                    let n = m
+                        .subject
+                        .rsplit('.')
+                        .next()
+                        .and_then(|t| t.parse::<u64>().ok());
+                    if let Some(tx) = n.and_then(|n| w.borrow_mut().remove(&n)) {
+                        let _ = tx.send(());
+                    }
+                }
+            }));
+            let next = Rc::new(Cell::new(0u64));
+            for _ in 0..in_flight {
+                let (js, done, waiting, next) =
+                    (js.clone(), done.clone(), waiting.clone(), next.clone());
+                tasks.push(tokio::task::spawn_local(async move {
+                    while Instant::now() < end {
+                        let n = next.get() + 1;
+                        next.set(n);
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        waiting.borrow_mut().insert(n, tx);
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(REF_REPLY, format!("ref.reply.{c}.{n}").as_str());
+                        let queued = match js
+                            .publish_with_headers(REF_SUBJECT, headers, "x".into())
+                            .await
+                        {
+                            Ok(ack) => ack.await.is_ok(),
+                            Err(_) => false,
+                        };
+                        let answered = queued
+                            && tokio::time::timeout(Duration::from_secs(10), rx)
+                                .await
+                                .is_ok();
+                        if answered {
+                            done.set(done.get() + 1);
+                        } else {
+                            waiting.borrow_mut().remove(&n);
+                        }
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let rate = done.get() as f64 / start.elapsed().as_secs_f64();
+        for r in readers {
+            r.abort();
+        }
+        let _ = js.delete_stream(REF_STREAM).await;
+        Ok::<f64, String>(rate)
+    });
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    rate
 }

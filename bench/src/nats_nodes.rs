@@ -90,12 +90,15 @@ pub struct Figures {
     pub tasks_one_node: f64,
     pub tasks_two_nodes: f64,
     pub task_errors: u64,
+    /// The same durable-task load through JetStream with async-nats alone.
+    pub jetstream_tasks: f64,
 }
 
 pub fn measure(warmup: Duration, duration: Duration) -> Result<Figures, String> {
     let nats = crate::nats::NatsTree::start()?;
     let via = Via::Nats(nats.url.clone());
     let (raw_requests, raw_hist) = crate::nats::request_latency(&nats.url, warmup, duration)?;
+    let jetstream_tasks = crate::nats::jetstream_tasks(&nats.url, 128, duration)?;
     let (asks, ask_hist, tasks_one_node, errors_one) = {
         let _b = Node::start(&nats.url, "b", &["responder", "pool"], 4, 5)?;
         let (asks, hist) = crate::bus::ask_latency(&via, "b", warmup, duration)?;
@@ -116,5 +119,6 @@ pub fn measure(warmup: Duration, duration: Duration) -> Result<Figures, String> 
         tasks_one_node,
         tasks_two_nodes,
         task_errors: errors_one + errors_two,
+        jetstream_tasks,
     })
 }

@@ -100,7 +100,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "nats-nodes",
-            what: "h. nodes on a nats-server: ask across nodes (against raw async-nats request/reply), durable task pool of 4 on one node, then 2 + 2 on two nodes",
+            what: "h. nodes on a nats-server: ask across nodes (against raw async-nats request/reply), durable task pool of 4 on one node, then 2 + 2 on two nodes (against a raw JetStream work queue: publish, pull, reply, ack with async-nats alone)",
             plan: Plan::NatsNodes,
         },
         Scenario {
@@ -280,6 +280,21 @@ fn nats_node_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
         .insert("pool_tasks_per_sec_1_node".into(), f.tasks_one_node);
     ask.extra
         .insert("pool_tasks_per_sec_2_nodes".into(), f.tasks_two_nodes);
+    // The target: oxwork's durable pool at >= 0.8x what JetStream gives a raw client.
+    ask.extra.insert(
+        "pool_vs_raw_jetstream".into(),
+        f.tasks_one_node / f.jetstream_tasks.max(1.0),
+    );
+    let mut jetstream = Row {
+        scenario: scenario.into(),
+        server: "JetStream work queue, async-nats alone (durable tasks)".into(),
+        rps: f.jetstream_tasks,
+        syscalls_per_req: -1.0,
+        ..Row::default()
+    };
+    jetstream
+        .extra
+        .insert("tasks_per_sec".into(), f.jetstream_tasks);
     let raw = latency_row(
         scenario,
         "async-nats request/reply (raw)",
@@ -287,7 +302,7 @@ fn nats_node_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
         &f.raw_hist,
         effort,
     );
-    Ok(vec![ask, raw])
+    Ok(vec![ask, raw, jetstream])
 }
 
 fn throughput(scenario: &str, kind: Kind, spec: Spec) -> Result<Row, String> {

@@ -22,7 +22,7 @@ use async_nats::jetstream::{self, consumer::pull, AckKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio::task::{spawn_local, AbortHandle};
+use tokio::task::spawn_local;
 
 use super::link::{to_header_map, NatsLink};
 use crate::bus::transport::{
@@ -164,7 +164,8 @@ async fn ensure_dead_stream(js: &jetstream::Context, replicas: usize) -> Result<
 struct Running {
     message: Rc<jetstream::Message>,
     reply: Option<String>,
-    keep_alive: AbortHandle,
+    /// When it began, for lease renewal.
+    started: tokio::time::Instant,
 }
 
 /// This process's membership of its pool.
@@ -197,6 +198,8 @@ impl PoolMember {
         spawn_local(async move { m.pull_loop(link2, max_queue).await });
         let (m, link) = (member.clone(), link.clone());
         spawn_local(async move { m.sweep_loop(link).await });
+        let m = member.clone();
+        spawn_local(async move { m.renew_loop().await });
         member
     }
 
@@ -242,6 +245,28 @@ impl PoolMember {
         Ok(consumer)
     }
 
+    /// Renews the lease of every task running longer than a third of it, every third of it:
+    /// one timer for the process rather than one per task.
+    async fn renew_loop(self: Rc<Self>) {
+        let every = self.lease / 3;
+        while !self.stopping.get() {
+            tokio::time::sleep(every).await;
+            let now = tokio::time::Instant::now();
+            let long: Vec<Rc<jetstream::Message>> = self
+                .running
+                .borrow()
+                .values()
+                .filter(|r| now.duration_since(r.started) >= every)
+                .map(|r| r.message.clone())
+                .collect();
+            for m in long {
+                spawn_local(async move {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                });
+            }
+        }
+    }
+
     async fn sweep_loop(self: Rc<Self>, link: NatsLink) {
         let js = jetstream::new(link.client().await);
         while !self.stopping.get() {
@@ -260,10 +285,20 @@ impl PoolMember {
         }
     }
 
+    /// Pulls tasks as slots free, on one delivery inbox for the process's whole life: pull
+    /// requests (`CONSUMER.MSG.NEXT`, each for at most [`PULL_WAIT`]) ask for no more than the
+    /// free slots minus what earlier requests may still deliver, and are topped up as slots free
+    /// rather than when a batch ends. A delivery that arrives with no free slot (a request that
+    /// outlived our count of it: after a partition, a reconnection) is handed back at once
+    /// (nak), never left to its lease.
     async fn pull_loop(self: Rc<Self>, link: NatsLink, max_queue: u32) {
-        let js = jetstream::new(link.client().await);
+        let client = link.client().await;
+        let js = jetstream::new(client.clone());
         let replicas = link.replicas().await;
         let mut pause = Duration::from_millis(50);
+        // Top-ups smaller than this wait for more slots to free (a pull is a request to the
+        // server), unless nothing at all is on its way.
+        let top_up = (self.concurrency / 4).max(1) as usize;
         loop {
             let consumer = match self.consumer(&js, max_queue, replicas).await {
                 Ok(c) => c,
@@ -274,74 +309,94 @@ impl PoolMember {
                     continue;
                 }
             };
-            pause = Duration::from_millis(50);
-            let mut last_batch_full = false;
-            loop {
-                loop {
-                    let notified = self.room.notified();
-                    if self.stopping.get() {
-                        return;
-                    }
-                    if self.busy.get() < self.concurrency {
-                        break;
-                    }
-                    notified.await;
-                }
-                if last_batch_full {
-                    // Tasks are waiting: gather a few free slots into one pull rather than
-                    // pulling for each slot as it frees (a pull is a request to the server).
-                    let want = (self.concurrency / 4).max(1);
-                    let until = tokio::time::Instant::now() + Duration::from_millis(1);
-                    while self.concurrency - self.busy.get() < want
-                        && tokio::time::Instant::now() < until
-                    {
-                        let _ = tokio::time::timeout_at(until, self.room.notified()).await;
-                    }
-                }
-                if !link.is_connected() {
-                    // Cut off: pull nothing (a pull now would only be delivered late, after its
-                    // request expired); the tasks already here carry on.
-                    while !link.is_connected() && !self.stopping.get() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+            let inbox = client.new_inbox();
+            let mut deliveries = match client.subscribe(inbox.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!("task pool {}: no delivery inbox: {e}", self.pool);
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
-                let room = (self.concurrency - self.busy.get()) as usize;
-                let batch = consumer
-                    .batch()
-                    .max_messages(room)
-                    .expires(PULL_WAIT)
-                    .messages()
-                    .await;
-                let mut batch = match batch {
-                    Ok(b) => b,
-                    Err(e) => {
+            };
+            pause = Duration::from_millis(50);
+            // Tasks our live pull requests may still deliver.
+            let mut on_the_way: usize = 0;
+            loop {
+                if self.stopping.get() {
+                    return;
+                }
+                let free = (self.concurrency - self.busy.get().min(self.concurrency)) as usize;
+                let want = free.saturating_sub(on_the_way);
+                if link.is_connected() && want > 0 && (want >= top_up || on_the_way == 0) {
+                    let request = pull::BatchConfig {
+                        batch: want,
+                        expires: Some(PULL_WAIT),
+                        ..Default::default()
+                    };
+                    if let Err(e) = consumer.request_batch(request, inbox.clone().into()).await {
                         tracing::debug!("task pool {}: pull failed: {e}", self.pool);
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         break;
                     }
-                };
-                let mut failed = false;
-                let mut got = 0;
-                while let Some(m) = batch.next().await {
-                    match m {
-                        Ok(m) => {
-                            got += 1;
-                            self.take(&js, &link, m)
-                        }
-                        Err(e) => {
-                            tracing::debug!("task pool {}: pull ended: {e}", self.pool);
-                            failed = true;
-                            break;
-                        }
+                    on_the_way += want;
+                }
+                let notified = self.room.notified();
+                tokio::select! {
+                    m = deliveries.next() => {
+                        let Some(m) = m else { break };
+                        on_the_way = self.delivered(&js, &link, m, on_the_way);
+                    }
+                    _ = notified => {}
+                    _ = tokio::time::sleep(PULL_WAIT + Duration::from_secs(1)) => {
+                        // Every request has expired by now and its end notice did not come
+                        // (lost with a connection): count nothing on its way.
+                        on_the_way = 0;
                     }
                 }
-                if failed {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    break;
-                }
-                last_batch_full = got >= room;
             }
+        }
+    }
+
+    /// One message on the delivery inbox: a task (run, or handed back when there is no free
+    /// slot), or the server's notice that a pull request ended with some of it undelivered.
+    /// Returns how many tasks are still on their way.
+    fn delivered(
+        self: &Rc<Self>,
+        js: &jetstream::Context,
+        link: &NatsLink,
+        m: async_nats::Message,
+        on_the_way: usize,
+    ) -> usize {
+        use async_nats::StatusCode;
+        match m.status {
+            None | Some(StatusCode::OK) => {
+                let message = jetstream::Message {
+                    message: m,
+                    context: js.clone(),
+                };
+                if self.busy.get() >= self.concurrency || !link.is_connected() {
+                    tracing::debug!("task pool {}: a task arrived with no free slot", self.pool);
+                    spawn_local(async move {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                    });
+                } else {
+                    self.take(js, link, message);
+                }
+                on_the_way.saturating_sub(1)
+            }
+            Some(StatusCode::TIMEOUT) | Some(StatusCode::REQUEST_TERMINATED) => {
+                let undelivered = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Pending-Messages"))
+                    .and_then(|v| v.as_str().parse::<usize>().ok());
+                match undelivered {
+                    Some(n) => on_the_way.saturating_sub(n),
+                    // Refused whole without a count (too many waiting pulls): start afresh.
+                    None => 0,
+                }
+            }
+            _ => on_the_way,
         }
     }
 
@@ -433,23 +488,13 @@ impl PoolMember {
             });
         }
         let message = Rc::new(message);
-        let keep_alive = {
-            let (m, every) = (message.clone(), self.lease / 3);
-            spawn_local(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let _ = m.ack_with(AckKind::Progress).await;
-                }
-            })
-            .abort_handle()
-        };
         let payload = message.payload.clone();
         self.running.borrow_mut().insert(
             sequence,
             Running {
                 message,
                 reply,
-                keep_alive,
+                started: tokio::time::Instant::now(),
             },
         );
         self.busy.set(self.busy.get() + 1);
@@ -526,7 +571,6 @@ impl PoolMember {
             );
         }
         for run in left {
-            run.keep_alive.abort();
             let _ = run.message.ack_with(AckKind::Nak(None)).await;
         }
     }
@@ -548,7 +592,6 @@ impl PoolMember {
                     .with(RECEIPT_HEADER, "1");
                 deliver_result(&link, reply, headers, outcome.payload).await;
             }
-            run.keep_alive.abort();
             if let Err(e) = run.message.ack().await {
                 tracing::warn!("task {task}: acknowledgement not sent ({e}); it may run again");
             }
