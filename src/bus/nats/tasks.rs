@@ -179,6 +179,8 @@ pub(crate) struct PoolMember {
     handler: TaskHandler,
     /// Set when the process is stopping: take no more tasks.
     stopping: Cell<bool>,
+    /// Set once no pull request of ours can deliver any more (after a stop began).
+    pulls_closed: Cell<bool>,
 }
 
 impl PoolMember {
@@ -193,6 +195,7 @@ impl PoolMember {
             room: Notify::new(),
             handler,
             stopping: Cell::new(false),
+            pulls_closed: Cell::new(false),
         });
         let (m, link2) = (member.clone(), link.clone());
         spawn_local(async move { m.pull_loop(link2, max_queue).await });
@@ -300,6 +303,10 @@ impl PoolMember {
         // server), unless nothing at all is on its way.
         let top_up = (self.concurrency / 4).max(1) as usize;
         loop {
+            if self.stopping.get() {
+                self.pulls_closed.set(true);
+                return;
+            }
             let consumer = match self.consumer(&js, max_queue, replicas).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -323,6 +330,18 @@ impl PoolMember {
             let mut on_the_way: usize = 0;
             loop {
                 if self.stopping.get() {
+                    // Requests still open would deliver into an inbox that is gone, and those
+                    // tasks would wait out their lease: take what comes until they expire and
+                    // hand it back at once.
+                    let until =
+                        tokio::time::Instant::now() + PULL_WAIT + Duration::from_millis(500);
+                    while on_the_way > 0 {
+                        match tokio::time::timeout_at(until, deliveries.next()).await {
+                            Ok(Some(m)) => on_the_way = self.delivered(&js, &link, m, on_the_way),
+                            _ => break,
+                        }
+                    }
+                    self.pulls_closed.set(true);
                     return;
                 }
                 let free = (self.concurrency - self.busy.get().min(self.concurrency)) as usize;
@@ -560,6 +579,11 @@ impl PoolMember {
         self.room.notify_one();
         let deadline = tokio::time::Instant::now() + limit;
         while self.busy.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // What open pull requests still deliver is handed back by the pull loop meanwhile.
+        let pulls_end = tokio::time::Instant::now() + PULL_WAIT + Duration::from_secs(1);
+        while !self.pulls_closed.get() && tokio::time::Instant::now() < pulls_end {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left: Vec<Running> = self.running.borrow_mut().drain().map(|(_, r)| r).collect();
