@@ -3,11 +3,17 @@
 
 use std::process::Command;
 
+/// Decided once, before this process pins itself: `available_parallelism` honours the
+/// affinity mask, so asked after the pin it says 1 and every server would inherit the load's
+/// core (as it did: until this was cached, servers and load shared core 1 and core 0 idled).
 fn have_two_cpus_and_taskset() -> bool {
-    std::thread::available_parallelism()
-        .map(|n| n.get() >= 2)
-        .unwrap_or(false)
-        && Command::new("taskset").arg("-V").output().is_ok()
+    static DECIDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DECIDED.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() >= 2)
+            .unwrap_or(false)
+            && Command::new("taskset").arg("-V").output().is_ok()
+    })
 }
 
 /// The core servers run on, when pinning is possible.
