@@ -76,8 +76,10 @@ fn a_killed_stream_leader_of_an_r3_cluster_loses_no_task_and_leaves_no_ghost() {
                 let permit = slots.clone().acquire_owned().await.expect("permit");
                 let (bus, done) = (bus.clone(), done.clone());
                 tasks.push(tokio::task::spawn_local(async move {
+                    // Long enough for a failover; a task whose acknowledgement was lost with the
+                    // leader is dropped once this passes and this submitter has gone.
                     let opts = SubmitOptions {
-                        timeout: Duration::from_secs(60),
+                        timeout: Duration::from_secs(20),
                         ..Default::default()
                     };
                     let result = bus.submit("square", n.to_string(), opts).await;

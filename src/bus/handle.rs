@@ -22,7 +22,8 @@ use super::transport::{
     TaskOutcome, Transport,
 };
 use super::{
-    BusError, BusMessage, Headers, PROBE_ANSWERED, PROBE_HEADER, RECEIPT_HEADER, STATUS_HEADER,
+    BusError, BusMessage, Headers, ACK_HEADER, PROBE_ANSWERED, PROBE_HEADER, RECEIPT_HEADER,
+    STATUS_HEADER,
 };
 
 /// Requests waiting for replies at once.
@@ -309,7 +310,12 @@ impl Bus {
             if let Some(t) = token {
                 self.inner.answered.borrow_mut().insert(t);
             }
-            if let Some(r) = &msg.reply {
+            if let Some(ack) = msg.headers.get(ACK_HEADER) {
+                if let Err(e) = self.publish_with(ack, Headers::new(), Bytes::new(), None) {
+                    tracing::debug!("a task's acknowledgement not sent ({e}); it will be asked");
+                }
+            } else if let Some(r) = &msg.reply {
+                // A result from an older pool process, which acknowledges on this receipt.
                 let _ = self.publish_with(r, Headers::new(), Bytes::new(), None);
             }
         }

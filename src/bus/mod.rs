@@ -62,6 +62,9 @@ pub(crate) const STATUS_HEADER: &str = "status";
 
 /// Header marking a task result that wants a receipt (durable tasks on NATS).
 pub(crate) const RECEIPT_HEADER: &str = "ox-receipt";
+/// Header of a durable task's result: the JetStream acknowledgement subject of the task, which
+/// its submitter publishes to (an empty message: `+ACK`) once the result is in its hands.
+pub(crate) const ACK_HEADER: &str = "ox-ack";
 /// Header of a question to a submitter's reply subject (durable tasks on NATS): "has the result
 /// of this task reached you?" It is asked before a redelivered task runs again, and only of
 /// submitters whose task carries [`ANSWERS_PROBE_HEADER`].

@@ -248,14 +248,21 @@ impl NatsLink {
                 .set(self.inner.out_bytes.get().saturating_sub(cmd.size()));
             match cmd {
                 Command::Publish(m) => {
-                    let map = to_header_map(&m.headers);
-                    let sent = match m.reply {
-                        Some(r) => {
+                    // No headers: a plain PUB, not an HPUB with an empty header block (which
+                    // costs the server a parse, and which JetStream does not take as an ack).
+                    let sent = match (m.reply, m.headers.is_empty()) {
+                        (Some(r), true) => client.publish_with_reply(m.subject, r, m.payload).await,
+                        (None, true) => client.publish(m.subject, m.payload).await,
+                        (Some(r), false) => {
+                            let map = to_header_map(&m.headers);
                             client
                                 .publish_with_reply_and_headers(m.subject, r, map, m.payload)
                                 .await
                         }
-                        None => client.publish_with_headers(m.subject, map, m.payload).await,
+                        (None, false) => {
+                            let map = to_header_map(&m.headers);
+                            client.publish_with_headers(m.subject, map, m.payload).await
+                        }
                     };
                     if let Err(e) = sent {
                         tracing::warn!("NATS publish failed: {e}");

@@ -3,15 +3,18 @@
 //! processes on every node.
 //!
 //! A process pulls only as many tasks as it has free slots, keeps each one's lease alive while
-//! its handler runs, sends the result to the submitter and waits for the submitter's receipt
-//! before acknowledging, so a result is never lost to a restart in between: at worst the task
-//! runs again and the submitter, which takes the first result only, confirms and ignores the
-//! second. A task whose process dies is redelivered when its lease runs out; one delivered
+//! its handler runs, and sends the result to the submitter with the task's acknowledgement
+//! subject; the submitter acknowledges the task once the result is in its hands (as few
+//! messages per task as a plain JetStream reply and ack). So a result is never lost to a
+//! restart or a lost message: a task whose result did not arrive stays unacknowledged, its
+//! lease runs out and it is delivered again; at worst it runs again and the submitter, which
+//! takes the first result only, acknowledges and ignores the second. A task whose process dies is redelivered when its lease runs out; one delivered
 //! more often than its retry limit allows is moved to the `OX_DEAD` stream (subject
 //! `ox.dead.<pool>.<task id>`, one message per task) for an operator, and its submitter gets
 //! `RetriesExhausted`. Before a redelivered task runs again its submitter is asked whether the
-//! result already reached it (the process that ran it may have died just before its
-//! acknowledgement); if so, the task is acknowledged instead of run twice.
+//! result already reached it (its acknowledgement may have been lost); if so, the task is
+//! acknowledged instead of run twice. A submitter with no inbox any more (stopped, or
+//! reconnecting) gets its task held back until the task's deadline, then dropped.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -30,8 +33,8 @@ use crate::bus::transport::{
     Transport,
 };
 use crate::bus::{
-    subject, BusError, Headers, ANSWERS_PROBE_HEADER, PROBE_ANSWERED, PROBE_HEADER, RECEIPT_HEADER,
-    STATUS_HEADER,
+    subject, BusError, Headers, ACK_HEADER, ANSWERS_PROBE_HEADER, PROBE_ANSWERED, PROBE_HEADER,
+    RECEIPT_HEADER, STATUS_HEADER,
 };
 
 /// Header of a task message: where its result goes.
@@ -50,9 +53,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBLISH_ACK_WAIT: Duration = Duration::from_millis(1500);
 /// How long one pull request waits for tasks before asking again.
 const PULL_WAIT: Duration = Duration::from_secs(2);
-/// How long a result's delivery is retried while the submitter does not confirm it (it may be
-/// reconnecting); then the task is acknowledged anyway (the submitter is gone).
-const RESULT_PATIENCE: Duration = Duration::from_secs(20);
+/// How long a task whose submitter is away (no inbox at the server) is held back before it is
+/// delivered again, until its deadline passes.
+const ORPHAN_RETRY: Duration = Duration::from_secs(2);
+/// Header of a task message: when its submitter stops waiting (milliseconds since the epoch).
+pub(crate) const DEADLINE_HEADER: &str = "ox-deadline";
 
 /// The shared-state key counting `pool`'s redelivered tasks.
 fn redelivered_key(pool: &str) -> String {
@@ -451,16 +456,31 @@ impl PoolMember {
                 self.busy.set(self.busy.get() + 1);
                 let (me, js, link) = (self.clone(), js.clone(), link.clone());
                 spawn_local(async move {
-                    let answered = submitter_has_result(&link, &reply).await;
+                    let asked = ask_submitter(&link, &reply).await;
                     me.busy.set(me.busy.get().saturating_sub(1));
                     me.room.notify_one();
-                    if answered {
-                        tracing::debug!("task pool {}: a redelivered task was answered", me.pool);
-                        let _ = message.ack().await;
-                    } else if me.stopping.get() {
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
-                    } else {
-                        me.begin(&js, &link, message, delivered, Some(reply));
+                    match asked {
+                        Submitter::HasResult => {
+                            tracing::debug!(
+                                "task pool {}: a redelivered task was answered",
+                                me.pool
+                            );
+                            let _ = message.ack().await;
+                        }
+                        Submitter::Gone if past_deadline(&message) => {
+                            tracing::debug!(
+                                "task pool {}: a task whose submitter is gone is dropped",
+                                me.pool
+                            );
+                            let _ = message.ack().await;
+                        }
+                        Submitter::Gone => {
+                            let _ = message.ack_with(AckKind::Nak(Some(ORPHAN_RETRY))).await;
+                        }
+                        Submitter::Waiting if me.stopping.get() => {
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                        }
+                        Submitter::Waiting => me.begin(&js, &link, message, delivered, Some(reply)),
                     }
                 });
             }
@@ -608,18 +628,33 @@ impl PoolMember {
         };
         self.busy.set(self.busy.get().saturating_sub(1));
         self.room.notify_one();
-        let link = link.clone();
-        spawn_local(async move {
-            if let Some(reply) = &run.reply {
+        let ack_subject = run.message.reply.as_ref().map(|s| s.to_string());
+        match (&run.reply, ack_subject) {
+            (Some(reply), Some(ack)) if subject::check_publish(reply).is_ok() => {
                 let headers = Headers::new()
                     .with(STATUS_HEADER, if outcome.ok { "ok" } else { "failed" })
-                    .with(RECEIPT_HEADER, "1");
-                deliver_result(&link, reply, headers, outcome.payload).await;
+                    .with(RECEIPT_HEADER, "1")
+                    .with(ACK_HEADER, &ack);
+                let sent = link.publish(Outgoing {
+                    subject: reply.clone(),
+                    reply: None,
+                    headers,
+                    payload: outcome.payload,
+                });
+                if let Err(e) = sent {
+                    tracing::warn!("task {task}: result not sent ({e}); it will run again");
+                }
             }
-            if let Err(e) = run.message.ack().await {
-                tracing::warn!("task {task}: acknowledgement not sent ({e}); it may run again");
+            _ => {
+                spawn_local(async move {
+                    if let Err(e) = run.message.ack().await {
+                        tracing::warn!(
+                            "task {task}: acknowledgement not sent ({e}); it may run again"
+                        );
+                    }
+                });
             }
-        });
+        }
     }
 }
 
@@ -688,48 +723,47 @@ async fn request(
     }
 }
 
-/// Whether the submitter listening at `reply` says the task's result has reached it. Anything
-/// but a clear yes (no answer, no such submitter, no usable subject) means no: the task runs.
-async fn submitter_has_result(link: &NatsLink, reply: &str) -> bool {
-    if subject::check_publish(reply).is_err() {
-        return false;
-    }
-    let probe = Headers::new().with(PROBE_HEADER, "1");
-    let asked = request(link, reply, &probe, Bytes::new(), PROBE_TIMEOUT).await;
-    asked.is_ok_and(|answer| answer.payload == PROBE_ANSWERED.as_bytes())
+/// What a task's submitter says when asked about a redelivered task.
+enum Submitter {
+    /// The result reached it: the task is done.
+    HasResult,
+    /// It is waiting (or did not answer in time): run the task.
+    Waiting,
+    /// Nobody listens at its reply subject (it stopped, or is reconnecting).
+    Gone,
 }
 
-/// Sends a result until its submitter confirms it, for a while. (Its size was checked by the
-/// `Bus` that reported it.) A reply subject that is not one (a hostile or broken submitter) is
-/// given up at once.
-async fn deliver_result(link: &NatsLink, reply: &str, headers: Headers, payload: Bytes) {
-    if let Err(e) = subject::check_publish(reply) {
-        tracing::warn!("a task's reply subject is unusable ({e}); result dropped");
-        return;
+/// Asks the submitter listening at `reply` whether the task's result has reached it. Anything
+/// but a clear answer (no answer in time, no usable subject) counts as waiting: the task runs.
+async fn ask_submitter(link: &NatsLink, reply: &str) -> Submitter {
+    if subject::check_publish(reply).is_err() {
+        return Submitter::Waiting;
     }
-    let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let sent = request(
-            link,
-            reply,
-            &headers,
-            payload.clone(),
-            Duration::from_secs(2),
-        )
-        .await;
-        match sent {
-            Ok(_) => return,
-            Err(e) if started.elapsed() >= RESULT_PATIENCE => {
-                tracing::warn!("a task result was not confirmed by its submitter ({e}); dropped");
-                return;
-            }
-            Err(_) => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
+    let probe = Headers::new().with(PROBE_HEADER, "1");
+    match request(link, reply, &probe, Bytes::new(), PROBE_TIMEOUT).await {
+        Ok(answer) if answer.payload == PROBE_ANSWERED.as_bytes() => Submitter::HasResult,
+        Ok(answer) if answer.status == Some(async_nats::StatusCode::NO_RESPONDERS) => {
+            Submitter::Gone
         }
+        Err(e) if e.to_ascii_lowercase().contains("no responders") => Submitter::Gone,
+        _ => Submitter::Waiting,
     }
+}
+
+/// Whether the task's submitter has stopped waiting for it (its `ox-deadline` has passed; a
+/// task without one is given 60 s from its publication).
+fn past_deadline(message: &jetstream::Message) -> bool {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i128)
+        .unwrap_or(0);
+    let deadline_ms = header(message.headers.as_ref(), DEADLINE_HEADER)
+        .and_then(|v| v.parse::<i128>().ok())
+        .or_else(|| {
+            let info = message.info().ok()?;
+            Some(info.published.unix_timestamp_nanos() / 1_000_000 + 60_000)
+        });
+    deadline_ms.is_some_and(|d| now_ms >= d)
 }
 
 /// Queues a task on `pool`'s stream, retrying until `deadline` whatever JetStream says short
@@ -760,6 +794,11 @@ pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusE
     if let Some(r) = &reply {
         headers.insert(REPLY_HEADER, r.as_str());
         headers.insert(ANSWERS_PROBE_HEADER, "1");
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let until = std::time::SystemTime::now() + left;
+        if let Ok(ms) = until.duration_since(std::time::UNIX_EPOCH) {
+            headers.insert(DEADLINE_HEADER, ms.as_millis().to_string().as_str());
+        }
     }
     headers.insert(RETRIES_HEADER, max_retries.to_string().as_str());
     let id = format!(
