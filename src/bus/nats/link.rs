@@ -66,6 +66,8 @@ pub(super) struct Inner {
     pub(super) kv_stream: RefCell<Option<jetstream::stream::Stream>>,
     /// The replica count for streams, once worked out.
     replicas: Cell<Option<usize>>,
+    /// The JetStream context submissions publish through, made once.
+    submit_js: RefCell<Option<jetstream::Context>>,
     /// When the connection was found lost (milliseconds since the epoch; 0: it is not). Set
     /// from the client's event callback, which runs on the client's own tasks.
     lost_at_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -94,6 +96,7 @@ impl NatsLink {
                 pool: RefCell::new(None),
                 kv_stream: RefCell::new(None),
                 replicas: Cell::new(None),
+                submit_js: RefCell::new(None),
                 lost_at_ms: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(now_ms())),
             }),
         };
@@ -147,6 +150,21 @@ impl NatsLink {
         };
         self.inner.replicas.set(Some(n));
         n
+    }
+
+    /// The JetStream context for submissions, made once per connection: a publish whose
+    /// acknowledgement went down with a server is sent again after 1.5 s (its message id keeps
+    /// it one task) rather than the client's default 5 s.
+    pub(super) fn submit_context(&self, client: async_nats::Client) -> jetstream::Context {
+        self.inner
+            .submit_js
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                jetstream::ContextBuilder::new()
+                    .timeout(super::tasks::PUBLISH_ACK_WAIT)
+                    .build(client)
+            })
+            .clone()
     }
 
     fn queue(&self, cmd: Command) -> Result<(), BusError> {

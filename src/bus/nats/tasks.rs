@@ -50,7 +50,7 @@ pub(crate) const DEAD_STREAM: &str = "OX_DEAD";
 /// How long a redelivered task waits for its submitter to say whether it has the result.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a submission waits for JetStream's acknowledgement before publishing again.
-const PUBLISH_ACK_WAIT: Duration = Duration::from_millis(1500);
+pub(super) const PUBLISH_ACK_WAIT: Duration = Duration::from_millis(1500);
 /// How long one pull request waits for tasks before asking again.
 const PULL_WAIT: Duration = Duration::from_secs(2);
 /// How long a task whose submitter is away (no inbox at the server) is held back before it is
@@ -786,10 +786,7 @@ pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusE
     let replicas = tokio::time::timeout_at(deadline, link.replicas())
         .await
         .map_err(|_| BusError::Disconnected)?;
-    let mut js = jetstream::new(client);
-    // A publish whose acknowledgement went down with a server is sent again soon (the message
-    // id keeps it one task), rather than after the client's default 5 s.
-    js.set_timeout(PUBLISH_ACK_WAIT);
+    let js = link.submit_context(client);
     let mut headers = async_nats::HeaderMap::new();
     if let Some(r) = &reply {
         headers.insert(REPLY_HEADER, r.as_str());
@@ -801,11 +798,7 @@ pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusE
         }
     }
     headers.insert(RETRIES_HEADER, max_retries.to_string().as_str());
-    let id = format!(
-        "{}-{}",
-        crate::bus::handle::unique_token(),
-        next_submission()
-    );
+    let id = next_submission_id();
     headers.insert("Nats-Msg-Id", id.as_str());
     let mut pause = Duration::from_millis(50);
     let mut last_words = String::from("no answer");
@@ -852,12 +845,17 @@ pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusE
     }
 }
 
-fn next_submission() -> u64 {
-    thread_local! { static N: Cell<u64> = const { Cell::new(0) }; }
-    N.with(|n| {
+/// A message id for the next submission: this process's random token (made once) and a count.
+fn next_submission_id() -> String {
+    thread_local! {
+        static TOKEN: String = crate::bus::handle::unique_token();
+        static N: Cell<u64> = const { Cell::new(0) };
+    }
+    let n = N.with(|n| {
         n.set(n.get() + 1);
         n.get()
-    })
+    });
+    TOKEN.with(|t| format!("{t}-{n}"))
 }
 
 /// The figures of `pool`'s queue for `status`, from the consumer: queued is what it has not
