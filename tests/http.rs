@@ -249,6 +249,39 @@ fn request_data_copied_into_a_header_cannot_split_the_response() {
 /// Slowloris: 2,000 connections each sending a request head one byte every 5 s. Every one is
 /// cut off with a 408 once the head timeout (10 s by default) has passed since its first byte,
 /// while a normal client keeps being answered.
+/// A client that sends `opening`, then one byte every `every`, reading whatever comes, until
+/// the server closes or `give_up` passes: how long it lasted, and whether it was told 408.
+async fn trickle(
+    port: u16,
+    opening: &'static [u8],
+    every: Duration,
+    give_up: Duration,
+) -> (Duration, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect (raise `ulimit -n` above 2,100 if this fails)");
+    let started = std::time::Instant::now();
+    let _ = c.write_all(opening).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            n = c.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            },
+            _ = tick.tick() => {
+                let _ = c.write_all(b"a").await;
+            }
+            _ = tokio::time::sleep(give_up) => break,
+        }
+    }
+    (started.elapsed(), got.starts_with(b"HTTP/1.1 408"))
+}
+
 #[test]
 fn slowloris_connections_are_cut_off_at_the_head_timeout_and_normal_requests_carry_on() {
     const ATTACKERS: usize = 2000;
@@ -276,33 +309,14 @@ fn slowloris_connections_are_cut_off_at_the_head_timeout_and_normal_requests_car
         })
     };
     let cut_after: Vec<(Duration, bool)> = local_runtime().block_on(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tasks = Vec::new();
         for _ in 0..ATTACKERS {
-            tasks.push(tokio::task::spawn_local(async move {
-                let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .expect("connect (raise `ulimit -n` above 2,100 if this fails)");
-                let started = std::time::Instant::now();
-                let _ = c.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await;
-                let mut got = Vec::new();
-                let mut buf = [0u8; 512];
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        n = c.read(&mut buf) => match n {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        },
-                        _ = tick.tick() => {
-                            let _ = c.write_all(b"a").await;
-                        }
-                        _ = tokio::time::sleep(Duration::from_secs(30)) => break,
-                    }
-                }
-                (started.elapsed(), got.starts_with(b"HTTP/1.1 408"))
-            }));
+            tasks.push(tokio::task::spawn_local(trickle(
+                port,
+                b"GET / HTTP/1.1\r\nX-Slow: ",
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            )));
         }
         let mut out = Vec::new();
         for t in tasks {
@@ -360,35 +374,14 @@ fn request_bodies_trickled_below_the_minimum_rate_are_cut_off_and_slow_uploads_a
         String::from_utf8_lossy(&answer).into_owned()
     });
     let cut_after: Vec<(Duration, bool)> = local_runtime().block_on(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tasks = Vec::new();
         for _ in 0..ATTACKERS {
-            tasks.push(tokio::task::spawn_local(async move {
-                let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .expect("connect");
-                let started = std::time::Instant::now();
-                let _ = c
-                    .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
-                    .await;
-                let mut got = Vec::new();
-                let mut buf = [0u8; 512];
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        n = c.read(&mut buf) => match n {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        },
-                        _ = tick.tick() => {
-                            let _ = c.write_all(b"a").await;
-                        }
-                        _ = tokio::time::sleep(Duration::from_secs(20)) => break,
-                    }
-                }
-                (started.elapsed(), got.starts_with(b"HTTP/1.1 408"))
-            }));
+            tasks.push(tokio::task::spawn_local(trickle(
+                port,
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+                Duration::from_secs(1),
+                Duration::from_secs(20),
+            )));
         }
         let mut out = Vec::new();
         for t in tasks {

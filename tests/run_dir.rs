@@ -212,25 +212,32 @@ fn default_leaf() -> String {
     format!("echo-{:08x}", hash as u32)
 }
 
-#[test]
-fn a_master_started_without_xdg_runtime_dir_is_found_from_a_shell_that_has_it() {
-    // A service manager often starts without XDG_RUNTIME_DIR; the operator's login shell has it.
-    let tmp = tempfile::tempdir().expect("tmp");
-    let xdg = private_tempdir();
-    let start = echo_command(&["start", "-d"], tmp.path(), None)
+/// `start -d` with the default run directory under `tmp` (`oxwork-UID/...`), the guard that
+/// stops it, and its run directory.
+fn start_default_daemon(tmp: &Path) -> (Output, PathBuf, Daemon) {
+    let start = echo_command(&["start", "-d"], tmp, None)
         .output()
         .expect("start");
-    let run = std::fs::read_dir(tmp.path().join(format!("oxwork-{}", euid())))
+    let run = std::fs::read_dir(tmp.join(format!("oxwork-{}", euid())))
         .ok()
         .and_then(|mut d| d.next())
         .and_then(|e| e.ok())
         .map(|e| e.path())
         .unwrap_or_default();
-    let _daemon = Daemon {
-        tmpdir: tmp.path().into(),
+    let daemon = Daemon {
+        tmpdir: tmp.into(),
         run_dir: None,
         pid_file: run.join("master.pid"),
     };
+    (start, run, daemon)
+}
+
+#[test]
+fn a_master_started_without_xdg_runtime_dir_is_found_from_a_shell_that_has_it() {
+    // A service manager often starts without XDG_RUNTIME_DIR; the operator's login shell has it.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let xdg = private_tempdir();
+    let (start, run, _daemon) = start_default_daemon(tmp.path());
     assert!(start.status.success(), "{}", stderr(&start));
     let stop = echo_command(&["stop"], tmp.path(), None)
         .env("XDG_RUNTIME_DIR", xdg.path())
@@ -311,20 +318,7 @@ fn another_user_cannot_rename_or_fill_the_default_run_dir() {
     let tmp = tempfile::tempdir().expect("tmp");
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
     let base = tmp.path().join(format!("oxwork-{}", euid()));
-    let start = echo_command(&["start", "-d"], tmp.path(), None)
-        .output()
-        .expect("start");
-    let run = std::fs::read_dir(&base)
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|e| e.path())
-        .unwrap_or_default();
-    let _daemon = Daemon {
-        tmpdir: tmp.path().into(),
-        run_dir: None,
-        pid_file: run.join("master.pid"),
-    };
+    let (start, run, _daemon) = start_default_daemon(tmp.path());
     assert!(start.status.success(), "{}", stderr(&start));
     let attack = as_neighbour(&format!(
         "mv '{base}' '{tmp}/stolen' 2>/dev/null && echo renamed; \
