@@ -823,7 +823,10 @@ pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusE
             Ok(Err((K::StreamNotFound, why))) => {
                 // Nobody of the pool has started yet: make its queue so the task waits there.
                 last_words = why;
-                let made = tokio::time::timeout(left, ensure_stream(&js, pool, None, replicas));
+                // Boxed: a rare path, whose large future would otherwise make every submission's
+                // future large (it is boxed and moved per call).
+                let made =
+                    tokio::time::timeout(left, Box::pin(ensure_stream(&js, pool, None, replicas)));
                 match made.await {
                     Ok(Ok(_)) => continue,
                     Ok(Err(e)) => last_words = format!("cannot set up its stream: {e}"),
