@@ -14,19 +14,19 @@ fn check(subject: &str, wildcards: bool) -> Result<(), BusError> {
     if subject.len() > MAX_SUBJECT {
         return bad("longer than 1024 bytes");
     }
-    let tokens: Vec<&str> = subject.split('.').collect();
-    for (i, t) in tokens.iter().enumerate() {
+    let mut tokens = subject.split('.').peekable();
+    while let Some(t) = tokens.next() {
         if t.is_empty() {
             return bad("empty token");
         }
         if t.chars().any(|c| c.is_whitespace()) {
             return bad("whitespace");
         }
-        let wild = *t == "*" || *t == ">";
+        let wild = t == "*" || t == ">";
         if wild && !wildcards {
             return bad("wildcards are only for subscriptions");
         }
-        if *t == ">" && i + 1 != tokens.len() {
+        if t == ">" && tokens.peek().is_some() {
             return bad("'>' must be the last token");
         }
         if !wild && (t.contains('*') || t.contains('>')) {

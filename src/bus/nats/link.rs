@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::{spawn_local, AbortHandle};
 
 use futures_util::future::LocalBoxFuture;
@@ -35,13 +35,26 @@ const SUBSCRIPTION_CAPACITY: usize = 16 * 1024;
 
 enum Command {
     Publish(Outgoing),
-    Subscribe { sid: u32, interest: Interest },
+    /// A publish whose headers are already in the client's form.
+    Prepared {
+        subject: String,
+        reply: Option<String>,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+    },
+    Subscribe {
+        sid: u32,
+        interest: Interest,
+    },
 }
 
 impl Command {
     fn size(&self) -> usize {
         match self {
             Command::Publish(m) => m.subject.len() + m.payload.len() + 64,
+            Command::Prepared {
+                subject, payload, ..
+            } => subject.len() + payload.len() + 256,
             Command::Subscribe { interest, .. } => interest.subject.len() + 64,
         }
     }
@@ -66,8 +79,12 @@ pub(super) struct Inner {
     pub(super) kv_stream: RefCell<Option<jetstream::stream::Stream>>,
     /// The replica count for streams, once worked out.
     replicas: Cell<Option<usize>>,
-    /// The JetStream context submissions publish through, made once.
-    submit_js: RefCell<Option<jetstream::Context>>,
+    /// Where JetStream acknowledges our stream publishes (a subscription on `<inbox>.*` made
+    /// on first use).
+    store_inbox: tokio::sync::OnceCell<String>,
+    /// Stream publishes awaiting their acknowledgement, by the token ending its reply subject.
+    store_waiting: RefCell<HashMap<u64, oneshot::Sender<Stored>>>,
+    store_next: Cell<u64>,
     /// When the connection was found lost (milliseconds since the epoch; 0: it is not). Set
     /// from the client's event callback, which runs on the client's own tasks.
     lost_at_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -96,7 +113,9 @@ impl NatsLink {
                 pool: RefCell::new(None),
                 kv_stream: RefCell::new(None),
                 replicas: Cell::new(None),
-                submit_js: RefCell::new(None),
+                store_inbox: tokio::sync::OnceCell::new(),
+                store_waiting: RefCell::new(HashMap::new()),
+                store_next: Cell::new(0),
                 lost_at_ms: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(now_ms())),
             }),
         };
@@ -114,6 +133,11 @@ impl NatsLink {
             }
             notified.await;
         }
+    }
+
+    /// Whether the client exists (the first connection attempt has been set up).
+    pub(super) fn has_client(&self) -> bool {
+        self.inner.client.borrow().is_some()
     }
 
     /// How many replicas every stream gets: the operator's choice, else the size of the
@@ -152,19 +176,93 @@ impl NatsLink {
         n
     }
 
-    /// The JetStream context for submissions, made once per connection: a publish whose
-    /// acknowledgement went down with a server is sent again after 1.5 s (its message id keeps
-    /// it one task) rather than the client's default 5 s.
-    pub(super) fn submit_context(&self, client: async_nats::Client) -> jetstream::Context {
-        self.inner
-            .submit_js
-            .borrow_mut()
-            .get_or_insert_with(|| {
-                jetstream::ContextBuilder::new()
-                    .timeout(super::tasks::PUBLISH_ACK_WAIT)
-                    .build(client)
-            })
-            .clone()
+    /// Publishes `payload` into the stream listening on `subject` and waits until `until` for
+    /// JetStream's answer (`None`: no answer in time). Every such publish of the connection
+    /// shares one acknowledgement subscription and a token per publish, rather than the
+    /// client's per-request machinery: a submission is one small future and a map entry.
+    pub(super) async fn store(
+        &self,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+        until: tokio::time::Instant,
+    ) -> Result<Option<Stored>, String> {
+        let token = self.inner.store_next.get() + 1;
+        self.inner.store_next.set(token);
+        let (tx, rx) = oneshot::channel();
+        self.inner.store_waiting.borrow_mut().insert(token, tx);
+        // Removes the entry however this ends: answered, timed out, or the caller gave up.
+        let _waiting = StoreWaiting {
+            inner: &self.inner,
+            token,
+        };
+        // One timer for the whole attempt: the first use's subscription and the answer. The
+        // publish itself goes through the link's queue, in order with every other.
+        let attempt = async {
+            let prefix = match self.inner.store_inbox.get() {
+                Some(made) => made,
+                // Boxed, as a rare path: its large future would otherwise make every
+                // submission's future (boxed per call) large.
+                None => {
+                    Box::pin(
+                        self.inner
+                            .store_inbox
+                            .get_or_try_init(|| self.subscribe_store_inbox()),
+                    )
+                    .await?
+                }
+            };
+            let reply = format!("{prefix}.{token}");
+            self.publish_prepared(subject, Some(reply), headers, payload)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(rx.await.ok())
+        };
+        match tokio::time::timeout_at(until, attempt).await {
+            Ok(answer) => answer,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Queues a publish whose headers are already in the client's form (no conversion from
+    /// [`Headers`]), in order with every other publish.
+    pub(super) fn publish_prepared(
+        &self,
+        subject: String,
+        reply: Option<String>,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        self.queue(Command::Prepared {
+            subject,
+            reply,
+            headers,
+            payload,
+        })
+    }
+
+    async fn subscribe_store_inbox(&self) -> Result<String, String> {
+        let client = self.client().await;
+        let prefix = client.new_inbox();
+        let mut answers = client
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .map_err(|e| format!("cannot subscribe for JetStream acknowledgements: {e}"))?;
+        let inner = Rc::downgrade(&self.inner);
+        spawn_local(async move {
+            while let Some(m) = answers.next().await {
+                let Some(inner) = inner.upgrade() else { return };
+                let token = m
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok());
+                let waiting = token.and_then(|t| inner.store_waiting.borrow_mut().remove(&t));
+                if let Some(tx) = waiting {
+                    let _ = tx.send(Stored::from_answer(&m));
+                }
+            }
+        });
+        Ok(prefix)
     }
 
     fn queue(&self, cmd: Command) -> Result<(), BusError> {
@@ -281,6 +379,24 @@ impl NatsLink {
                             let map = to_header_map(&m.headers);
                             client.publish_with_headers(m.subject, map, m.payload).await
                         }
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!("NATS publish failed: {e}");
+                    }
+                }
+                Command::Prepared {
+                    subject,
+                    reply,
+                    headers,
+                    payload,
+                } => {
+                    let sent = match reply {
+                        Some(r) => {
+                            client
+                                .publish_with_reply_and_headers(subject, r, headers, payload)
+                                .await
+                        }
+                        None => client.publish_with_headers(subject, headers, payload).await,
                     };
                     if let Err(e) = sent {
                         tracing::warn!("NATS publish failed: {e}");
@@ -491,6 +607,61 @@ impl Transport for NatsLink {
     }
 }
 
+/// JetStream's answer to a publish into a stream.
+#[derive(Debug, PartialEq)]
+pub(super) enum Stored {
+    /// The stream keeps the message.
+    Kept,
+    /// No stream listens on the subject.
+    NoStream,
+    /// Refused, in JetStream's words (a full stream, a leader election, ...).
+    Refused(String),
+}
+
+impl Stored {
+    fn from_answer(m: &async_nats::Message) -> Stored {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            stream: Option<serde::de::IgnoredAny>,
+            error: Option<ApiError>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ApiError {
+            #[serde(default)]
+            code: u64,
+            #[serde(default)]
+            description: String,
+        }
+        if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Stored::NoStream;
+        }
+        match serde_json::from_slice::<Answer>(&m.payload) {
+            Ok(Answer { error: Some(e), .. }) => {
+                Stored::Refused(format!("{} (code {})", e.description, e.code))
+            }
+            Ok(Answer {
+                stream: Some(_), ..
+            }) => Stored::Kept,
+            _ => Stored::Refused(format!(
+                "unexpected answer {:?}",
+                String::from_utf8_lossy(&m.payload[..m.payload.len().min(200)])
+            )),
+        }
+    }
+}
+
+/// A stream publish awaiting its acknowledgement; dropping it forgets the wait.
+struct StoreWaiting<'a> {
+    inner: &'a Inner,
+    token: u64,
+}
+
+impl Drop for StoreWaiting<'_> {
+    fn drop(&mut self) {
+        self.inner.store_waiting.borrow_mut().remove(&self.token);
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -535,5 +706,61 @@ pub(crate) fn from_nats(m: async_nats::Message) -> BusMessage {
         reply: m.reply.map(|r| r.to_string()),
         headers,
         payload: m.payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stored;
+
+    fn answer(payload: &str, status: Option<async_nats::StatusCode>) -> async_nats::Message {
+        async_nats::Message {
+            subject: "_INBOX.x.1".into(),
+            reply: None,
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            headers: None,
+            status,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn a_stream_acknowledgement_is_kept() {
+        let m = answer(r#"{"stream":"OX_TASKS_square","seq":42}"#, None);
+        assert_eq!(Stored::from_answer(&m), Stored::Kept);
+        let deduplicated = r#"{"stream":"OX_TASKS_square","seq":42,"duplicate":true}"#;
+        assert_eq!(
+            Stored::from_answer(&answer(deduplicated, None)),
+            Stored::Kept
+        );
+    }
+
+    #[test]
+    fn a_jetstream_error_is_a_refusal_in_its_words() {
+        let m = answer(
+            r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+            None,
+        );
+        match Stored::from_answer(&m) {
+            Stored::Refused(why) => assert!(why.contains("maximum messages exceeded"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_responders_means_no_stream() {
+        let m = answer("", Some(async_nats::StatusCode::NO_RESPONDERS));
+        assert_eq!(Stored::from_answer(&m), Stored::NoStream);
+    }
+
+    #[test]
+    fn garbage_is_a_refusal_not_a_success() {
+        for junk in ["", "not json", "{}", r#"{"seq":1}"#, "\u{0}\u{1}"] {
+            assert!(
+                matches!(Stored::from_answer(&answer(junk, None)), Stored::Refused(_)),
+                "{junk:?}"
+            );
+        }
     }
 }

@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::spawn_local;
 
-use super::link::{to_header_map, NatsLink};
+use super::link::{to_header_map, NatsLink, Stored};
 use crate::bus::transport::{
     KvOp, Outgoing, PoolSpec, PoolStats, Submission, TaskDelivery, TaskHandler, TaskOutcome,
     Transport,
@@ -53,11 +53,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) const PUBLISH_ACK_WAIT: Duration = Duration::from_millis(1500);
 /// How long one pull request waits for tasks before asking again.
 const PULL_WAIT: Duration = Duration::from_secs(2);
+/// How long after a pull request expires at the server its tasks stop being expected.
+const PULL_GRACE: Duration = Duration::from_millis(500);
 /// How long a task whose submitter is away (no inbox at the server) is held back before it is
 /// delivered again, until its deadline passes.
 const ORPHAN_RETRY: Duration = Duration::from_secs(2);
 /// Header of a task message: when its submitter stops waiting (milliseconds since the epoch).
 pub(crate) const DEADLINE_HEADER: &str = "ox-deadline";
+/// Header of a task message published again after an attempt whose outcome was unknown (no
+/// acknowledgement in time): an earlier copy may be queued too, so its submitter is asked
+/// whether the result reached it before the task runs, as for a redelivery.
+pub(crate) const RESENT_HEADER: &str = "ox-resent";
 
 /// The shared-state key counting `pool`'s redelivered tasks.
 fn redelivered_key(pool: &str) -> String {
@@ -164,6 +170,17 @@ async fn ensure_dead_stream(js: &jetstream::Context, replicas: usize) -> Result<
         js.update_stream(fixed).await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// What a delivery's metadata says, read once.
+#[derive(Clone, Copy)]
+struct Start {
+    /// 1 for the first delivery.
+    delivered: i64,
+    /// The task's sequence in its stream (its id in this process).
+    sequence: u64,
+    /// Whether the task may have run already: a redelivery, or a copy published again.
+    again: bool,
 }
 
 struct Running {
@@ -305,7 +322,8 @@ impl PoolMember {
         let replicas = link.replicas().await;
         let mut pause = Duration::from_millis(50);
         // Top-ups smaller than this wait for more slots to free (a pull is a request to the
-        // server), unless nothing at all is on its way.
+        // server), unless nothing at all is on its way: half the slots, as async-nats's own
+        // pull stream refills at half its batch.
         let top_up = (self.concurrency / 4).max(1) as usize;
         loop {
             if self.stopping.get() {
@@ -331,23 +349,29 @@ impl PoolMember {
                 }
             };
             pause = Duration::from_millis(50);
-            // Tasks our live pull requests may still deliver.
+            // Tasks our live pull requests may still deliver, and when the last of those
+            // requests has surely expired at the server.
             let mut on_the_way: usize = 0;
+            let mut requests_end = tokio::time::Instant::now();
             loop {
                 if self.stopping.get() {
                     // Requests still open would deliver into an inbox that is gone, and those
                     // tasks would wait out their lease: take what comes until they expire and
                     // hand it back at once.
-                    let until =
-                        tokio::time::Instant::now() + PULL_WAIT + Duration::from_millis(500);
                     while on_the_way > 0 {
-                        match tokio::time::timeout_at(until, deliveries.next()).await {
+                        match tokio::time::timeout_at(requests_end, deliveries.next()).await {
                             Ok(Some(m)) => on_the_way = self.delivered(&js, &link, m, on_the_way),
                             _ => break,
                         }
                     }
                     self.pulls_closed.set(true);
                     return;
+                }
+                if on_the_way > 0 && tokio::time::Instant::now() >= requests_end {
+                    // Every request has expired and its end notice did not come (lost with a
+                    // connection, or with the server leading the consumer): count nothing on
+                    // its way.
+                    on_the_way = 0;
                 }
                 let free = (self.concurrency - self.busy.get().min(self.concurrency)) as usize;
                 let want = free.saturating_sub(on_the_way);
@@ -363,6 +387,7 @@ impl PoolMember {
                         break;
                     }
                     on_the_way += want;
+                    requests_end = tokio::time::Instant::now() + PULL_WAIT + PULL_GRACE;
                 }
                 let notified = self.room.notified();
                 tokio::select! {
@@ -371,11 +396,8 @@ impl PoolMember {
                         on_the_way = self.delivered(&js, &link, m, on_the_way);
                     }
                     _ = notified => {}
-                    _ = tokio::time::sleep(PULL_WAIT + Duration::from_secs(1)) => {
-                        // Every request has expired by now and its end notice did not come
-                        // (lost with a connection): count nothing on its way.
-                        on_the_way = 0;
-                    }
+                    _ = tokio::time::sleep_until(requests_end), if on_the_way > 0 => {}
+                    _ = tokio::time::sleep(PULL_WAIT), if on_the_way == 0 => {}
                 }
             }
         }
@@ -440,8 +462,8 @@ impl PoolMember {
             });
             return;
         }
-        let delivered = match message.info() {
-            Ok(i) => i.delivered.max(1),
+        let (delivered, sequence) = match message.info() {
+            Ok(i) => (i.delivered.max(1), i.stream_sequence),
             Err(e) => {
                 tracing::warn!("task pool {}: a delivery without metadata: {e}", self.pool);
                 return;
@@ -449,7 +471,14 @@ impl PoolMember {
         };
         let headers = message.headers.as_ref();
         let reply = header(headers, REPLY_HEADER).map(str::to_string);
-        let probe = delivered > 1 && header(headers, ANSWERS_PROBE_HEADER).is_some();
+        // A second copy may exist (a redelivery, or a publish sent again): ask first.
+        let again = delivered > 1 || header(headers, RESENT_HEADER).is_some();
+        let probe = again && header(headers, ANSWERS_PROBE_HEADER).is_some();
+        let start = Start {
+            delivered,
+            sequence,
+            again,
+        };
         match reply {
             Some(reply) if probe => {
                 // The slot is held while the submitter is asked, so no more is pulled.
@@ -480,11 +509,11 @@ impl PoolMember {
                         Submitter::Waiting if me.stopping.get() => {
                             let _ = message.ack_with(AckKind::Nak(None)).await;
                         }
-                        Submitter::Waiting => me.begin(&js, &link, message, delivered, Some(reply)),
+                        Submitter::Waiting => me.begin(&js, &link, message, start, Some(reply)),
                     }
                 });
             }
-            reply => self.begin(js, link, message, delivered, reply),
+            reply => self.begin(js, link, message, start, reply),
         }
     }
 
@@ -494,13 +523,14 @@ impl PoolMember {
         js: &jetstream::Context,
         link: &NatsLink,
         message: jetstream::Message,
-        delivered: i64,
+        start: Start,
         reply: Option<String>,
     ) {
-        let sequence = match message.info() {
-            Ok(i) => i.stream_sequence,
-            Err(_) => return,
-        };
+        let Start {
+            delivered,
+            sequence,
+            again,
+        } = start;
         let max_retries = header(message.headers.as_ref(), RETRIES_HEADER)
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(i64::from(crate::bus::DEFAULT_TASK_RETRIES));
@@ -508,9 +538,10 @@ impl PoolMember {
             self.retire(js, link, message, reply, delivered);
             return;
         }
-        if delivered > 1 {
+        if again {
             // Counted cluster-wide, in shared state, for `status` (JetStream's own figure
-            // counts only redeliveries still unacknowledged).
+            // counts only redeliveries still unacknowledged). A resent copy that runs counts:
+            // its task may have run already.
             let (link, key) = (link.clone(), redelivered_key(&self.pool));
             spawn_local(async move {
                 let counted = super::state::run(
@@ -631,16 +662,13 @@ impl PoolMember {
         let ack_subject = run.message.reply.as_ref().map(|s| s.to_string());
         match (&run.reply, ack_subject) {
             (Some(reply), Some(ack)) if subject::check_publish(reply).is_ok() => {
-                let headers = Headers::new()
-                    .with(STATUS_HEADER, if outcome.ok { "ok" } else { "failed" })
-                    .with(RECEIPT_HEADER, "1")
-                    .with(ACK_HEADER, &ack);
-                let sent = link.publish(Outgoing {
-                    subject: reply.clone(),
-                    reply: None,
-                    headers,
-                    payload: outcome.payload,
-                });
+                use async_nats::HeaderName;
+                let mut headers = async_nats::HeaderMap::new();
+                let status = if outcome.ok { "ok" } else { "failed" };
+                headers.insert(HeaderName::from_static(STATUS_HEADER), status);
+                headers.insert(HeaderName::from_static(RECEIPT_HEADER), "1");
+                headers.insert(HeaderName::from_static(ACK_HEADER), ack);
+                let sent = link.publish_prepared(reply.clone(), None, headers, outcome.payload);
                 if let Err(e) = sent {
                     tracing::warn!("task {task}: result not sent ({e}); it will run again");
                 }
@@ -772,69 +800,124 @@ fn past_deadline(message: &jetstream::Message) -> bool {
 /// [`BusError::PoolFull`] at once; a deadline passed while connected is
 /// [`BusError::Unavailable`] with JetStream's last words; never connected, `Disconnected`.
 pub(crate) async fn submit(link: &NatsLink, task: Submission) -> Result<(), BusError> {
-    let Submission {
-        pool,
-        reply,
-        max_retries,
-        payload,
-        deadline,
-    } = task;
-    let pool = pool.as_str();
-    let client = tokio::time::timeout_at(deadline, link.client())
-        .await
-        .map_err(|_| BusError::Disconnected)?;
-    let replicas = tokio::time::timeout_at(deadline, link.replicas())
-        .await
-        .map_err(|_| BusError::Disconnected)?;
-    let js = link.submit_context(client);
-    let mut headers = async_nats::HeaderMap::new();
-    if let Some(r) = &reply {
-        headers.insert(REPLY_HEADER, r.as_str());
-        headers.insert(ANSWERS_PROBE_HEADER, "1");
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if !link.has_client() {
+        return Box::pin(submit_retrying(link, task, None)).await;
+    }
+    let left = task
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now());
+    let until = tokio::time::Instant::now() + PUBLISH_ACK_WAIT.min(left);
+    let subject = task_subject(&task.pool);
+    let first = link
+        .store(
+            subject,
+            task_headers(&task, None),
+            task.payload.clone(),
+            until,
+        )
+        .await;
+    match first {
+        Ok(Some(Stored::Kept)) => Ok(()),
+        // Boxed: the slow path's large future would otherwise make every submission's future
+        // large (it is boxed and moved per call, and a large allocation costs glibc a
+        // consolidation of its free lists).
+        other => Box::pin(submit_retrying(link, task, Some(other))).await,
+    }
+}
+
+/// The headers of a task message; made again for each attempt (the map is moved into the
+/// publish). `resend_id`: the message id of a task published again after an attempt whose
+/// outcome is unknown (JetStream keeps one copy of a message id within its duplicate window;
+/// the first attempt carries none, which spares the server a deduplication entry per task).
+fn task_headers(task: &Submission, resend_id: Option<&str>) -> async_nats::HeaderMap {
+    use async_nats::HeaderName;
+    let mut h = async_nats::HeaderMap::new();
+    if let Some(r) = &task.reply {
+        h.insert(HeaderName::from_static(REPLY_HEADER), r.as_str());
+        h.insert(HeaderName::from_static(ANSWERS_PROBE_HEADER), "1");
+        let left = task
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
         let until = std::time::SystemTime::now() + left;
         if let Ok(ms) = until.duration_since(std::time::UNIX_EPOCH) {
-            headers.insert(DEADLINE_HEADER, ms.as_millis().to_string().as_str());
+            h.insert(
+                HeaderName::from_static(DEADLINE_HEADER),
+                ms.as_millis().to_string(),
+            );
         }
     }
-    headers.insert(RETRIES_HEADER, max_retries.to_string().as_str());
-    let id = next_submission_id();
-    headers.insert("Nats-Msg-Id", id.as_str());
+    // The default goes without saying (one header less for the server and the pool to parse).
+    if task.max_retries != crate::bus::DEFAULT_TASK_RETRIES {
+        h.insert(
+            HeaderName::from_static(RETRIES_HEADER),
+            task.max_retries.to_string(),
+        );
+    }
+    if let Some(id) = resend_id {
+        h.insert(HeaderName::from_static("Nats-Msg-Id"), id);
+        h.insert(HeaderName::from_static(RESENT_HEADER), "1");
+    }
+    h
+}
+
+/// [`submit`] past its first attempt (or before the client exists): `first` is what that
+/// attempt got.
+async fn submit_retrying(
+    link: &NatsLink,
+    task: Submission,
+    mut first: Option<Result<Option<Stored>, String>>,
+) -> Result<(), BusError> {
+    let deadline = task.deadline;
+    let pool = task.pool.as_str();
+    if !link.has_client() {
+        tokio::time::timeout_at(deadline, link.client())
+            .await
+            .map_err(|_| BusError::Disconnected)?;
+    }
     let mut pause = Duration::from_millis(50);
-    let mut last_words = String::from("no answer");
+    let mut last_words;
+    // Set once an attempt ended without JetStream's word: a copy may be queued already.
+    let mut resend_id: Option<String> = None;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let publish = async {
-            match js
-                .publish_with_headers(task_subject(pool), headers.clone(), payload.clone())
-                .await
-            {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| (e.kind(), e.to_string())),
-                Err(e) => Err((e.kind(), e.to_string())),
+        let outcome = match first.take() {
+            Some(outcome) => outcome,
+            None => {
+                let until = tokio::time::Instant::now() + PUBLISH_ACK_WAIT.min(left);
+                let headers = task_headers(&task, resend_id.as_deref());
+                link.store(task_subject(pool), headers, task.payload.clone(), until)
+                    .await
             }
         };
-        let attempt = tokio::time::timeout(left, publish).await;
-        use async_nats::jetstream::context::PublishErrorKind as K;
-        match attempt {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err((_, why))) if why.contains("maximum messages") => {
+        let unknown = matches!(outcome, Ok(None) | Err(_));
+        match outcome {
+            Ok(Some(Stored::Kept)) => return Ok(()),
+            Ok(Some(Stored::Refused(why))) if why.contains("maximum messages") => {
                 return Err(BusError::PoolFull(pool.to_string()))
             }
-            Ok(Err((K::StreamNotFound, why))) => {
-                // Nobody of the pool has started yet: make its queue so the task waits there.
-                last_words = why;
-                // Boxed: a rare path, whose large future would otherwise make every submission's
-                // future large (it is boxed and moved per call).
-                let made =
-                    tokio::time::timeout(left, Box::pin(ensure_stream(&js, pool, None, replicas)));
+            Ok(Some(Stored::NoStream)) => {
+                // Nobody of the pool has started yet (or the stream is electing a leader):
+                // make its queue so the task waits there. JetStream requests are given no more
+                // than a publish attempt, so that an election is retried, not waited out.
+                let made = tokio::time::timeout(left, async {
+                    let js = jetstream::ContextBuilder::new()
+                        .timeout(PUBLISH_ACK_WAIT)
+                        .build(link.client().await);
+                    let replicas = link.replicas().await;
+                    ensure_stream(&js, pool, None, replicas).await
+                });
                 match made.await {
                     Ok(Ok(_)) => continue,
                     Ok(Err(e)) => last_words = format!("cannot set up its stream: {e}"),
-                    Err(_) => {}
+                    Err(_) => last_words = "no stream for the pool yet".into(),
                 }
             }
-            Ok(Err((_, why))) => last_words = why,
-            Err(_) => {}
+            Ok(Some(Stored::Refused(why))) => last_words = why,
+            Ok(None) => last_words = "no acknowledgement in time".into(),
+            Err(why) => last_words = why,
+        }
+        if unknown && resend_id.is_none() {
+            resend_id = Some(next_submission_id());
         }
         if tokio::time::Instant::now() + pause >= deadline {
             tracing::warn!("task for pool {pool} not queued before its deadline: {last_words}");
@@ -893,4 +976,46 @@ pub(crate) async fn pool_stats(js: &jetstream::Context, pool: &str) -> Option<Po
         dead,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(max_retries: u8) -> Submission {
+        Submission {
+            pool: "square".into(),
+            reply: Some("_INBOX.abc.7".into()),
+            max_retries,
+            payload: Bytes::from_static(b"x"),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(30),
+        }
+    }
+
+    fn names(h: &async_nats::HeaderMap) -> Vec<String> {
+        let mut n: Vec<String> = h
+            .iter()
+            .map(|(k, _)| AsRef::<str>::as_ref(k).to_string())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[tokio::test]
+    async fn a_first_publish_carries_no_message_id() {
+        let h = task_headers(&submission(crate::bus::DEFAULT_TASK_RETRIES), None);
+        assert_eq!(
+            names(&h),
+            [ANSWERS_PROBE_HEADER, DEADLINE_HEADER, REPLY_HEADER]
+        );
+        assert_eq!(header(Some(&h), REPLY_HEADER), Some("_INBOX.abc.7"));
+    }
+
+    #[tokio::test]
+    async fn a_resent_publish_carries_its_id_and_says_it_was_resent() {
+        let h = task_headers(&submission(5), Some("tok-9"));
+        assert_eq!(header(Some(&h), "Nats-Msg-Id"), Some("tok-9"));
+        assert_eq!(header(Some(&h), RESENT_HEADER), Some("1"));
+        assert_eq!(header(Some(&h), RETRIES_HEADER), Some("5"));
+    }
 }
