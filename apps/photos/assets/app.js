@@ -1,0 +1,156 @@
+'use strict';
+// Each tab has its own id (kept for the tab's life), sent with uploads and on its WebSocket:
+// the server pushes each photo's progress to the tab that uploaded it.
+const tab = sessionStorage.getItem('photos-tab') || ('tab-' + crypto.getRandomValues(new Uint32Array(2)).join('-'));
+sessionStorage.setItem('photos-tab', tab);
+document.cookie = 'photos_tab=' + tab + '; path=/; SameSite=Strict';
+
+const $ = id => document.getElementById(id);
+const jobs = new Map();
+
+function notice(text, isError) {
+  const n = $('notice');
+  n.textContent = text;
+  n.className = 'notice' + (isError ? ' error' : '');
+  n.hidden = !text;
+}
+
+function jobItem(id, name) {
+  let li = jobs.get(id);
+  if (!li) {
+    $('jobs').querySelector('.empty')?.remove();
+    li = document.createElement('li');
+    li.className = 'job';
+    li.dataset.id = id;
+    li.innerHTML = '<span class="name"></span><span class="state"></span>';
+    li.querySelector('.name').textContent = name || id;
+    $('jobs').prepend(li);
+    jobs.set(id, li);
+  }
+  return li;
+}
+
+function setState(id, text, kind) {
+  const li = jobs.get(id);
+  if (!li) return;
+  li.querySelector('.state').textContent = text;
+  if (kind) li.className = 'job ' + kind;
+}
+
+function figure(photo) {
+  const f = document.createElement('figure');
+  f.className = 'photo' + (photo.state === 'failed' ? ' failed' : '');
+  f.dataset.id = photo.id;
+  const cap = document.createElement('figcaption');
+  const name = document.createElement('span');
+  name.textContent = photo.name;
+  cap.append(name);
+  const meta = document.createElement('span');
+  meta.className = 'meta';
+  if (photo.state === 'done') {
+    const medium = photo.sizes.find(s => s.size === 'medium') || photo.sizes[0];
+    const img = document.createElement('img');
+    img.src = medium.url;
+    img.alt = photo.name;
+    img.loading = 'lazy';
+    f.append(img);
+    meta.textContent = `${photo.width}×${photo.height} ${photo.format || ''} · by ${photo.by || '?'}`;
+    const sizes = document.createElement('span');
+    sizes.className = 'meta sizes';
+    for (const s of photo.sizes) {
+      const a = document.createElement('a');
+      a.href = s.url;
+      a.textContent = `${s.size} ${s.width}×${s.height}`;
+      a.className = 'size';
+      a.dataset.size = s.size;
+      a.dataset.width = s.width;
+      a.dataset.height = s.height;
+      sizes.append(a);
+    }
+    cap.append(meta, sizes);
+  } else if (photo.state === 'failed') {
+    const b = document.createElement('div');
+    b.className = 'broken';
+    b.textContent = '✕';
+    f.append(b);
+    meta.textContent = photo.error || 'failed';
+    meta.className = 'meta error';
+    cap.append(meta);
+  } else {
+    return null;
+  }
+  f.append(cap);
+  return f;
+}
+
+function showPhoto(photo) {
+  const f = figure(photo);
+  if (!f) return;
+  const old = $('gallery').querySelector(`[data-id="${photo.id}"]`);
+  if (old) old.replaceWith(f); else $('gallery').prepend(f);
+}
+
+async function loadGallery() {
+  try {
+    const r = await fetch('/api/photos');
+    const photos = await r.json();
+    $('gallery').replaceChildren();
+    for (const p of photos.reverse()) showPhoto(p);
+  } catch (e) {
+    notice('The gallery could not be loaded: ' + e, true);
+  }
+}
+
+let socket;
+function connect() {
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  socket = new WebSocket(`${scheme}://${location.host}/ws`);
+  socket.onopen = () => socket.send(JSON.stringify({ tab }));
+  socket.onclose = () => {
+    $('link').textContent = 'reconnecting…'; $('link').className = 'pill off';
+    setTimeout(connect, 1000);
+  };
+  socket.onmessage = e => {
+    let m;
+    try { m = JSON.parse(e.data); } catch { return; }
+    switch (m.type) {
+      case 'hello': $('link').textContent = 'live'; $('link').className = 'pill on'; break;
+      case 'queued': jobItem(m.id, m.name); setState(m.id, 'queued'); break;
+      case 'started': setState(m.id, (m.attempt > 1 ? 'retrying' : 'started') + ' on ' + m.by); break;
+      case 'size': setState(m.id, `${m.size} ${m.width}×${m.height} done`); break;
+      case 'done': jobItem(m.photo.id, m.photo.name); setState(m.photo.id, 'done', 'done'); showPhoto(m.photo); break;
+      case 'failed': jobItem(m.photo.id, m.photo.name); setState(m.photo.id, 'failed: ' + (m.photo.error || ''), 'failed'); showPhoto(m.photo); break;
+    }
+  };
+}
+
+async function upload(files) {
+  if (!files.length) return;
+  const form = new FormData();
+  form.append('tab', tab);
+  for (const f of files) form.append('photos', f, f.name);
+  notice(`Uploading ${files.length} file${files.length > 1 ? 's' : ''}…`);
+  try {
+    const r = await fetch('/upload', { method: 'POST', body: form });
+    let answer = {};
+    try { answer = await r.json(); } catch { /* a proxy's page, say */ }
+    for (const a of answer.accepted || []) { jobItem(a.id, a.name); }
+    const refused = (answer.rejected || []).map(x => `${x.name}: ${x.error}`);
+    if (answer.error) refused.unshift(answer.error);
+    if (!r.ok && !refused.length) refused.push(`the server answered ${r.status}`);
+    notice(refused.join(' · '), refused.length > 0);
+  } catch (e) {
+    notice('The upload failed: ' + e, true);
+  }
+}
+
+const drop = $('drop');
+$('choose').onclick = () => $('picker').click();
+drop.onkeydown = e => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('picker').click(); } };
+$('picker').onchange = () => { upload([...$('picker').files]); $('picker').value = ''; };
+drop.ondragover = e => { e.preventDefault(); drop.classList.add('over'); };
+drop.ondragleave = () => drop.classList.remove('over');
+drop.ondrop = e => { e.preventDefault(); drop.classList.remove('over'); upload([...e.dataTransfer.files]); };
+
+connect();
+loadGallery();

@@ -1,0 +1,86 @@
+//! The thumbnail pool's handler: decode, orient, resize and encode on a blocking thread (the
+//! process's event loop stays free to renew the task's lease and answer `status`), telling the
+//! uploader's tab when it starts and as each size is made.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use oxwork::bus::{self, Task};
+use serde_json::json;
+
+use crate::imaging;
+use crate::job::{self, Made, SizeMade};
+
+/// Decoder panics in this process: each cost its task only.
+pub static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Who this process is, as the page shows it: "NODE/pid PID".
+pub fn me() -> String {
+    let node = std::env::var("OXWORK_NODE").unwrap_or_else(|_| "local".into());
+    format!("{node}/pid {}", std::process::id())
+}
+
+fn tell(tab: &str, event: serde_json::Value) {
+    if let Err(e) = bus::send_to_uid(tab, event.to_string()) {
+        // The tab may have closed; the photo's record still says how it ended.
+        eprintln!("progress for tab {tab} not sent: {e}");
+    }
+}
+
+/// Runs one task.
+pub async fn run(task: Task) -> Result<Bytes, String> {
+    let (job, image) = job::decode_job(&task.payload)?;
+    let by = me();
+    tell(
+        &job.tab,
+        json!({"type": "started", "id": job.id, "by": by, "attempt": task.attempt}),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u32, u32)>();
+    let started = Instant::now();
+    let work = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            imaging::process(&image, |t| {
+                let _ = tx.send((t.size.to_string(), t.width, t.height));
+            })
+        }))
+    });
+    let forward = {
+        let (tab, id) = (job.tab.clone(), job.id.clone());
+        async move {
+            while let Some((size, w, h)) = rx.recv().await {
+                tell(
+                    &tab,
+                    json!({"type": "size", "id": id, "size": size, "width": w, "height": h}),
+                );
+            }
+        }
+    };
+    let (outcome, ()) = tokio::join!(work, forward);
+    let processed = match outcome {
+        Ok(Ok(result)) => result?,
+        Ok(Err(_)) | Err(_) => {
+            PANICS.fetch_add(1, Ordering::Relaxed);
+            return Err("the image decoder crashed on this file".into());
+        }
+    };
+    let made = Made {
+        format: processed.format.into(),
+        width: processed.width,
+        height: processed.height,
+        sizes: processed
+            .thumbnails
+            .iter()
+            .map(|t| SizeMade {
+                size: t.size.into(),
+                width: t.width,
+                height: t.height,
+                len: t.jpeg.len(),
+            })
+            .collect(),
+        by,
+        millis: started.elapsed().as_millis() as u64,
+    };
+    let jpegs: Vec<&[u8]> = processed.thumbnails.iter().map(|t| &t.jpeg[..]).collect();
+    Ok(job::encode_made(&made, &jpegs))
+}

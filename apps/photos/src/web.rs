@@ -1,0 +1,269 @@
+//! The web group: the page, `POST /upload`, the gallery's JSON and files, and the WebSocket
+//! (`/ws`) each tab listens on for its photos' progress.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use oxwork::bus::{self, SubmitOptions};
+use oxwork::http::{Request, Response};
+use oxwork::websocket::{WebSocket, WsMessage};
+use oxwork::Connection;
+use serde_json::json;
+
+use crate::job::{self, Job};
+use crate::store::{self, Photo, Size, State, Store};
+
+const INDEX: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const APP_CSS: &str = include_str!("../assets/app.css");
+
+/// The pool that makes thumbnails.
+pub const POOL: &str = "thumbs";
+
+/// How the web group is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest file taken.
+    pub max_file: usize,
+    /// Most files in one upload.
+    pub max_files: usize,
+    /// How long an upload waits for its thumbnails.
+    pub task_timeout: Duration,
+}
+
+/// A tab id as the page makes them: 8 to 64 letters, digits or dashes.
+pub fn valid_tab(tab: &str) -> bool {
+    (8..=64).contains(&tab.len()) && tab.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn tell(tab: &str, event: serde_json::Value) {
+    let _ = bus::send_to_uid(tab, event.to_string());
+}
+
+/// Answers one HTTP request.
+pub fn handle(store: &Store, settings: &Settings, req: &Request) -> Response {
+    let path = req.path();
+    match (req.method().as_str(), path) {
+        ("GET", "/") => Response::html(INDEX),
+        ("GET", "/app.js") => Response::new(200)
+            .header("Content-Type", "text/javascript; charset=utf-8")
+            .body(APP_JS),
+        ("GET", "/app.css") => Response::new(200)
+            .header("Content-Type", "text/css; charset=utf-8")
+            .body(APP_CSS),
+        ("GET", "/api/photos") => Response::json(&store.list(200)),
+        ("POST", "/upload") => upload(store, settings, req),
+        ("GET", p) if p.starts_with("/photos/") => {
+            let mut parts = p["/photos/".len()..].splitn(2, '/');
+            let (id, file) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let size = file.strip_suffix(".jpg").unwrap_or("");
+            match store.size_path(id, size).filter(|p| p.is_file()) {
+                Some(path) => Response::file(path).header("Cache-Control", "max-age=31536000"),
+                None => Response::new(404).body("no such photo\n"),
+            }
+        }
+        _ => Response::new(404).body("Not Found\n"),
+    }
+}
+
+fn refuse(status: u16, error: impl Into<String>) -> Response {
+    Response::json(&json!({"accepted": [], "rejected": [], "error": error.into()})).status(status)
+}
+
+fn upload(store: &Store, settings: &Settings, req: &Request) -> Response {
+    let Some(tab) = req.form("tab").filter(|t| valid_tab(t)) else {
+        return refuse(400, "the form has no valid tab id");
+    };
+    let files: Vec<_> = req.files().iter().filter(|f| f.field == "photos").collect();
+    if files.is_empty() {
+        return refuse(400, "no photos in the form (field \"photos\")");
+    }
+    if files.len() > settings.max_files {
+        return refuse(
+            400,
+            format!(
+                "{} files; at most {} at once",
+                files.len(),
+                settings.max_files
+            ),
+        );
+    }
+    // What one task can carry: the bus's payload limit less the job's head.
+    let carry = bus::bus()
+        .map(|b| b.max_payload())
+        .unwrap_or(1024 * 1024)
+        .saturating_sub(4096);
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for f in files {
+        let name: String = f
+            .filename
+            .clone()
+            .unwrap_or_else(|| "unnamed".into())
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        let refused = |why: String| json!({"name": name, "error": why});
+        if f.size == 0 {
+            rejected.push(refused("an empty file".into()));
+            continue;
+        }
+        if f.size > settings.max_file {
+            rejected.push(refused(format!(
+                "{:.1} MiB is over the {} MiB limit",
+                f.size as f64 / 1048576.0,
+                settings.max_file / 1048576
+            )));
+            continue;
+        }
+        if f.size > carry {
+            rejected.push(refused(format!(
+                "{:.1} MiB is more than the bus carries in one task ({:.1} MiB)",
+                f.size as f64 / 1048576.0,
+                carry as f64 / 1048576.0
+            )));
+            continue;
+        }
+        let bytes = match f.bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                rejected.push(refused(format!("could not read the upload: {e}")));
+                continue;
+            }
+        };
+        if crate::imaging::sniff(&bytes).is_none() {
+            rejected.push(refused("not a JPEG, PNG or WebP image".into()));
+            continue;
+        }
+        let photo = Photo {
+            id: store::new_id(),
+            name: name.clone(),
+            bytes: bytes.len() as u64,
+            uploaded_ms: now_ms(),
+            state: State::Queued,
+            error: None,
+            format: None,
+            width: 0,
+            height: 0,
+            sizes: Vec::new(),
+            by: None,
+        };
+        if let Err(e) = store.add(&photo, &bytes) {
+            rejected.push(refused(format!("could not be stored: {e}")));
+            continue;
+        }
+        accepted.push(json!({"id": photo.id, "name": name}));
+        let job = Job {
+            id: photo.id.clone(),
+            tab: tab.to_string(),
+            name,
+        };
+        let payload = job::encode_job(&job, &bytes);
+        let (store, timeout) = (store.clone(), settings.task_timeout);
+        oxwork::spawn(async move {
+            tell(
+                &job.tab,
+                json!({"type": "queued", "id": job.id, "name": job.name}),
+            );
+            let opts = SubmitOptions {
+                timeout,
+                ..Default::default()
+            };
+            let outcome = bus::submit_with(POOL, payload, opts).await;
+            finish(&store, &job, outcome);
+        });
+    }
+    let status = if accepted.is_empty() { 400 } else { 202 };
+    Response::json(&json!({"accepted": accepted, "rejected": rejected})).status(status)
+}
+
+/// Stores what the pool made (or why it could not) and tells the tab.
+fn finish(store: &Store, job: &Job, outcome: Result<bytes::Bytes, bus::BusError>) {
+    let Some(mut photo) = store.get(&job.id) else {
+        return;
+    };
+    let made = outcome
+        .map_err(|e| match e {
+            bus::BusError::TaskFailed(why) => why,
+            other => other.to_string(),
+        })
+        .and_then(|payload| job::decode_made(&payload));
+    match made {
+        Ok((made, jpegs)) => {
+            let mut sizes = Vec::new();
+            for (s, jpeg) in made.sizes.iter().zip(jpegs) {
+                let Some(path) = store.size_path(&job.id, &s.size) else {
+                    continue;
+                };
+                if let Err(e) = Store::write_atomic(&path, &jpeg) {
+                    photo.error = Some(format!("could not store the {} size: {e}", s.size));
+                    continue;
+                }
+                sizes.push(Size {
+                    size: s.size.clone(),
+                    width: s.width,
+                    height: s.height,
+                    url: format!("/photos/{}/{}.jpg", job.id, s.size),
+                });
+            }
+            photo.state = if photo.error.is_none() {
+                State::Done
+            } else {
+                State::Failed
+            };
+            photo.format = Some(made.format);
+            (photo.width, photo.height) = (made.width, made.height);
+            photo.sizes = sizes;
+            photo.by = Some(made.by);
+        }
+        Err(why) => {
+            photo.state = State::Failed;
+            photo.error = Some(why);
+        }
+    }
+    if photo.state == State::Failed {
+        // Nothing will be made of it: only the record (and its reason) stays.
+        let _ = std::fs::remove_file(store.dir(&photo.id).join("original"));
+    }
+    if let Err(e) = store.save(&photo) {
+        eprintln!("photo {}: record not saved: {e}", photo.id);
+    }
+    let kind = if photo.state == State::Done {
+        "done"
+    } else {
+        "failed"
+    };
+    tell(&job.tab, json!({"type": kind, "photo": photo}));
+}
+
+/// The WebSocket route: a tab's first message says who it is (`{"tab": "ID"}`), and from then
+/// on the socket gets that tab's photos' progress (client routing by uid). Anything else from
+/// the page is ignored.
+pub fn on_socket_message(c: &Connection<WebSocket>, msg: WsMessage) {
+    let Some(text) = msg.as_str() else { return };
+    let tab = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v["tab"].as_str().map(str::to_string));
+    match tab.filter(|t| valid_tab(t)) {
+        Some(tab) => {
+            if let Err(e) = c.bind_uid(&tab) {
+                eprintln!("tab {tab}: {e}");
+            }
+            c.send(json!({"type": "hello", "tab": tab}).to_string());
+        }
+        None => {
+            c.send(json!({"type": "error", "error": "say {\"tab\": ID} first"}).to_string());
+        }
+    }
+}
+
+/// Shared by the web group's callbacks.
+pub type Shared = Rc<(Store, Settings)>;

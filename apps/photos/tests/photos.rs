@@ -1,0 +1,343 @@
+//! The photo service as its users meet it: a real process tree, uploads over HTTP as a
+//! browser's form sends them, the gallery's JSON, and a thumbnail process killed mid-batch.
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use image::ImageFormat;
+use photos::samples::{bomb_png, detailed as picture, encode};
+use serde_json::Value;
+use support::{eventually, free_port, kill9, Server};
+
+const TAB: &str = "tab-test-0001";
+
+struct Photos {
+    server: Server,
+    port: u16,
+    data: tempfile::TempDir,
+    /// The processes' temporary directory, where large uploads are spilled while parsed.
+    spill: tempfile::TempDir,
+}
+
+fn start(thumb_procs: usize) -> Photos {
+    let port = free_port();
+    let data = tempfile::tempdir().expect("data dir");
+    let spill = tempfile::tempdir().expect("spill dir");
+    let env = [
+        ("TMPDIR", spill.path().display().to_string()),
+        ("PHOTOS_LISTEN", format!("http://127.0.0.1:{port}")),
+        ("PHOTOS_DATA", data.path().display().to_string()),
+        ("PHOTOS_WEB_PROCS", "1".to_string()),
+        ("PHOTOS_THUMB_PROCS", thumb_procs.to_string()),
+        ("PHOTOS_MAX_FILES", "40".to_string()),
+    ];
+    // The web process, the thumbnail processes and the hub.
+    let server = Server::start_program(
+        env!("CARGO_BIN_EXE_photos").into(),
+        &[],
+        &env,
+        2 + thumb_procs,
+    )
+    .with_port(port);
+    Photos {
+        server,
+        port,
+        data,
+        spill,
+    }
+}
+
+/// A multipart form as a browser sends it: the tab id and each file under "photos".
+fn form(tab: &str, files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----oxworkphotosboundary7f3a";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"tab\"\r\n\r\n{tab}\r\n")
+            .as_bytes(),
+    );
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; \
+                 filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Posts raw bytes to /upload; the status and the JSON answer.
+fn post(port: u16, content_type: &str, body: &[u8]) -> (u16, Value) {
+    let mut r = agent()
+        .post(&format!("http://127.0.0.1:{port}/upload"))
+        .header("Content-Type", content_type)
+        .send(body)
+        .expect("an answer");
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn upload(port: u16, files: &[(&str, &[u8])]) -> (u16, Value) {
+    let (ct, body) = form(TAB, files);
+    post(port, &ct, &body)
+}
+
+fn gallery(port: u16) -> Vec<Value> {
+    agent()
+        .get(&format!("http://127.0.0.1:{port}/api/photos"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_json::<Vec<Value>>().ok())
+        .unwrap_or_default()
+}
+
+fn settled(port: u16, n: usize) -> bool {
+    let g = gallery(port);
+    g.len() == n && g.iter().all(|p| p["state"] != "queued")
+}
+
+fn stored_ids(data: &Path) -> usize {
+    std::fs::read_dir(data).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn uploads_become_three_sizes_each_with_the_right_dimensions() {
+    let p = start(2);
+    let jpeg = encode(&picture(1600, 1200, 1), ImageFormat::Jpeg);
+    let png = encode(&picture(900, 1400, 2), ImageFormat::Png);
+    let webp = encode(&picture(300, 200, 3), ImageFormat::WebP);
+    let (status, answer) = upload(
+        p.port,
+        &[("a.jpg", &jpeg), ("b.png", &png), ("c.webp", &webp)],
+    );
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"].as_array().map(Vec::len), Some(3));
+    assert!(
+        eventually(Duration::from_secs(60), || settled(p.port, 3)),
+        "not processed: {:?}",
+        gallery(p.port)
+    );
+    let g = gallery(p.port);
+    let dims = |name: &str| -> Vec<(u64, u64)> {
+        let photo = g.iter().find(|x| x["name"] == name).expect(name);
+        assert_eq!(photo["state"], "done", "{photo}");
+        photo["sizes"]
+            .as_array()
+            .expect("sizes")
+            .iter()
+            .map(|s| {
+                (
+                    s["width"].as_u64().unwrap_or(0),
+                    s["height"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(dims("a.jpg"), [(160, 120), (480, 360), (1200, 900)]);
+    assert_eq!(dims("b.png"), [(103, 160), (309, 480), (771, 1200)]);
+    assert_eq!(dims("c.webp"), [(160, 107), (300, 200), (300, 200)]);
+    // The files are served and are the JPEGs the sizes say.
+    let photo = g.iter().find(|x| x["name"] == "a.jpg").expect("a.jpg");
+    let url = photo["sizes"][1]["url"].as_str().expect("url");
+    let mut r = agent()
+        .get(&format!("http://127.0.0.1:{}{url}", p.port))
+        .call()
+        .expect("the medium size");
+    let bytes = r.body_mut().read_to_vec().expect("body");
+    let img = image::load_from_memory(&bytes).expect("a JPEG");
+    assert_eq!((img.width(), img.height()), (480, 360));
+    drop(p.server);
+}
+
+#[test]
+fn hostile_uploads_get_clear_answers_and_leave_nothing_behind() {
+    let p = start(1);
+    let good = encode(&picture(640, 480, 9), ImageFormat::Jpeg);
+    // A PNG whose header says 20000x20000 (400 megapixels).
+    let bomb = bomb_png(20_000, 20_000);
+    // Large enough to be spilled to disk while the form is parsed.
+    let not_jpeg = b"\xFF\xD8\xFF\xE0 this is not really a JPEG at all".repeat(8000);
+
+    // Truncated multipart: cut in the middle of a file, no closing boundary.
+    let (ct, body) = form(TAB, &[("a.jpg", &good)]);
+    let (status, _) = post(p.port, &ct, &body[..body.len() / 2]);
+    assert!((400..500).contains(&status), "truncated form: {status}");
+
+    let (status, answer) = upload(p.port, &[("empty.jpg", b"")]);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["rejected"][0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("empty"));
+
+    let (status, answer) = upload(p.port, &[("text.jpg", b"hello there, not an image")]);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["rejected"][0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("not a JPEG"));
+
+    let many: Vec<(&str, &[u8])> = (0..41).map(|_| ("x.jpg", &good[..])).collect();
+    let (status, answer) = upload(p.port, &many);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("at most 40"));
+
+    let (status, answer) = upload(p.port, &[("bad.jpg", &not_jpeg), ("bomb.png", &bomb)]);
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        eventually(Duration::from_secs(60), || settled(p.port, 2)),
+        "{:?}",
+        gallery(p.port)
+    );
+    for photo in gallery(p.port) {
+        assert_eq!(photo["state"], "failed", "{photo}");
+        let why = photo["error"].as_str().unwrap_or("");
+        match photo["name"].as_str() {
+            Some("bomb.png") => assert!(why.contains("megapixels"), "{why}"),
+            _ => assert!(why.to_lowercase().contains("jpeg"), "{why}"),
+        }
+    }
+    // Only the two that were taken have a record, and neither keeps its file; no upload
+    // is left in the temporary directory; the process keeps serving.
+    assert_eq!(stored_ids(p.data.path()), 2);
+    for photo in gallery(p.port) {
+        let id = photo["id"].as_str().expect("id");
+        assert!(!p.data.path().join(id).join("original").exists(), "{id}");
+    }
+    let spilled: Vec<_> = std::fs::read_dir(p.spill.path())
+        .expect("spill dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    assert!(spilled.is_empty(), "left behind: {spilled:?}");
+    let (status, _) = upload(p.port, &[("fine.jpg", &good)]);
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(60), || settled(p.port, 3)));
+    assert!(gallery(p.port)
+        .iter()
+        .any(|x| x["name"] == "fine.jpg" && x["state"] == "done"));
+    drop(p.server);
+}
+
+#[test]
+fn a_thumbnail_process_killed_mid_batch_loses_no_photo() {
+    let p = start(2);
+    let images: Vec<Vec<u8>> = (0..30)
+        .map(|i| encode(&picture(1800, 1200, i as u8), ImageFormat::Jpeg))
+        .collect();
+    let files: Vec<(String, &[u8])> = images
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("p{i:02}.jpg"), &b[..]))
+        .collect();
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    let (status, answer) = upload(p.port, &files);
+    assert_eq!(status, 202, "{answer}");
+    // Once some are done, kill a thumbnail process in the middle of its work.
+    assert!(eventually(Duration::from_secs(60), || gallery(p.port)
+        .iter()
+        .filter(|x| x["state"] == "done")
+        .count()
+        >= 3));
+    let victim = p.server.group_pids("thumbs")[0];
+    kill9(victim);
+    assert!(
+        eventually(Duration::from_secs(120), || settled(p.port, 30)),
+        "{:?}",
+        gallery(p.port)
+            .iter()
+            .map(|x| x["state"].clone())
+            .collect::<Vec<_>>()
+    );
+    let g = gallery(p.port);
+    let failed: Vec<&Value> = g.iter().filter(|x| x["state"] != "done").collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    drop(p.server);
+}
+
+#[test]
+fn the_uploading_tab_hears_queued_started_each_size_and_done_over_its_websocket() {
+    use futures_util::StreamExt;
+    let p = start(1);
+    let tab = "tab-live-progress-1";
+    let port = p.port;
+    let events: Vec<Value> = support::local_runtime().block_on(async move {
+        use futures_util::SinkExt;
+        let url = format!("ws://127.0.0.1:{port}/ws");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+        let hello = serde_json::json!({ "tab": tab }).to_string();
+        ws.send(hello.into()).await.expect("hello");
+        let answer = ws.next().await.expect("an answer").expect("a message");
+        assert!(
+            answer.to_text().unwrap_or("").contains("hello"),
+            "{answer:?}"
+        );
+        // The binding reaches the hub a moment after the answer.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let jpeg = encode(&picture(1000, 800, 5), ImageFormat::Jpeg);
+        let upload = tokio::task::spawn_blocking(move || {
+            let (ct, body) = form(tab, &[("live.jpg", &jpeg)]);
+            post(port, &ct, &body)
+        });
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+            let Ok(text) = msg.to_text() else { continue };
+            let Ok(event) = serde_json::from_str::<Value>(text) else {
+                continue;
+            };
+            let end = event["type"] == "done" || event["type"] == "failed";
+            events.push(event);
+            if end {
+                break;
+            }
+        }
+        assert_eq!(upload.await.expect("upload").0, 202);
+        events
+    });
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e["type"].as_str() {
+            Some("size") => format!("size {}", e["size"].as_str().unwrap_or("")),
+            other => other.unwrap_or("?").to_string(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "queued",
+            "started",
+            "size small",
+            "size medium",
+            "size large",
+            "done"
+        ],
+        "{events:?}"
+    );
+    let started = &events[1];
+    assert!(
+        started["by"].as_str().unwrap_or("").contains("pid"),
+        "{started}"
+    );
+    assert_eq!(events[5]["photo"]["sizes"][2]["width"], 1000);
+    drop(p.server);
+}
