@@ -36,6 +36,11 @@ pub(crate) enum ToWorker {
     },
     /// A reload for a group that is not reloadable: only `on_worker_reload`.
     ReloadNotice,
+    /// The answer to [`FromWorker::AskStatus`]: the report `status --json` prints.
+    TreeStatus {
+        req: u64,
+        report: serde_json::Value,
+    },
 }
 
 /// What a worker process tells the master.
@@ -58,6 +63,10 @@ pub(crate) enum FromWorker {
     },
     /// The hub is unreachable and this process needs it: start it (if it is not starting).
     NeedHub,
+    /// Asks for the tree's status (`oxwork::status()` in this process).
+    AskStatus {
+        req: u64,
+    },
     /// The hub's answer to `Status`.
     HubStatus {
         req: u64,

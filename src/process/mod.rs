@@ -13,6 +13,7 @@ mod master;
 pub(crate) mod status;
 mod sys;
 pub(crate) mod tree;
+pub(crate) mod tree_status;
 pub(crate) mod worker_main;
 
 /// Environment variables by which the master tells a re-executed program what it is.

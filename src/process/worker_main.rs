@@ -92,6 +92,7 @@ fn run_inner(role: &Role) -> Result<()> {
         let (to_master, mut outbox) =
             tokio::sync::mpsc::channel::<FromWorker>(super::control::CONTROL_QUEUE);
         init_bus(role, &config.name, to_master.clone());
+        super::tree_status::init(to_master.clone());
         let url = config.url();
         let listener = match (inherited, &url) {
             (Some(fd), Some(url)) => Some(Listener::from_owned_fd(url.transport, fd)),
@@ -164,6 +165,10 @@ async fn serve_master(
                     .flat_map(|w| w.connection_rows())
                     .collect(),
             }),
+            ToWorker::TreeStatus { req, report } => {
+                super::tree_status::answered(req, report);
+                None
+            }
             ToWorker::ReloadNotice => {
                 worker.clone().worker_reload();
                 None

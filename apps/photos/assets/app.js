@@ -152,5 +152,48 @@ drop.ondragover = e => { e.preventDefault(); drop.classList.add('over'); };
 drop.ondragleave = () => drop.classList.remove('over');
 drop.ondrop = e => { e.preventDefault(); drop.classList.remove('over'); upload([...e.dataTransfer.files]); };
 
+// The status panel: the tree's own figures (what `status --json` gives), every 2 s; the rate
+// is worked out from the change in "done" between two readings.
+let lastDone = null;
+async function refreshStatus() {
+  try {
+    const r = await fetch('/api/status');
+    const s = await r.json();
+    if (s.error) throw new Error(s.error);
+    $('status-node').textContent = `node ${s.node} · ${s.bus.backend}${s.bus.connected ? '' : ' (not connected)'}`;
+    const pool = (s.pools || []).find(p => p.name === 'thumbs') || {};
+    const now = performance.now();
+    let rate = 0;
+    if (lastDone && pool.done >= lastDone.done) rate = (pool.done - lastDone.done) / ((now - lastDone.at) / 1000);
+    lastDone = { done: pool.done || 0, at: now };
+    const figures = [['queued', pool.queued], ['running', pool.running], ['done', pool.done],
+      ['failed', pool.failed], ['retried', pool.retried], ['per second', rate.toFixed(1)]];
+    $('pool').replaceChildren(...figures.map(([label, value]) => {
+      const d = document.createElement('div');
+      d.className = 'figure';
+      d.dataset.figure = label;
+      const b = document.createElement('b');
+      b.textContent = value ?? 0;
+      const span = document.createElement('span');
+      span.textContent = label;
+      d.append(b, span);
+      return d;
+    }));
+    const rows = s.processes.map(p => {
+      const tr = document.createElement('tr');
+      if (p.busy) tr.className = 'busy';
+      const cells = [`${p.worker} ${p.id}`, p.pid, (p.memory_bytes / 1048576).toFixed(1) + ' MB',
+        p.tasks_done, p.tasks_failed, p.panics, Math.round(p.uptime_secs) + ' s'];
+      for (const c of cells) { const td = document.createElement('td'); td.textContent = c; tr.append(td); }
+      return tr;
+    });
+    $('procs').tBodies[0].replaceChildren(...rows);
+  } catch (e) {
+    $('status-node').textContent = 'status unavailable: ' + e.message;
+  }
+}
+
 connect();
 loadGallery();
+refreshStatus();
+setInterval(refreshStatus, 2000);

@@ -12,6 +12,11 @@ pub struct Job {
     /// The browser tab (its client-routing uid) that gets the progress.
     pub tab: String,
     pub name: String,
+    /// Where to fetch the image when it is too large to travel in the task (the bus's payload
+    /// limit): the web node's URL of the original, with the photo's secret key. The task's
+    /// body is empty then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<String>,
 }
 
 /// One size in a result.
@@ -105,6 +110,7 @@ mod tests {
             id: "a1".into(),
             tab: "t-9".into(),
             name: "café\nnew line.jpg".into(),
+            fetch: None,
         };
         let image = [0u8, b'\n', 255, 10, 13];
         let (back, bytes) = decode_job(&encode_job(&job, &image)).expect("decoded");

@@ -6,7 +6,8 @@
 //! Run: `cargo run --release -p photos -- start`, then open http://127.0.0.1:8080/.
 //!
 //! Settings (environment): `PHOTOS_LISTEN` (default `http://127.0.0.1:8080`), `PHOTOS_DATA`
-//! (where photos are kept; default `./photos-data`), `PHOTOS_WEB_PROCS` (2),
+//! (where photos are kept; default `./photos-data`), `PHOTOS_PUBLIC_URL` (the web group's
+//! address as other nodes reach it; default the listen address), `PHOTOS_WEB_PROCS` (2),
 //! `PHOTOS_THUMB_PROCS` (2), `PHOTOS_MAX_FILE_MB` (25), `PHOTOS_MAX_FILES` (20).
 
 use std::rc::Rc;
@@ -29,6 +30,10 @@ fn main() -> oxwork::Result<()> {
         max_file: env_num("PHOTOS_MAX_FILE_MB", 25) * 1024 * 1024,
         max_files: env_num("PHOTOS_MAX_FILES", 20),
         task_timeout: Duration::from_secs(120),
+        public_url: std::env::var("PHOTOS_PUBLIC_URL")
+            .unwrap_or_else(|_| listen.replace("0.0.0.0", "127.0.0.1"))
+            .trim_end_matches('/')
+            .to_string(),
     };
 
     let mut web = Worker::http(&listen)?;
@@ -51,6 +56,13 @@ fn main() -> oxwork::Result<()> {
         std::process::exit(1);
     };
     web.on_message(move |c, req| {
+        if req.path() == "/api/status" {
+            let c = c.clone();
+            oxwork::spawn(async move {
+                c.send(web::status_panel().await);
+            });
+            return;
+        }
         let (store, settings) = &*shared;
         c.send(web::handle(store, settings, &req));
     });

@@ -97,6 +97,13 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
+/// A `w`x`h` PNG of noise: it does not compress, so it is about `3 * w * h` bytes.
+pub fn noise_png(w: u32, h: u32, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let img = RgbImage::from_fn(w, h, |_, _| Rgb([rng.u8(..), rng.u8(..), rng.u8(..)]));
+    encode(&img, ImageFormat::Png)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

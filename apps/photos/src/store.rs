@@ -45,6 +45,20 @@ pub struct Photo {
     /// Which process made the sizes.
     #[serde(default)]
     pub by: Option<String>,
+    /// The secret a thumbnail process shows to fetch the original (never in the gallery's
+    /// JSON: `public()` leaves it out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+}
+
+impl Photo {
+    /// The photo as the page may see it: without its key.
+    pub fn public(&self) -> Photo {
+        Photo {
+            key: String::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// The photo store under one directory.
@@ -56,6 +70,11 @@ pub struct Store {
 /// A fresh photo id: 16 hex digits.
 pub fn new_id() -> String {
     format!("{:016x}", fastrand::u64(..))
+}
+
+/// A photo's secret key: 32 hex digits.
+pub fn new_key() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
 /// Whether `id` is one of ours (and so safe in a path).
@@ -112,6 +131,20 @@ impl Store {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// The original of photo `id`, when `key` is its secret.
+    pub fn original(&self, id: &str, key: &str) -> Option<PathBuf> {
+        let photo = self.get(id)?;
+        let matches = !photo.key.is_empty()
+            && photo.key.len() == key.len()
+            && photo
+                .key
+                .bytes()
+                .zip(key.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        matches.then(|| self.dir(id).join("original"))
+    }
+
     /// The newest `limit` photos, newest first.
     pub fn list(&self, limit: usize) -> Vec<Photo> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
@@ -144,6 +177,7 @@ mod tests {
             height: 0,
             sizes: Vec::new(),
             by: None,
+            key: String::new(),
         }
     }
 

@@ -28,6 +28,32 @@ fn tell(tab: &str, event: serde_json::Value) {
     }
 }
 
+/// What a task fails with when the decoder panicked.
+const PANICKED: &str = "the image decoder crashed on this file";
+
+/// The largest original fetched (the web group's own limit is lower).
+const MAX_FETCH: u64 = 256 * 1024 * 1024;
+
+/// Fetches an original too large for its task from the web node that holds it. An error is
+/// worth a retry (the web node restarting, say): the task fails, and its submitter sees why.
+fn fetch_original(url: &str) -> Result<Bytes, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut answer = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("could not fetch the original from the web node: {e}"))?;
+    let bytes = answer
+        .body_mut()
+        .with_config()
+        .limit(MAX_FETCH)
+        .read_to_vec()
+        .map_err(|e| format!("could not read the original from the web node: {e}"))?;
+    Ok(Bytes::from(bytes))
+}
+
 /// Runs one task.
 pub async fn run(task: Task) -> Result<Bytes, String> {
     let (job, image) = job::decode_job(&task.payload)?;
@@ -38,12 +64,18 @@ pub async fn run(task: Task) -> Result<Bytes, String> {
     );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u32, u32)>();
     let started = Instant::now();
+    let fetch = job.fetch.clone();
     let work = tokio::task::spawn_blocking(move || {
+        let image = match fetch {
+            Some(url) => fetch_original(&url)?,
+            None => image,
+        };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             imaging::process(&image, |t| {
                 let _ = tx.send((t.size.to_string(), t.width, t.height));
             })
         }))
+        .map_err(|_| PANICKED.to_string())
     });
     let forward = {
         let (tab, id) = (job.tab.clone(), job.id.clone());
@@ -59,9 +91,10 @@ pub async fn run(task: Task) -> Result<Bytes, String> {
     let (outcome, ()) = tokio::join!(work, forward);
     let processed = match outcome {
         Ok(Ok(result)) => result?,
+        Ok(Err(why)) if why != PANICKED => return Err(why),
         Ok(Err(_)) | Err(_) => {
             PANICS.fetch_add(1, Ordering::Relaxed);
-            return Err("the image decoder crashed on this file".into());
+            return Err(PANICKED.into());
         }
     };
     let made = Made {

@@ -29,6 +29,9 @@ pub struct Settings {
     pub max_files: usize,
     /// How long an upload waits for its thumbnails.
     pub task_timeout: Duration,
+    /// This web group's address as thumbnail processes reach it (for photos too large for a
+    /// task), e.g. `http://10.0.0.5:8080`.
+    pub public_url: String,
 }
 
 /// A tab id as the page makes them: 8 to 64 letters, digits or dashes.
@@ -47,6 +50,47 @@ fn tell(tab: &str, event: serde_json::Value) {
     let _ = bus::send_to_uid(tab, event.to_string());
 }
 
+/// The status panel's figures: the tree's own report (what `status --json` prints), cut to
+/// what the panel shows: each process with its counters, and each pool's queue figures (the
+/// hub's, or JetStream's on NATS).
+pub async fn status_panel() -> Response {
+    let report = match oxwork::status().await {
+        Ok(r) => r,
+        Err(e) => return Response::json(&json!({"error": e.to_string()})).status(503),
+    };
+    let processes: Vec<serde_json::Value> = report["processes"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    json!({
+                        "worker": p["worker"], "id": p["id"], "pid": p["pid"],
+                        "memory_bytes": p["memory_bytes"], "uptime_secs": p["uptime_secs"],
+                        "busy": p["busy"], "retiring": p["retiring"],
+                        "connections": p["stats"]["connections"],
+                        "messages": p["stats"]["messages"],
+                        "tasks_done": p["stats"]["tasks_done"],
+                        "tasks_failed": p["stats"]["tasks_failed"],
+                        "panics": p["stats"]["panics"],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pools = match report["hub"]["pools"].as_array() {
+        Some(p) if !p.is_empty() => report["hub"]["pools"].clone(),
+        _ => report["bus"]["pools"].clone(),
+    };
+    Response::json(&json!({
+        "node": report["node"],
+        "uptime_secs": report["uptime_secs"],
+        "bus": report["bus"],
+        "processes": processes,
+        "pools": pools,
+        "exits": report["exits"],
+    }))
+}
+
 /// Answers one HTTP request.
 pub fn handle(store: &Store, settings: &Settings, req: &Request) -> Response {
     let path = req.path();
@@ -58,7 +102,20 @@ pub fn handle(store: &Store, settings: &Settings, req: &Request) -> Response {
         ("GET", "/app.css") => Response::new(200)
             .header("Content-Type", "text/css; charset=utf-8")
             .body(APP_CSS),
-        ("GET", "/api/photos") => Response::json(&store.list(200)),
+        ("GET", "/api/photos") => {
+            let photos: Vec<Photo> = store.list(200).iter().map(Photo::public).collect();
+            Response::json(&photos)
+        }
+        ("GET", p) if p.starts_with("/originals/") => {
+            let id = &p["/originals/".len()..];
+            let key = req.query("key").unwrap_or_default();
+            match store.original(id, &key).filter(|p| p.is_file()) {
+                Some(path) => {
+                    Response::file(path).header("Content-Type", "application/octet-stream")
+                }
+                None => Response::new(404).body("no such original\n"),
+            }
+        }
         ("POST", "/upload") => upload(store, settings, req),
         ("GET", p) if p.starts_with("/photos/") => {
             let mut parts = p["/photos/".len()..].splitn(2, '/');
@@ -124,14 +181,6 @@ fn upload(store: &Store, settings: &Settings, req: &Request) -> Response {
             )));
             continue;
         }
-        if f.size > carry {
-            rejected.push(refused(format!(
-                "{:.1} MiB is more than the bus carries in one task ({:.1} MiB)",
-                f.size as f64 / 1048576.0,
-                carry as f64 / 1048576.0
-            )));
-            continue;
-        }
         let bytes = match f.bytes() {
             Ok(b) => b,
             Err(e) => {
@@ -155,18 +204,28 @@ fn upload(store: &Store, settings: &Settings, req: &Request) -> Response {
             height: 0,
             sizes: Vec::new(),
             by: None,
+            key: store::new_key(),
         };
         if let Err(e) = store.add(&photo, &bytes) {
             rejected.push(refused(format!("could not be stored: {e}")));
             continue;
         }
         accepted.push(json!({"id": photo.id, "name": name}));
+        // Too large for one task: the thumbnail process fetches it from here.
+        let fetch = (bytes.len() > carry).then(|| {
+            format!(
+                "{}/originals/{}?key={}",
+                settings.public_url, photo.id, photo.key
+            )
+        });
         let job = Job {
             id: photo.id.clone(),
             tab: tab.to_string(),
             name,
+            fetch,
         };
-        let payload = job::encode_job(&job, &bytes);
+        let body: &[u8] = if job.fetch.is_some() { &[] } else { &bytes };
+        let payload = job::encode_job(&job, body);
         let (store, timeout) = (store.clone(), settings.task_timeout);
         oxwork::spawn(async move {
             tell(
@@ -241,7 +300,7 @@ fn finish(store: &Store, job: &Job, outcome: Result<bytes::Bytes, bus::BusError>
     } else {
         "failed"
     };
-    tell(&job.tab, json!({"type": kind, "photo": photo}));
+    tell(&job.tab, json!({"type": kind, "photo": photo.public()}));
 }
 
 /// The WebSocket route: a tab's first message says who it is (`{"tab": "ID"}`), and from then

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use image::ImageFormat;
-use photos::samples::{bomb_png, detailed as picture, encode};
+use photos::samples::{bomb_png, detailed as picture, encode, noise_png};
 use serde_json::Value;
 use support::{eventually, free_port, kill9, Server};
 
@@ -152,6 +152,31 @@ fn uploads_become_three_sizes_each_with_the_right_dimensions() {
     assert_eq!(dims("a.jpg"), [(160, 120), (480, 360), (1200, 900)]);
     assert_eq!(dims("b.png"), [(103, 160), (309, 480), (771, 1200)]);
     assert_eq!(dims("c.webp"), [(160, 107), (300, 200), (300, 200)]);
+    // The status panel's figures come from the tree's own report.
+    let status: Value = agent()
+        .get(&format!("http://127.0.0.1:{}/api/status", p.port))
+        .call()
+        .expect("status")
+        .body_mut()
+        .read_json()
+        .expect("json");
+    let pool = status["pools"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|x| x["name"] == "thumbs"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(pool["done"], 3, "{status}");
+    let workers: Vec<&str> = status["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|x| x["worker"].as_str())
+        .collect();
+    assert_eq!(
+        workers.iter().filter(|w| **w == "thumbs").count(),
+        2,
+        "{status}"
+    );
+    assert!(workers.contains(&"web"), "{status}");
     // The files are served and are the JPEGs the sizes say.
     let photo = g.iter().find(|x| x["name"] == "a.jpg").expect("a.jpg");
     let url = photo["sizes"][1]["url"].as_str().expect("url");
@@ -339,5 +364,37 @@ fn the_uploading_tab_hears_queued_started_each_size_and_done_over_its_websocket(
         "{started}"
     );
     assert_eq!(events[5]["photo"]["sizes"][2]["width"], 1000);
+    drop(p.server);
+}
+
+#[test]
+fn a_photo_larger_than_the_bus_carries_is_fetched_by_the_pool_from_the_web_node() {
+    let p = start(1);
+    // 2000x1500 of noise: about 9 MB, over the hub's 8 MiB payload limit.
+    let big = noise_png(2000, 1500, 7);
+    assert!(big.len() > 8 * 1024 * 1024, "{} bytes", big.len());
+    let (status, answer) = upload(p.port, &[("big.png", &big)]);
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        eventually(Duration::from_secs(60), || settled(p.port, 1)),
+        "{:?}",
+        gallery(p.port)
+    );
+    let photo = gallery(p.port).remove(0);
+    assert_eq!(photo["state"], "done", "{photo}");
+    assert_eq!(photo["sizes"][2]["width"], 1200, "{photo}");
+    // The original's key never reaches the page, and without it the original is not served.
+    assert!(photo.get("key").is_none(), "{photo}");
+    let id = photo["id"].as_str().expect("id");
+    let status = agent()
+        .get(&format!(
+            "http://127.0.0.1:{}/originals/{id}?key=00",
+            p.port
+        ))
+        .call()
+        .expect("an answer")
+        .status()
+        .as_u16();
+    assert_eq!(status, 404);
     drop(p.server);
 }

@@ -186,6 +186,16 @@ impl Master {
                         let _ = tx.send(msg);
                     }
                 }
+                FromWorker::AskStatus { req } => {
+                    let tx = proc.tx.clone();
+                    drop(st);
+                    let me = self.clone();
+                    spawn_local(async move {
+                        let report = me.status().await;
+                        let report = serde_json::to_value(&report).unwrap_or_default();
+                        let _ = tx.send(ToWorker::TreeStatus { req, report }).await;
+                    });
+                }
                 FromWorker::Recycle { reason } => {
                     tracing::info!("recycling worker pid {pid}: {reason}");
                     drop(st);
