@@ -52,6 +52,24 @@ pub struct Photo {
 }
 
 impl Photo {
+    /// A new upload of `bytes` bytes named `name`, queued, with a fresh id and key.
+    pub fn queued(name: String, bytes: u64, uploaded_ms: u64) -> Photo {
+        Photo {
+            id: new_id(),
+            name,
+            bytes,
+            uploaded_ms,
+            state: State::Queued,
+            error: None,
+            format: None,
+            width: 0,
+            height: 0,
+            sizes: Vec::new(),
+            by: None,
+            key: new_key(),
+        }
+    }
+
     /// The photo as the page may see it: without its key.
     pub fn public(&self) -> Photo {
         Photo {
@@ -167,17 +185,7 @@ mod tests {
     fn photo(id: &str, at: u64) -> Photo {
         Photo {
             id: id.into(),
-            name: "a.jpg".into(),
-            bytes: 3,
-            uploaded_ms: at,
-            state: State::Queued,
-            error: None,
-            format: None,
-            width: 0,
-            height: 0,
-            sizes: Vec::new(),
-            by: None,
-            key: String::new(),
+            ..Photo::queued("a.jpg".into(), 3, at)
         }
     }
 

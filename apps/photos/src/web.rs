@@ -11,7 +11,7 @@ use oxwork::Connection;
 use serde_json::json;
 
 use crate::job::{self, Job};
-use crate::store::{self, Photo, Size, State, Store};
+use crate::store::{Photo, Size, State, Store};
 
 const INDEX: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -192,20 +192,7 @@ fn upload(store: &Store, settings: &Settings, req: &Request) -> Response {
             rejected.push(refused("not a JPEG, PNG or WebP image".into()));
             continue;
         }
-        let photo = Photo {
-            id: store::new_id(),
-            name: name.clone(),
-            bytes: bytes.len() as u64,
-            uploaded_ms: now_ms(),
-            state: State::Queued,
-            error: None,
-            format: None,
-            width: 0,
-            height: 0,
-            sizes: Vec::new(),
-            by: None,
-            key: store::new_key(),
-        };
+        let photo = Photo::queued(name.clone(), bytes.len() as u64, now_ms());
         if let Err(e) = store.add(&photo, &bytes) {
             rejected.push(refused(format!("could not be stored: {e}")));
             continue;

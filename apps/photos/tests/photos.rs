@@ -10,7 +10,7 @@ use std::time::Duration;
 use image::ImageFormat;
 use photos::samples::{bomb_png, detailed as picture, encode, noise_png};
 use serde_json::Value;
-use support::{eventually, free_port, kill9, Server};
+use support::{eventually, free_port, kill9, Nats, Server};
 
 const TAB: &str = "tab-test-0001";
 
@@ -397,4 +397,74 @@ fn a_photo_larger_than_the_bus_carries_is_fetched_by_the_pool_from_the_web_node(
         .as_u16();
     assert_eq!(status, 404);
     drop(p.server);
+}
+
+/// A photos node on `nats` running only `group`.
+fn node(nats: &Nats, name: &str, group: &str, port: u16, data: &Path, expected: usize) -> Server {
+    let env = [
+        ("OXWORK_BUS", nats.url.clone()),
+        ("OXWORK_NODE", name.to_string()),
+        ("PHOTOS_LISTEN", format!("http://127.0.0.1:{port}")),
+        ("PHOTOS_DATA", data.display().to_string()),
+        ("PHOTOS_WEB_PROCS", "1".to_string()),
+        ("PHOTOS_THUMB_PROCS", "2".to_string()),
+        ("PHOTOS_MAX_FILES", "40".to_string()),
+    ];
+    Server::start_program(
+        env!("CARGO_BIN_EXE_photos").into(),
+        &["--group", group],
+        &env,
+        expected,
+    )
+}
+
+#[test]
+fn over_nats_a_thumbnail_node_killed_whole_mid_batch_loses_no_photo() {
+    let nats = Nats::start();
+    let port = free_port();
+    let data = tempfile::tempdir().expect("data");
+    let _web = node(&nats, "web", "web", port, data.path(), 1);
+    let _b = node(&nats, "b", "thumbs", free_port(), data.path(), 2);
+    let doomed = node(&nats, "c", "thumbs", free_port(), data.path(), 2);
+    let images: Vec<Vec<u8>> = (0..30)
+        .map(|i| encode(&picture(1800, 1200, i as u8), ImageFormat::Jpeg))
+        .collect();
+    let names: Vec<String> = (0..30).map(|i| format!("n{i:02}.jpg")).collect();
+    let files: Vec<(&str, &[u8])> = names
+        .iter()
+        .zip(&images)
+        .map(|(n, b)| (n.as_str(), &b[..]))
+        .collect();
+    let (status, answer) = upload(port, &files);
+    assert_eq!(status, 202, "{answer}");
+    assert!(eventually(Duration::from_secs(60), || gallery(port)
+        .iter()
+        .filter(|x| x["state"] == "done")
+        .count()
+        >= 3));
+    // Node c dies whole: its master and every process, mid-batch.
+    let mut victims = doomed.group_pids("thumbs");
+    victims.push(doomed.master_pid());
+    for pid in victims {
+        kill9(pid);
+    }
+    // Its tasks come back when their lease (10 s) runs out, and node b makes them.
+    assert!(
+        eventually(Duration::from_secs(120), || settled(port, 30)),
+        "{:?}",
+        gallery(port)
+            .iter()
+            .map(|x| x["state"].clone())
+            .collect::<Vec<_>>()
+    );
+    let g = gallery(port);
+    let failed: Vec<&Value> = g.iter().filter(|x| x["state"] != "done").collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    // Both thumbnail nodes took part (the page says which process made each photo).
+    let makers: std::collections::BTreeSet<String> = g
+        .iter()
+        .filter_map(|x| x["by"].as_str())
+        .map(|b| b.split('/').next().unwrap_or("").to_string())
+        .collect();
+    assert!(makers.contains("b"), "{makers:?}");
 }
