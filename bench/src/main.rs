@@ -9,6 +9,7 @@ mod bus;
 mod load;
 mod nats;
 mod nats_nodes;
+mod photo_service;
 mod pin;
 mod procstat;
 mod report;
@@ -83,6 +84,13 @@ fn main() {
         }
         Some(role @ ("__nats-responder" | "__nats-sink" | "__nats-queue" | "__js-worker")) => {
             return nats::helper(role, raw.get(1).map(String::as_str).unwrap_or(""));
+        }
+        Some("__serve-photos") => {
+            if let Err(e) = photos::app::run_from(raw[1..].iter().cloned()) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+            return;
         }
         Some("__serve-tokio") => return servers::serve_tokio(&raw[1..]),
         Some("__serve-hyper") => return servers::serve_hyper(&raw[1..]),

@@ -8,12 +8,14 @@ use std::process::Command;
 /// core (as it did: until this was cached, servers and load shared core 1 and core 0 idled).
 fn have_two_cpus_and_taskset() -> bool {
     static DECIDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DECIDED.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() >= 2)
-            .unwrap_or(false)
-            && Command::new("taskset").arg("-V").output().is_ok()
-    })
+    *DECIDED.get_or_init(|| cores() >= 2 && Command::new("taskset").arg("-V").output().is_ok())
+}
+
+/// The machine's cores, counted once, before this process pins itself (and decided with the
+/// pinning, which always comes first).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The core servers run on, when pinning is possible.
@@ -46,5 +48,23 @@ pub fn self_command(args: &[String], pinned: bool) -> Command {
             c.args(args);
             c
         }
+    }
+}
+
+/// A command running this same binary with `args` on every core (this process is pinned to
+/// the load core, and a child would inherit that).
+pub fn self_command_on_all_cores(args: &[String]) -> Command {
+    let exe = std::env::current_exe().expect("own executable");
+    if have_two_cpus_and_taskset() {
+        let mut c = Command::new("taskset");
+        c.arg("-c")
+            .arg(format!("0-{}", cores() - 1))
+            .arg(exe)
+            .args(args);
+        c
+    } else {
+        let mut c = Command::new(exe);
+        c.args(args);
+        c
     }
 }

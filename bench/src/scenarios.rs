@@ -47,6 +47,7 @@ pub enum Plan {
     Reload,
     Bus,
     NatsNodes,
+    Photos,
 }
 
 pub struct Scenario {
@@ -102,6 +103,11 @@ pub fn all() -> Vec<Scenario> {
             name: "nats-nodes",
             what: "h. nodes on a nats-server: ask across nodes (against raw async-nats request/reply), durable task pool of 4 on one node, then 2 + 2 on two nodes (against a raw JetStream work queue: publish, pull, reply, ack with async-nats alone)",
             plan: Plan::NatsNodes,
+        },
+        Scenario {
+            name: "photos",
+            what: "i. the photo service end to end: 24 photos of 1600x1200 uploaded in one form until the last one's three sizes are stored, with a thumbnail pool of 1 and of 2 processes, against the same decode-orient-resize-encode loop in one plain process (the floor)",
+            plan: Plan::Photos,
         },
         Scenario {
             name: "startup-reload",
@@ -234,6 +240,14 @@ pub fn run(s: &Scenario, effort: Effort) -> Result<Vec<Row>, String> {
             }
             Ok(vec![median_row(&rows), median_row(&http)])
         }
+        Plan::Photos => {
+            let smoke = effort.reps == 1 && effort.duration < Duration::from_secs(1);
+            let mut rows = Vec::new();
+            for _ in 0..effort.reps {
+                rows.push(photo_row(s.name, smoke)?);
+            }
+            Ok(vec![median_row(&rows)])
+        }
         Plan::NatsNodes => {
             let mut by: BTreeMap<String, Vec<Row>> = BTreeMap::new();
             for _ in 0..effort.reps {
@@ -264,6 +278,26 @@ fn latency_row(
         syscalls_per_req: -1.0,
         ..Row::default()
     }
+}
+
+fn photo_row(scenario: &str, smoke: bool) -> Result<Row, String> {
+    let f = crate::photo_service::measure(smoke)?;
+    let mut extra = BTreeMap::new();
+    extra.insert("floor_photos_per_sec".into(), f.floor);
+    extra.insert("pool_1_photos_per_sec".into(), f.pool_1);
+    extra.insert("pool_2_photos_per_sec".into(), f.pool_2);
+    // What the plumbing costs (1 process against the floor), and what a second one buys.
+    extra.insert("pool_1_vs_floor".into(), f.pool_1 / f.floor);
+    extra.insert("pool_2_vs_floor".into(), f.pool_2 / f.floor);
+    Ok(Row {
+        scenario: scenario.into(),
+        server: "oxwork photo service".into(),
+        rps: f.pool_2,
+        errors: f.failed as f64,
+        syscalls_per_req: -1.0,
+        extra,
+        ..Row::default()
+    })
 }
 
 fn nats_node_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {

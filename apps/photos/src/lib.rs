@@ -2,6 +2,7 @@
 //! `main.rs` declares its workers). The library holds its parts, so that the tests and the
 //! benchmark harness run the very code the service runs.
 
+pub mod app;
 pub mod imaging;
 pub mod job;
 pub mod samples;
