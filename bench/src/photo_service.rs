@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use image::ImageFormat;
-use photos::samples::{detailed, encode};
+use photos::samples::{detailed, encode, upload_form};
 
 use crate::pin;
 
@@ -123,31 +123,16 @@ impl Service {
     /// Uploads `photos` in one form and waits until every one has ended: photos per second
     /// from the upload's start to the last one stored, and how many did not end done.
     fn end_to_end(&self, photos: &[Vec<u8>]) -> Result<(f64, u64), String> {
-        let boundary = "oxbenchphotos41b7";
-        let mut body = Vec::new();
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"tab\"\r\n\r\n\
-                 tab-oxbench-0001\r\n"
-            )
-            .as_bytes(),
-        );
-        for (i, p) in photos.iter().enumerate() {
-            body.extend_from_slice(
-                format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; \
-                     filename=\"p{i}.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            body.extend_from_slice(p);
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let names: Vec<String> = (0..photos.len()).map(|i| format!("p{i}.jpg")).collect();
+        let files: Vec<(&str, &[u8])> = names
+            .iter()
+            .zip(photos)
+            .map(|(n, p)| (n.as_str(), &p[..]))
+            .collect();
+        let (content_type, body) = upload_form("tab-oxbench-0001", &files);
         let head = format!(
             "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-             Content-Type: multipart/form-data; boundary={boundary}\r\n\
-             Content-Length: {}\r\n\r\n",
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         let start = Instant::now();

@@ -104,6 +104,30 @@ pub fn noise_png(w: u32, h: u32, seed: u64) -> Vec<u8> {
     encode(&img, ImageFormat::Png)
 }
 
+/// The upload form as the page sends it: the tab's id, and each file under `photos`. Returns
+/// the `Content-Type` (with its boundary) and the body.
+pub fn upload_form(tab: &str, files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----oxworkphotosboundary7f3a";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"tab\"\r\n\r\n{tab}\r\n")
+            .as_bytes(),
+    );
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; \
+                 filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use image::ImageFormat;
-use photos::samples::{bomb_png, detailed as picture, encode, noise_png};
+use photos::samples::{bomb_png, detailed as picture, encode, noise_png, upload_form as form};
 use serde_json::Value;
 use support::{eventually, free_port, kill9, Nats, Server};
 
@@ -48,29 +48,6 @@ fn start(thumb_procs: usize) -> Photos {
         data,
         spill,
     }
-}
-
-/// A multipart form as a browser sends it: the tab id and each file under "photos".
-fn form(tab: &str, files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
-    let boundary = "----oxworkphotosboundary7f3a";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"tab\"\r\n\r\n{tab}\r\n")
-            .as_bytes(),
-    );
-    for (name, bytes) in files {
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; \
-                 filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 fn agent() -> ureq::Agent {
