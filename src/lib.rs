@@ -42,7 +42,7 @@ pub use bus::state;
 /// depending on it separately.
 pub use bytes;
 pub use error::{Error, ErrorKind, Result};
-pub use process::tree_status::status;
+pub use process::tree_status::{cluster, status};
 pub use protocol::{
     BodySource, Deadline, Dynamic, Farewell, Frame, Input, Message, Payload, PeerAddr, Protocol,
     Raw, Rejection, Text, Wire,

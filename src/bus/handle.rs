@@ -342,6 +342,11 @@ impl Bus {
     }
 
     /// A fresh reply subject and the receiver of its one answer.
+    /// Whether other machines' trees share this bus (NATS), so that a cluster can be listed.
+    pub(crate) fn spans_nodes(&self) -> bool {
+        self.inner.link.capabilities().spans_nodes
+    }
+
     pub(crate) fn reply_slot(&self) -> Result<(String, u64, ReplyReceiver), BusError> {
         self.ensure_inbox()?;
         if self.inner.pending.borrow().len() >= MAX_PENDING {

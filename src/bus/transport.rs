@@ -196,6 +196,9 @@ pub(crate) struct Capabilities {
     /// waiting rather than failing with `Disconnected`, and fire-and-forget submissions need a
     /// reply subject for the transport to learn they are done.
     pub(crate) resubmits_tasks: bool,
+    /// Trees of other machines share it and their masters register on it (NATS), so it has
+    /// a cluster to list; the hub serves one tree.
+    pub(crate) spans_nodes: bool,
 }
 
 /// The contract of a bus transport (see the module's documentation for what every transport

@@ -1,6 +1,7 @@
 //! The tree's status from inside a worker process: the process asks its master over its
 //! control socket (`AskStatus`) and the master answers with the report `status --json` prints
-//! (`TreeStatus`). What a page's live status panel reads.
+//! (`TreeStatus`); and, on NATS, the cluster's nodes as `cluster --json` lists them. What a
+//! page's live status panel reads.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -87,6 +88,19 @@ pub async fn status() -> Result<serde_json::Value> {
             "the master did not answer the status question in time",
         )),
     }
+}
+
+/// Every node on the bus, as `cluster --json` prints them (name, host, uptime, worker groups
+/// with their process counts; a registered node that does not answer within 5 s is listed with
+/// `reachable: false`), asked over this process's bus connection. On NATS only: the hub serves
+/// one machine, whose tree [`status`] gives; there the list is empty.
+pub async fn cluster() -> Result<serde_json::Value> {
+    let bus = crate::bus::bus().map_err(|e| Error::new(ErrorKind::NotRunning, e.to_string()))?;
+    if !bus.spans_nodes() {
+        return Ok(serde_json::Value::Array(Vec::new()));
+    }
+    let nodes = super::cluster::census(&bus).await;
+    serde_json::to_value(nodes).map_err(|e| Error::new(ErrorKind::Control, e.to_string()))
 }
 
 #[cfg(test)]

@@ -179,6 +179,17 @@ async function refreshStatus() {
       d.append(b, span);
       return d;
     }));
+    // On NATS, every node of the cluster: its groups, or that it does not answer.
+    const nodes = s.nodes || [];
+    $('nodes').hidden = nodes.length === 0;
+    $('nodes').replaceChildren(...nodes.map(n => {
+      const li = document.createElement('li');
+      li.dataset.node = n.node;
+      const groups = (n.groups || []).map(g => `${g.name}×${g.processes}`).join(', ');
+      li.textContent = n.reachable ? `${n.node} (${n.host}): ${groups}` : `${n.node}: not answering`;
+      if (!n.reachable) li.className = 'down';
+      return li;
+    }));
     const rows = s.processes.map(p => {
       const tr = document.createElement('tr');
       if (p.busy) tr.className = 'busy';

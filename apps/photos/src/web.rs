@@ -88,7 +88,33 @@ pub async fn status_panel() -> Response {
         "processes": processes,
         "pools": pools,
         "exits": report["exits"],
+        "nodes": cluster_nodes(),
     }))
+}
+
+thread_local! {
+    /// The last census of the cluster's nodes, and when the current one began: a census waits
+    /// up to 5 s for silent nodes, so it runs beside the panel's readings, at most every 5 s.
+    static NODES: std::cell::RefCell<(Option<std::time::Instant>, serde_json::Value)> =
+        const { std::cell::RefCell::new((None, serde_json::Value::Array(Vec::new()))) };
+}
+
+/// The cluster's nodes as last counted (`oxwork::cluster()`; empty on the hub), starting a new
+/// count when the last began more than 5 s ago.
+fn cluster_nodes() -> serde_json::Value {
+    NODES.with(|n| {
+        let mut n = n.borrow_mut();
+        let due = n.0.is_none_or(|at| at.elapsed() >= Duration::from_secs(5));
+        if due {
+            n.0 = Some(std::time::Instant::now());
+            oxwork::spawn(async {
+                if let Ok(nodes) = oxwork::cluster().await {
+                    NODES.with(|n| n.borrow_mut().1 = nodes);
+                }
+            });
+        }
+        n.1.clone()
+    })
 }
 
 /// Answers one HTTP request.

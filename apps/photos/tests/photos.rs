@@ -419,6 +419,25 @@ fn over_nats_a_thumbnail_node_killed_whole_mid_batch_loses_no_photo() {
         .filter(|x| x["state"] == "done")
         .count()
         >= 3));
+    // The status panel lists every node with its groups.
+    let nodes = |port: u16| -> Vec<Value> {
+        agent()
+            .get(&format!("http://127.0.0.1:{port}/api/status"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json::<Value>().ok())
+            .and_then(|v| v["nodes"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let described = |n: &Value| format!("{}:{}:{}", n["node"], n["reachable"], n["groups"]);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let n = nodes(port);
+            n.len() == 3 && n.iter().all(|x| x["reachable"] == true)
+        }),
+        "{:?}",
+        nodes(port).iter().map(described).collect::<Vec<_>>()
+    );
     // Node c dies whole: its master and every process, mid-batch.
     let mut victims = doomed.group_pids("thumbs");
     victims.push(doomed.master_pid());
@@ -437,6 +456,14 @@ fn over_nats_a_thumbnail_node_killed_whole_mid_batch_loses_no_photo() {
     let g = gallery(port);
     let failed: Vec<&Value> = g.iter().filter(|x| x["state"] != "done").collect();
     assert!(failed.is_empty(), "{failed:?}");
+    // The panel says node c does not answer (its record stays until it expires).
+    assert!(
+        eventually(Duration::from_secs(30), || nodes(port)
+            .iter()
+            .any(|x| x["node"] == "c" && x["reachable"] == false)),
+        "{:?}",
+        nodes(port).iter().map(described).collect::<Vec<_>>()
+    );
     // Both thumbnail nodes took part (the page says which process made each photo).
     let makers: std::collections::BTreeSet<String> = g
         .iter()

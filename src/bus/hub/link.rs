@@ -437,6 +437,7 @@ impl Transport for HubLink {
             counted_gather: true,
             lists_state: false,
             resubmits_tasks: true,
+            spans_nodes: false,
         }
     }
 

@@ -448,6 +448,7 @@ impl Transport for NatsLink {
             lists_state: true,
             // JetStream keeps the tasks.
             resubmits_tasks: false,
+            spans_nodes: true,
         }
     }
 
