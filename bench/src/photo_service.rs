@@ -26,6 +26,11 @@ pub struct Figures {
     pub pool_2: f64,
     /// Photos that did not end done.
     pub failed: u64,
+    /// Milliseconds per photo: decoding, and making the three sizes with fast_image_resize
+    /// and with the image crate's resize.
+    pub decode_ms: f64,
+    pub resize_ms_simd: f64,
+    pub resize_ms_image: f64,
 }
 
 fn batch(n: usize) -> Vec<Vec<u8>> {
@@ -41,6 +46,47 @@ fn floor(images: &[Vec<u8>]) -> Result<f64, String> {
         photos::imaging::process(p, |_| {})?;
     }
     Ok(images.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The resize crate, chosen by measure: milliseconds per photo to make the three sizes from a
+/// decoded photo with `fast_image_resize` (what the service uses: SIMD convolution) and with
+/// the `image` crate's own resize, the same Lanczos3 filter; and to decode one (zune-jpeg
+/// through `image`).
+fn crate_figures(images: &[Vec<u8>]) -> Result<(f64, f64, f64), String> {
+    use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions};
+    let start = Instant::now();
+    let decoded: Vec<image::RgbaImage> = images
+        .iter()
+        .map(|b| image::load_from_memory(b).map(|i| i.into_rgba8()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let decode_ms = start.elapsed().as_secs_f64() * 1000.0 / images.len() as f64;
+    let sizes =
+        |w: u32, h: u32| photos::imaging::SIZES.map(|(_, side)| photos::imaging::fit(w, h, side));
+    let start = Instant::now();
+    let mut resizer = fast_image_resize::Resizer::new();
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    for img in &decoded {
+        let (w, h) = img.dimensions();
+        let source = Image::from_vec_u8(w, h, img.as_raw().clone(), PixelType::U8x4)
+            .map_err(|e| e.to_string())?;
+        for (tw, th) in sizes(w, h) {
+            let mut target = Image::new(tw, th, PixelType::U8x4);
+            resizer
+                .resize(&source, &mut target, &options)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let simd_ms = start.elapsed().as_secs_f64() * 1000.0 / images.len() as f64;
+    let start = Instant::now();
+    for img in &decoded {
+        let (w, h) = img.dimensions();
+        for (tw, th) in sizes(w, h) {
+            let _ = image::imageops::resize(img, tw, th, image::imageops::FilterType::Lanczos3);
+        }
+    }
+    let plain_ms = start.elapsed().as_secs_f64() * 1000.0 / images.len() as f64;
+    Ok((decode_ms, simd_ms, plain_ms))
 }
 
 /// The service, as `__serve-photos start`, with a pool of `procs`.
@@ -171,6 +217,7 @@ impl Drop for Service {
 pub fn measure(smoke: bool) -> Result<Figures, String> {
     let photos = batch(if smoke { 4 } else { BATCH });
     let floor = floor(&photos)?;
+    let (decode_ms, resize_ms_simd, resize_ms_image) = crate_figures(&photos)?;
     let mut failed = 0;
     let mut rate = |procs: usize| -> Result<f64, String> {
         let service = Service::start(procs)?;
@@ -185,5 +232,8 @@ pub fn measure(smoke: bool) -> Result<Figures, String> {
         pool_1,
         pool_2,
         failed,
+        decode_ms,
+        resize_ms_simd,
+        resize_ms_image,
     })
 }

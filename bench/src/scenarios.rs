@@ -289,6 +289,10 @@ fn photo_row(scenario: &str, smoke: bool) -> Result<Row, String> {
     // What the plumbing costs (1 process against the floor), and what a second one buys.
     extra.insert("pool_1_vs_floor".into(), f.pool_1 / f.floor);
     extra.insert("pool_2_vs_floor".into(), f.pool_2 / f.floor);
+    // The crate choice: three sizes from a decoded photo, SIMD against the image crate's own.
+    extra.insert("decode_ms".into(), f.decode_ms);
+    extra.insert("resize_ms_fast_image_resize".into(), f.resize_ms_simd);
+    extra.insert("resize_ms_image_crate".into(), f.resize_ms_image);
     Ok(Row {
         scenario: scenario.into(),
         server: "oxwork photo service".into(),
