@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use image::ImageFormat;
-use photos::samples::{detailed, encode, upload_form};
+use photos::samples::{detailed, encode, upload_form, visitor_cookie};
 
 use crate::pin;
 
@@ -177,8 +177,9 @@ impl Service {
             .collect();
         let (content_type, body) = upload_form("tab-oxbench-0001", &files);
         let head = format!(
-            "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+            "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {}\r\n\
              Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            visitor_cookie(),
             body.len()
         );
         let start = Instant::now();

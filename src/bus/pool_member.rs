@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::transport::{PoolSpec, TaskDelivery};
 use super::{local, Bus, Task};
-use crate::runtime::guard::guarded;
+use crate::runtime::guard::{guarded_with_message, GuardedFuture};
 
 /// What an async task handler returns.
 pub(crate) type TaskFuture = Pin<Box<dyn Future<Output = Result<Bytes, String>>>>;
@@ -40,11 +40,15 @@ fn run_task(bus: &Bus, f: &TaskFn, d: TaskDelivery) {
         payload: d.payload,
     };
     let id = d.task;
-    let finish = move |bus: &Bus, r: Option<Result<Bytes, String>>| {
+    // A handler's panic fails its task, with the panic's message for the submitter.
+    let finish = move |bus: &Bus, r: Result<Result<Bytes, String>, String>| {
         let (ok, payload) = match r {
-            Some(Ok(b)) => (true, b),
-            Some(Err(e)) => (false, Bytes::from(e)),
-            None => (false, Bytes::from_static(b"the task handler panicked")),
+            Ok(Ok(b)) => (true, b),
+            Ok(Err(e)) => (false, Bytes::from(e)),
+            Err(panic) => (
+                false,
+                Bytes::from(format!("the task handler panicked: {panic}")),
+            ),
         };
         crate::runtime::stats::with(|c| {
             crate::runtime::stats::bump(if ok { &c.tasks_done } else { &c.tasks_failed })
@@ -54,14 +58,14 @@ fn run_task(bus: &Bus, f: &TaskFn, d: TaskDelivery) {
         }
     };
     match f {
-        TaskFn::Sync(f) => finish(bus, guarded("on_task", || f(task))),
+        TaskFn::Sync(f) => finish(bus, guarded_with_message("on_task", || f(task))),
         TaskFn::Async(f) => {
-            let fut = guarded("on_task", || f(task));
+            let fut = guarded_with_message("on_task", || f(task));
             let bus = bus.clone();
             tokio::task::spawn_local(async move {
                 let r = match fut {
-                    Some(fut) => crate::runtime::guard::GuardedFuture::new("on_task", fut).await,
-                    None => None,
+                    Ok(fut) => GuardedFuture::new("on_task", fut).await,
+                    Err(panic) => Err(panic),
                 };
                 finish(&bus, r);
             });

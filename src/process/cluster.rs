@@ -37,7 +37,7 @@ pub(crate) struct GroupInfo {
 }
 
 /// One node (a running tree), in `cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct NodeInfo {
     pub(crate) node: String,
     pub(crate) master_pid: u32,
@@ -45,6 +45,9 @@ pub(crate) struct NodeInfo {
     pub(crate) bus: String,
     pub(crate) uptime_secs: u64,
     pub(crate) groups: Vec<GroupInfo>,
+    /// Its processes as its `status` lists them (empty for a node that did not answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) processes: Vec<crate::process::status::ProcessRow>,
     /// False for a registered node that did not answer the census in time.
     #[serde(default = "answered")]
     pub(crate) reachable: bool,
@@ -82,6 +85,7 @@ impl NodeRecord {
             bus: self.bus.clone(),
             uptime_secs: now.saturating_sub(self.started_ms) / 1000,
             groups: Vec::new(),
+            processes: Vec::new(),
             reachable: false,
             last_heard_secs: Some(now.saturating_sub(self.written_ms) / 1000),
         }
@@ -229,18 +233,25 @@ pub(crate) fn master_bus(choice: &BusChoice, node: &str) -> Option<Bus> {
     }
 }
 
+/// What a node answers the census with, made when asked.
+pub(crate) type NodeInfoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = NodeInfo>>>;
+
 /// Answers the census, on the broadcast subject and on `node`'s own, with `info()` from now on.
-pub(crate) fn answer_census(bus: &Bus, node: &str, info: impl Fn() -> NodeInfo + 'static) {
+pub(crate) fn answer_census(bus: &Bus, node: &str, info: impl Fn() -> NodeInfoFuture + 'static) {
     let b = bus.clone();
     let info = std::rc::Rc::new(info);
     for subject in [NODES_SUBJECT.to_string(), node_subject(node)] {
         let (b, info) = (b.clone(), info.clone());
         let subscribed = bus.subscribe(&subject, None, move |msg| {
-            if let Some(reply) = &msg.reply {
-                if let Ok(body) = serde_json::to_vec(&info()) {
-                    let _ = b.publish_with(reply, Headers::new(), body, None);
+            let Some(reply) = msg.reply.clone() else {
+                return;
+            };
+            let (b, answer) = (b.clone(), info());
+            tokio::task::spawn_local(async move {
+                if let Ok(body) = serde_json::to_vec(&answer.await) {
+                    let _ = b.publish_with(&reply, Headers::new(), body, None);
                 }
-            }
+            });
         });
         if let Err(e) = subscribed {
             tracing::warn!("cannot answer the cluster census on {subject}: {e}");

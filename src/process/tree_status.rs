@@ -91,7 +91,8 @@ pub async fn status() -> Result<serde_json::Value> {
 }
 
 /// Every node on the bus, as `cluster --json` prints them (name, host, uptime, worker groups
-/// with their process counts; a registered node that does not answer within 5 s is listed with
+/// with their process counts, each process's row as that node's `status --json` has it under
+/// `processes`; a registered node that does not answer within 5 s is listed with
 /// `reachable: false`), asked over this process's bus connection. On NATS only: the hub serves
 /// one machine, whose tree [`status`] gives; there the list is empty.
 pub async fn cluster() -> Result<serde_json::Value> {

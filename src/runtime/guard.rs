@@ -11,14 +11,20 @@ use crate::runtime::stats;
 /// panic, exactly as after an early return; the caller closes the connection involved, which is
 /// the documented consequence of a panicking handler.
 pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => Some(r),
-        Err(payload) => {
-            stats::with(|c| stats::bump(&c.panics));
-            tracing::error!("panic in {what}: {}", panic_message(&*payload));
-            None
-        }
-    }
+    guarded_with_message(what, f).ok()
+}
+
+/// [`guarded`], keeping the panic's message.
+pub(crate) fn guarded_with_message<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| caught(what, &*payload))
+}
+
+/// Counts and logs a caught panic; its message.
+fn caught(what: &str, payload: &(dyn Any + Send)) -> String {
+    let message = panic_message(payload);
+    stats::with(|c| stats::bump(&c.panics));
+    tracing::error!("panic in {what}: {message}");
+    message
 }
 
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -32,7 +38,7 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// A future whose panics are caught, logged and counted like [`guarded`]'s: it resolves to
-/// `None` if polling it panicked.
+/// the panic's message if polling it panicked.
 pub(crate) struct GuardedFuture<F: ?Sized> {
     what: &'static str,
     inner: std::pin::Pin<Box<F>>,
@@ -45,7 +51,7 @@ impl<F: std::future::Future + ?Sized> GuardedFuture<F> {
 }
 
 impl<F: std::future::Future + ?Sized> std::future::Future for GuardedFuture<F> {
-    type Output = Option<F::Output>;
+    type Output = Result<F::Output, String>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -54,12 +60,8 @@ impl<F: std::future::Future + ?Sized> std::future::Future for GuardedFuture<F> {
         let what = self.what;
         match catch_unwind(AssertUnwindSafe(|| self.inner.as_mut().poll(cx))) {
             Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Some(v)),
-            Err(payload) => {
-                stats::with(|c| stats::bump(&c.panics));
-                tracing::error!("panic in {what}: {}", panic_message(&*payload));
-                std::task::Poll::Ready(None)
-            }
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(payload) => std::task::Poll::Ready(Err(caught(what, &*payload))),
         }
     }
 }

@@ -230,12 +230,20 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
     }
     if drain_queue.get() {
         // Stopping: the master has closed its copy, so when the last process closes this
-        // socket the kernel resets whatever is still queued. First the queue is shrunk to
-        // nothing (`listen(0)`), so that a client's handshake is no longer completed: its SYN
-        // is dropped and retried, and by then the socket is closed and the retry refused.
-        // Then the connections the kernel had already completed are taken and served (they
-        // retire at once).
-        if let Err(e) = socket2::SockRef::from(&acceptor).listen(0) {
+        // socket the kernel resets whatever is still queued. First the socket is made deaf: a
+        // filter that drops every packet, so that no handshake is completed from now on (a
+        // client's SYN goes unanswered and is retried a second later, by when the socket is
+        // closed and the retry refused, or a new master listens). The queue is also shrunk
+        // to nothing (`listen(0)`; all a Unix socket gets, since filters do not see its
+        // connects), which alone is not enough: the kernel still completes one handshake into
+        // it, and that connection is reset if it arrives after the last emptying. Then the
+        // connections the kernel had already completed are taken and served (they retire at
+        // once).
+        let sock = socket2::SockRef::from(&acceptor);
+        if let Err(e) = sock.attach_filter(&DROP_EVERY_PACKET) {
+            tracing::debug!("cannot make the stopping listener deaf: {e}");
+        }
+        if let Err(e) = sock.listen(0) {
             tracing::debug!("cannot shrink the listen queue: {e}");
         }
         let mut taken = 0;
@@ -260,6 +268,9 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
     // On reload the socket stays open in the master (and in any sibling or successor), so
     // connections still queued on it are accepted by them, never reset.
 }
+
+/// A classic BPF program of one instruction, `ret #0`: every packet dropped.
+const DROP_EVERY_PACKET: [socket2::SockFilter; 1] = [socket2::SockFilter::new(0x06, 0, 0, 0)];
 
 fn spawn_connection<S, P>(ctx: &Rc<ServeCtx<P>>, a: Accepted<S>)
 where

@@ -1,9 +1,10 @@
 'use strict';
-// Each tab has its own id (kept for the tab's life), sent with uploads and on its WebSocket:
-// the server pushes each photo's progress to the tab that uploaded it.
+// A tab is known by the browser's visitor cookie (set by the server with this page, HttpOnly,
+// sent with every request) and its own id (kept in sessionStorage for the tab's life, as
+// cookies are shared by all tabs), sent with uploads and on its WebSocket: the server pushes
+// each photo's progress to the tab that uploaded it.
 const tab = sessionStorage.getItem('photos-tab') || ('tab-' + crypto.getRandomValues(new Uint32Array(2)).join('-'));
 sessionStorage.setItem('photos-tab', tab);
-document.cookie = 'photos_tab=' + tab + '; path=/; SameSite=Strict';
 
 const $ = id => document.getElementById(id);
 const jobs = new Map();
@@ -190,11 +191,19 @@ async function refreshStatus() {
       if (!n.reachable) li.className = 'down';
       return li;
     }));
-    const rows = s.processes.map(p => {
+    // Every node's processes on NATS (the census asks each node's master), this node's on the hub.
+    const listed = nodes.length ? nodes.flatMap(n => n.reachable
+      ? n.processes.map(p => ({ node: n.node, ...p }))
+      : [{ node: n.node, down: true }]) : s.processes.map(p => ({ node: s.node, ...p }));
+    const rows = listed.map(p => {
       const tr = document.createElement('tr');
+      tr.dataset.node = p.node;
       if (p.busy) tr.className = 'busy';
-      const cells = [`${p.worker} ${p.id}`, p.pid, (p.memory_bytes / 1048576).toFixed(1) + ' MB',
-        p.tasks_done, p.tasks_failed, p.panics, Math.round(p.uptime_secs) + ' s'];
+      if (p.down) tr.className = 'down';
+      const cells = p.down
+        ? [p.node, 'not answering', '', '', '', '', '', '']
+        : [p.node, `${p.worker} ${p.id}`, p.pid, (p.memory_bytes / 1048576).toFixed(1) + ' MB',
+          p.tasks_done, p.tasks_failed, p.panics, Math.round(p.uptime_secs) + ' s'];
       for (const c of cells) { const td = document.createElement('td'); td.textContent = c; tr.append(td); }
       return tr;
     });

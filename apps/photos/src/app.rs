@@ -4,6 +4,8 @@
 //! (where photos are kept; default `./photos-data`), `PHOTOS_PUBLIC_URL` (the web group's
 //! address as other nodes reach it; default the listen address), `PHOTOS_WEB_PROCS` (2),
 //! `PHOTOS_THUMB_PROCS` (2), `PHOTOS_MAX_FILE_MB` (25), `PHOTOS_MAX_FILES` (20).
+//! For tests only: `PHOTOS_PANIC_ON` (a file name whose decoding panics, to show that a
+//! decoder's panic costs its task and nothing else).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -50,7 +52,9 @@ where
         // The whole form: every file at its limit, and room for the boundaries.
         .max_package_size(settings.max_files * settings.max_file + 1024 * 1024);
     let mut socket = Worker::websocket_route();
-    socket.on_message(web::on_socket_message);
+    socket
+        .on_websocket_connect(web::on_socket_handshake)
+        .on_message(web::on_socket_message);
     web.websocket_path("/ws", &socket);
     let shared: Option<web::Shared> = match store::Store::open(&data) {
         Ok(store) => Some(Rc::new((store, settings))),

@@ -104,6 +104,14 @@ pub fn noise_png(w: u32, h: u32, seed: u64) -> Vec<u8> {
     encode(&img, ImageFormat::Png)
 }
 
+/// A visitor id for tests and the harness, as the page's cookie carries it.
+pub const VISITOR: &str = "0123456789abcdef0123456789abcdef";
+
+/// The `Cookie` header's value a browser that loaded the page sends (with [`VISITOR`]).
+pub fn visitor_cookie() -> String {
+    format!("{}={VISITOR}", crate::web::VISITOR_COOKIE)
+}
+
 /// The upload form as the page sends it: the tab's id, and each file under `photos`. Returns
 /// the `Content-Type` (with its boundary) and the body.
 pub fn upload_form(tab: &str, files: &[(&str, &[u8])]) -> (String, Vec<u8>) {

@@ -90,9 +90,20 @@ pub fn new_id() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
+/// A secret: 128 bits from the operating system's generator as 32 hex digits (fastrand's
+/// generator can be predicted from what it gave before).
+pub fn new_secret() -> String {
+    let mut bits = [0u8; 16];
+    if let Err(e) = getrandom::fill(&mut bits) {
+        // No secret can be made: better no service than guessable keys.
+        panic!("the operating system's random generator failed: {e}");
+    }
+    bits.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A photo's secret key: 32 hex digits.
 pub fn new_key() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    new_secret()
 }
 
 /// Whether `id` is one of ours (and so safe in a path).

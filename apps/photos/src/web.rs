@@ -39,6 +39,37 @@ pub fn valid_tab(tab: &str) -> bool {
     (8..=64).contains(&tab.len()) && tab.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// The cookie that identifies a browser: set by the page's first load, sent with every upload
+/// and WebSocket handshake. A tab is this id and the tab's own (kept in its `sessionStorage`,
+/// since cookies are shared by a browser's tabs): progress goes to the tab that uploaded, and
+/// to nobody who merely guesses a tab id.
+pub const VISITOR_COOKIE: &str = "photos_visitor";
+
+/// A visitor id as the server makes them: 32 lowercase hex digits.
+pub fn valid_visitor(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A new visitor id (128 random bits).
+pub fn new_visitor() -> String {
+    crate::store::new_secret()
+}
+
+/// The client-routing uid of one tab of one browser.
+pub fn tab_uid(visitor: &str, tab: &str) -> String {
+    format!("{visitor}-{tab}")
+}
+
+/// The visitor id in a `Cookie` header's value, if it holds a valid one.
+pub fn visitor_in(cookie_header: &str) -> Option<String> {
+    cookie_header
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == VISITOR_COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|v| valid_visitor(v))
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -58,7 +89,25 @@ pub async fn status_panel() -> Response {
         Ok(r) => r,
         Err(e) => return Response::json(&json!({"error": e.to_string()})).status(503),
     };
-    let processes: Vec<serde_json::Value> = report["processes"]
+    let processes = panel_rows(&report["processes"]);
+    let pools = match report["hub"]["pools"].as_array() {
+        Some(p) if !p.is_empty() => report["hub"]["pools"].clone(),
+        _ => report["bus"]["pools"].clone(),
+    };
+    Response::json(&json!({
+        "node": report["node"],
+        "uptime_secs": report["uptime_secs"],
+        "bus": report["bus"],
+        "processes": processes,
+        "pools": pools,
+        "exits": report["exits"],
+        "nodes": panel_nodes(&cluster_nodes()),
+    }))
+}
+
+/// Process rows (as `status --json` has them) cut to what the panel shows.
+fn panel_rows(processes: &serde_json::Value) -> Vec<serde_json::Value> {
+    processes
         .as_array()
         .map(|ps| {
             ps.iter()
@@ -76,20 +125,22 @@ pub async fn status_panel() -> Response {
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    let pools = match report["hub"]["pools"].as_array() {
-        Some(p) if !p.is_empty() => report["hub"]["pools"].clone(),
-        _ => report["bus"]["pools"].clone(),
-    };
-    Response::json(&json!({
-        "node": report["node"],
-        "uptime_secs": report["uptime_secs"],
-        "bus": report["bus"],
-        "processes": processes,
-        "pools": pools,
-        "exits": report["exits"],
-        "nodes": cluster_nodes(),
-    }))
+        .unwrap_or_default()
+}
+
+/// The cluster's nodes (`oxwork::cluster()`), each with its processes cut like this node's.
+fn panel_nodes(nodes: &serde_json::Value) -> serde_json::Value {
+    let nodes = nodes.as_array().map(Vec::as_slice).unwrap_or_default();
+    nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n["node"], "host": n["host"], "reachable": n["reachable"],
+                "last_heard_secs": n["last_heard_secs"], "groups": n["groups"],
+                "processes": panel_rows(&n["processes"]),
+            })
+        })
+        .collect()
 }
 
 thread_local! {
@@ -121,7 +172,14 @@ fn cluster_nodes() -> serde_json::Value {
 pub fn handle(store: &Store, settings: &Settings, req: &Request) -> Response {
     let path = req.path();
     match (req.method().as_str(), path) {
-        ("GET", "/") => Response::html(INDEX),
+        ("GET", "/") => match req.cookie(VISITOR_COOKIE).filter(|v| valid_visitor(v)) {
+            Some(_) => Response::html(INDEX),
+            None => Response::html(INDEX).cookie_with(
+                VISITOR_COOKIE,
+                &new_visitor(),
+                "Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000",
+            ),
+        },
         ("GET", "/app.js") => Response::new(200)
             .header("Content-Type", "text/javascript; charset=utf-8")
             .body(APP_JS),
@@ -161,9 +219,13 @@ fn refuse(status: u16, error: impl Into<String>) -> Response {
 }
 
 fn upload(store: &Store, settings: &Settings, req: &Request) -> Response {
+    let Some(visitor) = req.cookie(VISITOR_COOKIE).filter(|v| valid_visitor(v)) else {
+        return refuse(400, "no visitor cookie: load the page first");
+    };
     let Some(tab) = req.form("tab").filter(|t| valid_tab(t)) else {
         return refuse(400, "the form has no valid tab id");
     };
+    let tab = tab_uid(&visitor, tab);
     let files: Vec<_> = req.files().iter().filter(|f| f.field == "photos").collect();
     if files.is_empty() {
         return refuse(400, "no photos in the form (field \"photos\")");
@@ -185,6 +247,7 @@ fn upload(store: &Store, settings: &Settings, req: &Request) -> Response {
         .saturating_sub(4096);
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
+    let mut too_large = 0;
     for f in files {
         let name: String = f
             .filename
@@ -200,6 +263,7 @@ fn upload(store: &Store, settings: &Settings, req: &Request) -> Response {
             continue;
         }
         if f.size > settings.max_file {
+            too_large += 1;
             rejected.push(refused(format!(
                 "{:.1} MiB is over the {} MiB limit",
                 f.size as f64 / 1048576.0,
@@ -233,7 +297,7 @@ fn upload(store: &Store, settings: &Settings, req: &Request) -> Response {
         });
         let job = Job {
             id: photo.id.clone(),
-            tab: tab.to_string(),
+            tab: tab.clone(),
             name,
             fetch,
         };
@@ -253,7 +317,12 @@ fn upload(store: &Store, settings: &Settings, req: &Request) -> Response {
             finish(&store, &job, outcome);
         });
     }
-    let status = if accepted.is_empty() { 400 } else { 202 };
+    // 413 when size alone turned every file away: the answer says what to change.
+    let status = match (accepted.is_empty(), too_large == rejected.len()) {
+        (false, _) => 202,
+        (true, true) => 413,
+        (true, false) => 400,
+    };
     Response::json(&json!({"accepted": accepted, "rejected": rejected})).status(status)
 }
 
@@ -316,22 +385,36 @@ fn finish(store: &Store, job: &Job, outcome: Result<bytes::Bytes, bus::BusError>
     tell(&job.tab, json!({"type": kind, "photo": photo.public()}));
 }
 
-/// The WebSocket route: a tab's first message says who it is (`{"tab": "ID"}`), and from then
-/// on the socket gets that tab's photos' progress (client routing by uid). Anything else from
-/// the page is ignored.
+/// The WebSocket handshake: only a browser that holds a visitor cookie may listen.
+pub fn on_socket_handshake(req: &Request) -> Result<(), Response> {
+    match req.cookie(VISITOR_COOKIE).filter(|v| valid_visitor(v)) {
+        Some(_) => Ok(()),
+        None => Err(Response::new(403).body("no visitor cookie: load the page first\n")),
+    }
+}
+
+/// The WebSocket route: a tab's first message says which tab it is (`{"tab": "ID"}`), and from
+/// then on the socket gets the progress of the photos that tab of this browser uploads (client
+/// routing by uid). Anything else from the page is ignored.
 pub fn on_socket_message(c: &Connection<WebSocket>, msg: WsMessage) {
     let Some(text) = msg.as_str() else { return };
     let tab = serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| v["tab"].as_str().map(str::to_string));
-    match tab.filter(|t| valid_tab(t)) {
-        Some(tab) => {
-            if let Err(e) = c.bind_uid(&tab) {
+    let visitor = c.handshake().and_then(|h| {
+        h.headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("cookie"))
+            .find_map(|(_, value)| visitor_in(value))
+    });
+    match (visitor, tab.filter(|t| valid_tab(t))) {
+        (Some(visitor), Some(tab)) => {
+            if let Err(e) = c.bind_uid(&tab_uid(&visitor, &tab)) {
                 eprintln!("tab {tab}: {e}");
             }
             c.send(json!({"type": "hello", "tab": tab}).to_string());
         }
-        None => {
+        _ => {
             c.send(json!({"type": "error", "error": "say {\"tab\": ID} first"}).to_string());
         }
     }

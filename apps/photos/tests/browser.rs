@@ -1,17 +1,25 @@
-//! The photo page in a real browser: headless Chromium driven over WebDriver (chromedriver),
-//! as a person would use it: pick files, watch the thumbnails and the status panel, see a
-//! corrupt file's failure. Saves a screenshot; with `PHOTOS_SCREENSHOT=docs/photos.png` it
-//! refreshes the one README shows.
+//! The photo page in real browsers, as a person would use it: pick files, watch the thumbnails
+//! and the status panel, see a corrupt file's failure. Headless Chromium is driven over W3C
+//! WebDriver (chromedriver); headless Firefox over Marionette, the protocol Firefox speaks
+//! itself and geckodriver translates WebDriver into (geckodriver has no Debian package and is
+//! fetched from GitHub, out of reach here; Marionette's commands are WebDriver's, by name).
+//! Saves a screenshot; with `PHOTOS_SCREENSHOT=docs/photos.png` the Chromium test refreshes the
+//! one README shows.
 //!
-//! Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them). The WebDriver calls
-//! are plain JSON over HTTP (W3C WebDriver), a dozen of them, made with ureq: a client crate
-//! would bring an async HTTP stack for that.
+//! Needs Debian's `chromium`, `chromium-driver` and `firefox-esr` (.ci/run installs them). The
+//! calls are a dozen plain JSON messages (over HTTP with ureq for WebDriver, over TCP for
+//! Marionette): a client crate would bring an async HTTP stack for that.
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
 
+use std::cell::{Cell, RefCell};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use image::ImageFormat;
@@ -85,14 +93,51 @@ impl Drop for Driver {
     }
 }
 
-/// One browser session.
-struct Browser<'a> {
+/// What the test does with a browser, whichever protocol drives it.
+trait Browser {
+    fn go(&self, url: &str);
+    /// Runs `script` (a function body) in the page and returns its value.
+    fn run(&self, script: &str) -> Value;
+    /// Picks `files` in the page's file input, as a person choosing them would.
+    fn pick(&self, files: &[PathBuf]);
+    /// The window as a PNG.
+    fn screenshot(&self) -> Vec<u8>;
+}
+
+/// The element id in a WebDriver element reference (`{"element-6066-...": ID}`).
+fn element_id(reference: &Value) -> String {
+    reference
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("not an element: {reference}"))
+        .to_string()
+}
+
+/// File paths as a file input's keys: one per line.
+fn file_keys(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn decode_png(base64_png: &Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(base64_png.as_str().unwrap_or(""))
+        .expect("a PNG")
+}
+
+/// One Chromium session over chromedriver.
+struct Chromium<'a> {
     driver: &'a Driver,
     session: String,
 }
 
-impl<'a> Browser<'a> {
-    fn open(driver: &'a Driver) -> Browser<'a> {
+impl<'a> Chromium<'a> {
+    fn open(driver: &'a Driver) -> Chromium<'a> {
         let chrome = find(&["chromium", "chromium-browser"]).unwrap_or_else(|| {
             panic!("chromium not found: apt-get install chromium chromium-driver")
         });
@@ -111,7 +156,7 @@ impl<'a> Browser<'a> {
             .as_str()
             .unwrap_or_else(|| panic!("no session: {v}"))
             .to_string();
-        Browser { driver, session }
+        Chromium { driver, session }
     }
 
     fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -120,12 +165,13 @@ impl<'a> Browser<'a> {
             .call(method, &path, body)
             .unwrap_or_else(|| panic!("WebDriver {method} {path} failed"))
     }
+}
 
+impl Browser for Chromium<'_> {
     fn go(&self, url: &str) {
         self.cmd("POST", "/url", Some(json!({ "url": url })));
     }
 
-    /// Runs `script` (a function body) in the page and returns its value.
     fn run(&self, script: &str) -> Value {
         self.cmd(
             "POST",
@@ -134,42 +180,26 @@ impl<'a> Browser<'a> {
         )
     }
 
-    /// Picks `files` in the page's file input, as a person choosing them would.
     fn pick(&self, files: &[PathBuf]) {
         let input = self.cmd(
             "POST",
             "/element",
             Some(json!({"using": "css selector", "value": "#picker"})),
         );
-        let id = input
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .expect("the file input")
-            .to_string();
-        let text = files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let id = element_id(&input);
         self.cmd(
             "POST",
             &format!("/element/{id}/value"),
-            Some(json!({ "text": text })),
+            Some(json!({ "text": file_keys(files) })),
         );
     }
 
-    fn screenshot(&self, to: &Path) {
-        use base64::Engine;
-        let png = self.cmd("GET", "/screenshot", None);
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().unwrap_or(""))
-            .expect("a PNG");
-        std::fs::write(to, bytes).expect("write the screenshot");
+    fn screenshot(&self) -> Vec<u8> {
+        decode_png(&self.cmd("GET", "/screenshot", None))
     }
 }
 
-impl Drop for Browser<'_> {
+impl Drop for Chromium<'_> {
     fn drop(&mut self) {
         let _ = self
             .driver
@@ -177,7 +207,160 @@ impl Drop for Browser<'_> {
     }
 }
 
-fn wait_for(browser: &Browser, limit: Duration, script: &str) -> Value {
+/// Headless Firefox with its Marionette server on a port of its choosing, in a profile of its
+/// own; the whole process group (Firefox and its content processes) is killed on drop.
+struct Firefox {
+    _firefox: ProcessGroup,
+    _profile: tempfile::TempDir,
+    stream: RefCell<BufReader<TcpStream>>,
+    next_id: Cell<u64>,
+}
+
+impl Firefox {
+    fn open() -> Firefox {
+        let bin = find(&["firefox-esr", "firefox"])
+            .unwrap_or_else(|| panic!("firefox not found: apt-get install firefox-esr"));
+        let profile = tempfile::tempdir().expect("a profile");
+        // Port 0: Marionette takes a free port and writes it to MarionetteActivePort. The rest
+        // keeps a first run quiet (no first-run pages, reports or update checks).
+        let prefs = [
+            ("marionette.port", "0"),
+            ("browser.shell.checkDefaultBrowser", "false"),
+            ("browser.startup.homepage_override.mstone", "\"ignore\""),
+            ("datareporting.policy.dataSubmissionEnabled", "false"),
+            ("toolkit.telemetry.reportingpolicy.firstRun", "false"),
+            ("app.update.disabledForTesting", "true"),
+            ("browser.aboutwelcome.enabled", "false"),
+        ];
+        let user_js: String = prefs
+            .iter()
+            .map(|(k, v)| format!("user_pref(\"{k}\", {v});\n"))
+            .collect();
+        std::fs::write(profile.path().join("user.js"), user_js).expect("user.js");
+        let child = Command::new(bin)
+            .args(["--headless", "--marionette", "--no-remote", "--profile"])
+            .arg(profile.path())
+            .arg("about:blank")
+            .env("MOZ_CRASHREPORTER_DISABLE", "1")
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start firefox");
+        let firefox = ProcessGroup(child);
+        let port_file = profile.path().join("MarionetteActivePort");
+        let mut port = None;
+        let connected = eventually(Duration::from_secs(60), || {
+            port = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u16>().ok());
+            port.is_some_and(|p| TcpStream::connect(("127.0.0.1", p)).is_ok())
+        });
+        assert!(connected, "Firefox's Marionette server did not start");
+        let stream = TcpStream::connect(("127.0.0.1", port.unwrap_or(0))).expect("marionette");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let ff = Firefox {
+            _firefox: firefox,
+            _profile: profile,
+            stream: RefCell::new(BufReader::new(stream)),
+            next_id: Cell::new(1),
+        };
+        let hello = ff.read_message();
+        assert_eq!(hello["applicationType"], "gecko", "{hello}");
+        ff.cmd(
+            "WebDriver:NewSession",
+            json!({"strictFileInteractability": false}),
+        );
+        ff.cmd(
+            "WebDriver:SetWindowRect",
+            json!({"width": 1280, "height": 1500}),
+        );
+        ff
+    }
+
+    /// One message: its length in decimal, a colon, and that many bytes of JSON.
+    fn read_message(&self) -> Value {
+        let mut stream = self.stream.borrow_mut();
+        let mut len = Vec::new();
+        stream.read_until(b':', &mut len).expect("a message");
+        let len: usize = std::str::from_utf8(&len[..len.len().saturating_sub(1)])
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| panic!("not a Marionette length: {len:?}"));
+        let mut body = vec![0; len];
+        stream.read_exact(&mut body).expect("the message");
+        serde_json::from_slice(&body).expect("JSON")
+    }
+
+    /// Sends a command (`[0, id, name, params]`) and returns its result, or panics with the
+    /// error Firefox gave (`[1, id, error, result]`).
+    fn cmd(&self, name: &str, params: Value) -> Value {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let body = json!([0, id, name, params]).to_string();
+        self.stream
+            .borrow_mut()
+            .get_mut()
+            .write_all(format!("{}:{body}", body.len()).as_bytes())
+            .expect("send to Marionette");
+        loop {
+            let answer = self.read_message();
+            if answer[0] == 1 && answer[1] == id {
+                if !answer[2].is_null() {
+                    panic!("Marionette {name}: {}", answer[2]);
+                }
+                return answer[3].clone();
+            }
+        }
+    }
+}
+
+impl Browser for Firefox {
+    fn go(&self, url: &str) {
+        self.cmd("WebDriver:Navigate", json!({ "url": url }));
+    }
+
+    fn run(&self, script: &str) -> Value {
+        self.cmd(
+            "WebDriver:ExecuteScript",
+            json!({"script": script, "args": []}),
+        )["value"]
+            .clone()
+    }
+
+    fn pick(&self, files: &[PathBuf]) {
+        let input = self.cmd(
+            "WebDriver:FindElement",
+            json!({"using": "css selector", "value": "#picker"}),
+        );
+        let id = element_id(&input["value"]);
+        self.cmd(
+            "WebDriver:ElementSendKeys",
+            json!({"id": id, "text": file_keys(files)}),
+        );
+    }
+
+    fn screenshot(&self) -> Vec<u8> {
+        decode_png(&self.cmd("WebDriver:TakeScreenshot", json!({"full": false}))["value"])
+    }
+}
+
+/// A child started as the leader of its own process group; the group is killed on drop.
+struct ProcessGroup(Child);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let pgid = self.0.id();
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{pgid}")])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(browser: &dyn Browser, limit: Duration, script: &str) -> Value {
     let end = Instant::now() + limit;
     loop {
         let v = browser.run(script);
@@ -189,9 +372,35 @@ fn wait_for(browser: &Browser, limit: Duration, script: &str) -> Value {
     }
 }
 
+/// One browser at a time: each is heavy, and the machine may have two cores.
+static ONE_BROWSER: Mutex<()> = Mutex::new(());
+
 #[test]
 fn in_chromium_three_photos_become_nine_thumbnails_and_a_corrupt_one_shows_its_failure() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let driver = Driver::start();
+    let browser = Chromium::open(&driver);
+    // The screenshot README shows is refreshed only when asked.
+    let shot = std::env::var("PHOTOS_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("oxwork-photos.png"));
+    the_photo_page_works_in(&browser, &shot);
+}
+
+#[test]
+fn in_firefox_three_photos_become_nine_thumbnails_and_a_corrupt_one_shows_its_failure() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let browser = Firefox::open();
+    the_photo_page_works_in(
+        &browser,
+        &std::env::temp_dir().join("oxwork-photos-firefox.png"),
+    );
+}
+
+/// The page as a person uses it: four photos (JPEG, PNG, WebP, and one turned by EXIF) picked,
+/// their twelve thumbnails at the right sizes and the right way up, the panel's done count; a
+/// corrupt file's failure on the page. Ends with a screenshot saved at `shot`.
+fn the_photo_page_works_in(browser: &dyn Browser, shot: &Path) {
     let port = free_port();
     let data = tempfile::tempdir().expect("data");
     let env = [
@@ -225,10 +434,9 @@ fn in_chromium_three_photos_become_nine_thumbnails_and_a_corrupt_one_shows_its_f
         b"\xFF\xD8\xFF\xE0 not really a JPEG".repeat(50),
     );
 
-    let browser = Browser::open(&driver);
     browser.go(&format!("http://127.0.0.1:{port}/"));
     wait_for(
-        &browser,
+        browser,
         Duration::from_secs(20),
         "return document.getElementById('link').textContent === 'live';",
     );
@@ -236,7 +444,7 @@ fn in_chromium_three_photos_become_nine_thumbnails_and_a_corrupt_one_shows_its_f
     browser.pick(&[turned]);
     // 4 photos with 3 sizes each in the gallery; their sizes as the page lists them.
     let sizes = wait_for(
-        &browser,
+        browser,
         Duration::from_secs(60),
         "const figs = document.querySelectorAll('#gallery .photo:not(.failed)');
          if (figs.length < 4) return null;
@@ -265,7 +473,7 @@ fn in_chromium_three_photos_become_nine_thumbnails_and_a_corrupt_one_shows_its_f
     );
     // The turned photo as the browser draws it: portrait, red at the top right.
     let drawn = wait_for(
-        &browser,
+        browser,
         Duration::from_secs(20),
         "const f = [...document.querySelectorAll('#gallery .photo')]
            .find(f => f.querySelector('figcaption span').textContent === 'turned.jpg');
@@ -287,7 +495,7 @@ fn in_chromium_three_photos_become_nine_thumbnails_and_a_corrupt_one_shows_its_f
     assert!(!red(&drawn["topLeft"]), "{drawn}");
     // The status panel counts them (it reads every 2 s).
     wait_for(
-        &browser,
+        browser,
         Duration::from_secs(20),
         "const d = document.querySelector('[data-figure=\"done\"] b');
          return d && d.textContent === '4';",
@@ -295,23 +503,20 @@ fn in_chromium_three_photos_become_nine_thumbnails_and_a_corrupt_one_shows_its_f
     // A corrupt file: its failure, with the reason, on the page.
     browser.pick(&[corrupt]);
     let failure = wait_for(
-        &browser,
+        browser,
         Duration::from_secs(30),
         "const f = document.querySelector('#gallery .photo.failed');
          return f && f.querySelector('.meta').textContent;",
     );
     assert!(failure.as_str().unwrap_or("").contains("JPEG"), "{failure}");
     wait_for(
-        &browser,
+        browser,
         Duration::from_secs(20),
         "const d = document.querySelector('[data-figure=\"failed\"] b');
          return d && d.textContent === '1';",
     );
-    // The screenshot README shows is refreshed only when asked.
-    let shot = std::env::var("PHOTOS_SCREENSHOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir().join("oxwork-photos.png"));
-    browser.screenshot(&shot);
-    assert!(std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0) > 10_000);
+    let png = browser.screenshot();
+    assert!(png.len() > 10_000, "a screenshot of {} bytes", png.len());
+    std::fs::write(shot, png).expect("write the screenshot");
     eprintln!("screenshot: {}", shot.display());
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use image::ImageFormat;
-use photos::samples::{bomb_png, detailed as picture, encode, noise_png, upload_form as form};
+use photos::samples::{
+    bomb_png, detailed as picture, encode, noise_png, upload_form as form, visitor_cookie,
+};
 use serde_json::Value;
 use support::{eventually, free_port, kill9, Nats, Server};
 
@@ -23,10 +25,15 @@ struct Photos {
 }
 
 fn start(thumb_procs: usize) -> Photos {
+    start_with(thumb_procs, &[])
+}
+
+/// [`start`] with more settings (environment variables) for the service.
+fn start_with(thumb_procs: usize, more: &[(&str, &str)]) -> Photos {
     let port = free_port();
     let data = tempfile::tempdir().expect("data dir");
     let spill = tempfile::tempdir().expect("spill dir");
-    let env = [
+    let mut env = vec![
         ("TMPDIR", spill.path().display().to_string()),
         ("PHOTOS_LISTEN", format!("http://127.0.0.1:{port}")),
         ("PHOTOS_DATA", data.path().display().to_string()),
@@ -34,6 +41,7 @@ fn start(thumb_procs: usize) -> Photos {
         ("PHOTOS_THUMB_PROCS", thumb_procs.to_string()),
         ("PHOTOS_MAX_FILES", "40".to_string()),
     ];
+    env.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
     // The web process, the thumbnail processes and the hub.
     let server = Server::start_program(
         env!("CARGO_BIN_EXE_photos").into(),
@@ -58,13 +66,24 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// Posts raw bytes to /upload; the status and the JSON answer.
+/// Posts raw bytes to /upload as a browser that loaded the page; the status and the JSON answer.
 fn post(port: u16, content_type: &str, body: &[u8]) -> (u16, Value) {
-    let mut r = agent()
+    post_with_cookie(port, content_type, body, Some(&visitor_cookie()))
+}
+
+fn post_with_cookie(
+    port: u16,
+    content_type: &str,
+    body: &[u8],
+    cookie: Option<&str>,
+) -> (u16, Value) {
+    let mut request = agent()
         .post(&format!("http://127.0.0.1:{port}/upload"))
-        .header("Content-Type", content_type)
-        .send(body)
-        .expect("an answer");
+        .header("Content-Type", content_type);
+    if let Some(cookie) = cookie {
+        request = request.header("Cookie", cookie);
+    }
+    let mut r = request.send(body).expect("an answer");
     let status = r.status().as_u16();
     let text = r.body_mut().read_to_string().unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -169,7 +188,7 @@ fn uploads_become_three_sizes_each_with_the_right_dimensions() {
 
 #[test]
 fn hostile_uploads_get_clear_answers_and_leave_nothing_behind() {
-    let p = start(1);
+    let p = start_with(1, &[("PHOTOS_MAX_FILE_MB", "2")]);
     let good = encode(&picture(640, 480, 9), ImageFormat::Jpeg);
     // A PNG whose header says 20000x20000 (400 megapixels).
     let bomb = bomb_png(20_000, 20_000);
@@ -202,6 +221,15 @@ fn hostile_uploads_get_clear_answers_and_leave_nothing_behind() {
         .as_str()
         .unwrap_or("")
         .contains("at most 40"));
+
+    // Over the size limit (2 MiB here): 413, saying so; spilled to disk, and removed.
+    let big = noise_png(1000, 1000, 3);
+    let (status, answer) = upload(p.port, &[("big.png", &big)]);
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["rejected"][0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("over the 2 MiB limit"));
 
     let (status, answer) = upload(p.port, &[("bad.jpg", &not_jpeg), ("bomb.png", &bomb)]);
     assert_eq!(status, 202, "{answer}");
@@ -276,6 +304,151 @@ fn a_thumbnail_process_killed_mid_batch_loses_no_photo() {
     drop(p.server);
 }
 
+/// The page's WebSocket handshake, as a browser holding `cookie` sends it.
+fn socket_request(
+    port: u16,
+    cookie: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://127.0.0.1:{port}/ws")
+        .into_client_request()
+        .expect("a request");
+    request
+        .headers_mut()
+        .insert("Cookie", cookie.parse().expect("a header value"));
+    request
+}
+
+#[test]
+fn the_page_sets_the_visitor_cookie_and_uploads_or_sockets_without_it_are_refused() {
+    let p = start(1);
+    let r = agent()
+        .get(&format!("http://127.0.0.1:{}/", p.port))
+        .call()
+        .expect("the page");
+    let set = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let value = set
+        .strip_prefix("photos_visitor=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or("");
+    assert!(photos::web::valid_visitor(value), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+
+    let good = encode(&picture(320, 240, 1), ImageFormat::Jpeg);
+    let (ct, body) = form(TAB, &[("a.jpg", &good)]);
+    let (status, answer) = post_with_cookie(p.port, &ct, &body, None);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap_or("").contains("cookie"));
+    let (status, _) = post_with_cookie(p.port, &ct, &body, Some("photos_visitor=guess"));
+    assert_eq!(status, 400);
+
+    let port = p.port;
+    let refused = support::local_runtime().block_on(async move {
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await
+    });
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a socket without the cookie: {other:?}"),
+    }
+    assert!(gallery(p.port).is_empty());
+}
+
+#[test]
+fn progress_goes_to_the_uploading_browser_only_not_to_another_with_the_same_tab_id() {
+    use futures_util::{SinkExt, StreamExt};
+    let p = start(1);
+    let port = p.port;
+    let (mine, theirs) = support::local_runtime().block_on(async move {
+        let other = format!("photos_visitor={}", "f".repeat(32));
+        let mut sockets = Vec::new();
+        for cookie in [visitor_cookie(), other] {
+            let (mut ws, _) = tokio_tungstenite::connect_async(socket_request(port, &cookie))
+                .await
+                .expect("ws");
+            let hello = serde_json::json!({ "tab": TAB }).to_string();
+            ws.send(hello.into()).await.expect("hello");
+            ws.next().await.expect("an answer").expect("hello back");
+            sockets.push(ws);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let jpeg = encode(&picture(800, 600, 4), ImageFormat::Jpeg);
+        let upload = tokio::task::spawn_blocking(move || upload(port, &[("mine.jpg", &jpeg)]));
+        let (mut theirs_ws, mut mine_ws) = (sockets.pop().expect("2"), sockets.pop().expect("1"));
+        let mut mine = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, mine_ws.next()).await {
+            let text = msg.to_text().unwrap_or("").to_string();
+            let end = text.contains("\"done\"") || text.contains("\"failed\"");
+            mine.push(text);
+            if end {
+                break;
+            }
+        }
+        assert_eq!(upload.await.expect("upload").0, 202);
+        // Whatever was meant for the other browser has arrived by now.
+        let mut theirs = Vec::new();
+        let quiet = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(quiet, theirs_ws.next()).await {
+            theirs.push(msg.to_text().unwrap_or("").to_string());
+        }
+        (mine, theirs)
+    });
+    assert!(
+        mine.last().is_some_and(|m| m.contains("\"done\"")),
+        "{mine:?}"
+    );
+    assert!(theirs.is_empty(), "{theirs:?}");
+}
+
+#[test]
+fn a_decoder_panic_fails_that_photo_only_and_the_panel_counts_it() {
+    let p = start_with(1, &[("PHOTOS_PANIC_ON", "boom.jpg")]);
+    let before = p.server.group_pids("thumbs");
+    let jpeg = encode(&picture(640, 480, 6), ImageFormat::Jpeg);
+    let (status, answer) = upload(p.port, &[("boom.jpg", &jpeg), ("fine.jpg", &jpeg)]);
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        eventually(Duration::from_secs(60), || settled(p.port, 2)),
+        "{:?}",
+        gallery(p.port)
+    );
+    for photo in gallery(p.port) {
+        match photo["name"].as_str() {
+            Some("boom.jpg") => {
+                assert_eq!(photo["state"], "failed", "{photo}");
+                let why = photo["error"].as_str().unwrap_or("");
+                assert!(why.contains("decoder crashed"), "{why}");
+            }
+            _ => assert_eq!(photo["state"], "done", "{photo}"),
+        }
+    }
+    // The same process made both, and the panel counts the panic against it.
+    assert_eq!(p.server.group_pids("thumbs"), before);
+    let status: Value = agent()
+        .get(&format!("http://127.0.0.1:{}/api/status", p.port))
+        .call()
+        .expect("status")
+        .body_mut()
+        .read_json()
+        .expect("json");
+    let panics: u64 = status["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|x| x["worker"] == "thumbs")
+        .filter_map(|x| x["panics"].as_u64())
+        .sum();
+    assert_eq!(panics, 1, "{status}");
+}
+
 #[test]
 fn the_uploading_tab_hears_queued_started_each_size_and_done_over_its_websocket() {
     use futures_util::StreamExt;
@@ -284,8 +457,9 @@ fn the_uploading_tab_hears_queued_started_each_size_and_done_over_its_websocket(
     let port = p.port;
     let events: Vec<Value> = support::local_runtime().block_on(async move {
         use futures_util::SinkExt;
-        let url = format!("ws://127.0.0.1:{port}/ws");
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+        let (mut ws, _) = tokio_tungstenite::connect_async(socket_request(port, &visitor_cookie()))
+            .await
+            .expect("ws");
         let hello = serde_json::json!({ "tab": tab }).to_string();
         ws.send(hello.into()).await.expect("hello");
         let answer = ws.next().await.expect("an answer").expect("a message");
@@ -438,6 +612,20 @@ fn over_nats_a_thumbnail_node_killed_whole_mid_batch_loses_no_photo() {
         "{:?}",
         nodes(port).iter().map(described).collect::<Vec<_>>()
     );
+    // ... and each node's processes, with their own counters: node c's two thumbnail processes.
+    let c_pids: std::collections::BTreeSet<u64> = nodes(port)
+        .iter()
+        .filter(|n| n["node"] == "c")
+        .flat_map(|n| n["processes"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p["worker"] == "thumbs" && p["tasks_done"].is_u64())
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    let expected: std::collections::BTreeSet<u64> = doomed
+        .group_pids("thumbs")
+        .into_iter()
+        .map(u64::from)
+        .collect();
+    assert_eq!(c_pids, expected);
     // Node c dies whole: its master and every process, mid-batch.
     let mut victims = doomed.group_pids("thumbs");
     victims.push(doomed.master_pid());

@@ -86,7 +86,7 @@ impl Master {
                     nodes: crate::process::cluster::census(bus).await,
                 },
                 None => Response::Cluster {
-                    nodes: vec![self.node_info()],
+                    nodes: vec![self.node_info().await],
                 },
             },
         };

@@ -273,7 +273,10 @@ pub(crate) fn run(
             Some(bus) => {
                 let me = master.clone();
                 let node = me.state.borrow().node.clone();
-                crate::process::cluster::answer_census(bus, &node, move || me.node_info());
+                crate::process::cluster::answer_census(bus, &node, move || {
+                    let me = me.clone();
+                    Box::pin(async move { me.node_info().await })
+                });
                 Some(crate::process::cluster::register(bus, master.node_record()).await)
             }
             None => None,

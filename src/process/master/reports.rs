@@ -53,8 +53,9 @@ impl Master {
             })
             .collect()
     }
-    pub(super) async fn status(&self) -> StatusReport {
-        self.hub_stats.borrow_mut().take();
+    /// Every process of this tree with its own counters (each asked, at most
+    /// `STATUS_TIMEOUT`), sorted by group, id and age.
+    pub(super) async fn process_rows(&self) -> Vec<ProcessRow> {
         let mut asks = Vec::new();
         for (pid, worker, id, listen, retiring, age) in self.process_list() {
             let me = self.clone();
@@ -92,9 +93,13 @@ impl Master {
             }
         }
         processes.sort_by(|a, b| (&a.worker, a.id, a.retiring).cmp(&(&b.worker, b.id, b.retiring)));
-        let mut bus = self.bus_status().await;
-        // JetStream keeps no completion counts: on NATS `done` and `failed` are this node's
-        // live processes' own.
+        processes
+    }
+    pub(super) async fn status(&self) -> StatusReport {
+        self.hub_stats.borrow_mut().take();
+        let processes = self.process_rows().await;
+        let mut bus = self.bus_status().await; // JetStream keeps no completion counts: on NATS `done` and `failed` are this node's
+                                               // live processes' own.
         for pool in &mut bus.pools {
             for p in processes.iter().filter(|p| p.worker == pool.name) {
                 pool.done += p.stats.tasks_done;
@@ -127,8 +132,9 @@ impl Master {
                 .collect(),
         }
     }
-    /// This node as the cluster census shows it.
-    pub(super) fn node_info(&self) -> NodeInfo {
+    /// This node as the cluster census shows it, with its processes' rows as `status` has them.
+    pub(super) async fn node_info(&self) -> NodeInfo {
+        let processes = self.process_rows().await;
         let st = self.state.borrow();
         let mut groups: Vec<GroupInfo> = Vec::new();
         for p in st.procs.values().filter(|p| !p.retiring) {
@@ -152,6 +158,7 @@ impl Master {
             bus: st.options.bus.describe(),
             uptime_secs: st.started_at.elapsed().as_secs(),
             groups,
+            processes,
             reachable: true,
             last_heard_secs: None,
         }
