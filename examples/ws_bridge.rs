@@ -5,7 +5,8 @@
 //! Run `ws_chat`, then `WS_BRIDGE_UPSTREAM=ws://127.0.0.1:8081/ws cargo run --example ws_bridge
 //! -- start --run-dir /tmp/bridge` and talk to 127.0.0.1:8890 with `nc`.
 //! `WS_BRIDGE_LISTEN` moves the text listener; `WS_BRIDGE_ROOT` names a PEM file of trusted
-//! certificates for a `wss://` upstream.
+//! certificates for a `wss://` upstream. The bridge offers the subprotocol `chat` and sends an
+//! `Origin` header; the line `/subprotocol` asks which subprotocol the upstream chose.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -31,6 +32,13 @@ fn main() -> oxwork::Result<()> {
                 return;
             }
         };
+        // What a browser would send, and the protocol the chat speaks.
+        let offered = conn
+            .header("Origin", "http://ws-bridge.local")
+            .and_then(|()| conn.subprotocols(&["chat"]));
+        if let Err(e) = offered {
+            eprintln!("bad handshake settings: {e}");
+        }
         if let Ok(root) = std::env::var("WS_BRIDGE_ROOT") {
             if let Err(e) = conn.tls_root_pem(root) {
                 eprintln!("bad root certificates: {e}");
@@ -49,6 +57,18 @@ fn main() -> oxwork::Result<()> {
         *up.borrow_mut() = Some(conn);
     });
     w.on_message(move |c, line| {
+        if line.as_str().map(str::trim) == Some("/subprotocol") {
+            let chosen = upstream
+                .borrow()
+                .as_ref()
+                .and_then(|u| u.connection())
+                .and_then(|up| up.subprotocol());
+            c.send(format!(
+                "subprotocol: {}",
+                chosen.as_deref().unwrap_or("none")
+            ));
+            return;
+        }
         let sent = upstream
             .borrow()
             .as_ref()

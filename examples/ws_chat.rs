@@ -9,6 +9,7 @@
 
 use oxwork::bus;
 use oxwork::http::Response;
+use oxwork::websocket::WsAccept;
 use oxwork::{run_all, Worker};
 
 const PAGE: &str = r#"<!doctype html>
@@ -19,7 +20,7 @@ const PAGE: &str = r#"<!doctype html>
 <form id="f"><input id="m" autocomplete="off" size="50" autofocus> <button>Send</button></form>
 <script>
 const log = document.getElementById('log');
-const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
+const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`, ['chat']);
 ws.onmessage = e => { const p = document.createElement('div'); p.textContent = e.data; log.append(p); log.scrollTop = 1e9; };
 document.getElementById('f').onsubmit = e => { e.preventDefault(); const m = document.getElementById('m'); ws.send(m.value); m.value = ''; };
 </script>
@@ -67,11 +68,17 @@ fn main() -> oxwork::Result<()> {
         _ => Response::new(404).body("Not Found\n"),
     });
     chat.on_websocket_connect(|req| {
-        if req.path() == "/ws" {
-            Ok(())
-        } else {
-            Err(Response::new(404).body("the chat socket is at /ws\n"))
+        if req.path() != "/ws" {
+            return Err(Response::new(404).body("the chat socket is at /ws\n"));
         }
+        // A client that names its protocol (`new WebSocket(url, ["chat"])`) is answered with
+        // it; one that offers only others is still let in, and decides for itself.
+        let offers_chat = req.websocket_protocols().iter().any(|p| p == "chat");
+        Ok(if offers_chat {
+            WsAccept::new().protocol("chat")
+        } else {
+            WsAccept::new()
+        })
     });
     chat.on_message(|c, msg| {
         if let Some(text) = msg.as_str() {

@@ -101,6 +101,23 @@ fn python_websockets_client_chats_through_ws_chat() {
 }
 
 #[test]
+fn python_websockets_clients_are_answered_with_the_chat_subprotocol_they_offer() {
+    let python = python();
+    let port = free_port();
+    let _s = Server::start(
+        "ws_chat",
+        &[("WS_CHAT_LISTEN", format!("websocket://127.0.0.1:{port}"))],
+        5,
+    );
+    run_script(
+        &python,
+        "ws_subprotocols.py",
+        &[port.to_string()],
+        "python websockets subprotocols: ok",
+    );
+}
+
+#[test]
 fn a_python_nats_program_publishes_to_a_channel_and_submits_a_task() {
     let python = python();
     let nats = Nats::start();

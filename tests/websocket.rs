@@ -271,6 +271,20 @@ fn an_outbound_ws_connection_relays_both_ways_and_reconnects() {
 }
 
 #[test]
+fn an_outbound_ws_connection_offers_a_subprotocol_and_learns_the_servers_choice() {
+    let chat_server = chat(&[]);
+    let (b, port) = bridge(format!("ws://127.0.0.1:{}/ws", chat_server.port), &[]);
+    let mut c = LineClient::connect(port).expect("connect");
+    assert!(
+        eventually(SETTLE, || c
+            .ask("/subprotocol")
+            .is_ok_and(|r| r == "subprotocol: chat")),
+        "bridge stderr:\n{}",
+        b.stderr()
+    );
+}
+
+#[test]
 fn an_http_worker_accepts_websocket_upgrades_on_its_chosen_path() {
     let port = free_port();
     let _s = Server::start(

@@ -193,6 +193,19 @@ impl Request {
         keep_alive(self.version, &self.headers)
     }
 
+    /// The subprotocols a WebSocket client offers (`Sec-WebSocket-Protocol`), in its order of
+    /// preference; empty when it offers none.
+    pub fn websocket_protocols(&self) -> Vec<String> {
+        self.headers
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
     /// Whether this is a WebSocket upgrade request.
     pub fn is_websocket_upgrade(&self) -> bool {
         self.header("upgrade")

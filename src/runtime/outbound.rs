@@ -105,8 +105,8 @@ impl<P: Protocol + Clone> AsyncConnection<P> {
         AsyncConnection::with_protocol_url(SocketUrl::parse(url)?, proto)
     }
 
-    /// Trusts only the certificates in this PEM file for `wss://` (a private CA, a test
-    /// certificate).
+    /// Trusts only the certificates in this PEM file for a TLS connection (`wss://`, or after
+    /// [`tls`](Self::tls)): a private CA, a test certificate.
     pub fn tls_root_pem(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         use rustls::pki_types::pem::PemObject;
         let path = path.as_ref();
@@ -126,11 +126,23 @@ impl<P: Protocol + Clone> AsyncConnection<P> {
             None => {
                 return Err(Error::new(
                     ErrorKind::Config,
-                    "tls_root_pem is for TLS connections (wss://)",
+                    "tls_root_pem is for TLS connections (wss://, or after tls())",
                 ))
             }
         }
         Ok(())
+    }
+
+    /// The protocol value every connection attempt starts from (its shared settings).
+    pub(crate) fn protocol_template(&self) -> &P {
+        &self.shared.proto
+    }
+
+    /// Speaks TLS to the server (any protocol: `text`, `frame`, your own), checking its
+    /// certificate for `server_name` against the usual public roots (`tls_root_pem` replaces
+    /// them). `wss://` URLs turn it on by themselves. Call before [`connect`](Self::connect).
+    pub fn tls(&self, server_name: &str) -> Result<()> {
+        self.tls_with_public_roots(server_name)
     }
 
     /// Speaks TLS to the server, checking its certificate for `host` against the usual

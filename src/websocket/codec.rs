@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::StatusCode;
 use sha1::{Digest, Sha1};
 
+use super::handshake::{header_list, ClientRequest, WsAccept};
 use crate::http::{Request, Response};
 use crate::protocol::{Farewell, Input, Payload, Protocol, Rejection, Wire};
 
@@ -113,11 +114,14 @@ pub struct HandshakeInfo {
     pub path: String,
     /// The query string.
     pub query: String,
-    /// Request headers as `(name, value)` pairs.
+    /// Request headers as `(name, value)` pairs (on an outbound connection: the server's
+    /// answer's headers).
     pub headers: Vec<(String, String)>,
+    /// The subprotocol agreed (`Sec-WebSocket-Protocol`), if any.
+    pub protocol: Option<String>,
 }
 
-pub(crate) type HandshakeHook = Rc<dyn Fn(&Request) -> Result<(), Response>>;
+pub(crate) type HandshakeHook = Rc<dyn Fn(&Request) -> Result<WsAccept, Response>>;
 pub(crate) type PlainHttpHook = Rc<dyn Fn(&Request) -> Response>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +157,8 @@ struct ClientSide {
     path: String,
     key: String,
     rng: u64,
+    /// Headers and subprotocols to send, shared by every reconnection.
+    request: Rc<RefCell<ClientRequest>>,
 }
 
 impl ClientSide {
@@ -220,9 +226,15 @@ impl WebSocket {
                 },
                 key: base64::engine::general_purpose::STANDARD.encode(key),
                 rng: seed,
+                request: Rc::default(),
             }),
             ..WebSocket::default()
         }
+    }
+
+    /// What an outbound connection adds to its handshake (`None` on the server side).
+    pub(crate) fn client_request(&self) -> Option<&Rc<RefCell<ClientRequest>>> {
+        self.client.as_ref().map(|c| &c.request)
     }
 
     fn out_mask(&mut self) -> Option<[u8; 4]> {
@@ -256,6 +268,35 @@ impl WebSocket {
                 "websocket handshake: wrong Sec-WebSocket-Accept",
             ));
         }
+        let headers = || resp.headers.iter().map(|h| (h.name, h.value));
+        let chosen = header_list(headers(), "sec-websocket-protocol");
+        let offered = self
+            .client
+            .as_ref()
+            .map(|c| c.request.borrow().protocols.clone())
+            .unwrap_or_default();
+        let protocol = match chosen.as_slice() {
+            [] => None,
+            [one] if offered.contains(one) => Some(one.clone()),
+            _ => {
+                return Err(Rejection::new(format!(
+                    "websocket handshake: the server chose subprotocol {:?}, not one offered",
+                    chosen.join(", ")
+                )))
+            }
+        };
+        self.info = Some(HandshakeInfo {
+            path: self
+                .client
+                .as_ref()
+                .map(|c| c.path.clone())
+                .unwrap_or_default(),
+            query: String::new(),
+            headers: headers()
+                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+            protocol,
+        });
         self.phase = Phase::Open;
         Ok(())
     }
@@ -292,6 +333,7 @@ fn handshake_info(req: &httparse::Request<'_, '_>) -> HandshakeInfo {
                 )
             })
             .collect(),
+        protocol: None,
     }
 }
 
@@ -405,24 +447,52 @@ impl WebSocket {
                 "bad Sec-WebSocket-Key",
             ));
         };
-        let info = handshake_info(&req);
+        let mut info = handshake_info(&req);
         let hook = self.hook.borrow().clone();
+        let mut accepted = WsAccept::new();
         if let Some(hook) = hook {
             let request = crate::http::get_request(&info.path, &info.query, &info.headers);
-            if let Some(Err(refusal)) =
-                crate::runtime::guard::guarded("on_websocket_connect", || hook(&request))
-            {
-                let mut out = BytesMut::new();
-                crate::http::encode_standalone(refusal, &mut out);
-                return Err(Rejection::with_reply(
-                    "websocket handshake refused by the application",
-                    out.freeze(),
-                ));
+            match crate::runtime::guard::guarded("on_websocket_connect", || hook(&request)) {
+                Some(Err(refusal)) => {
+                    let mut out = BytesMut::new();
+                    crate::http::encode_standalone(refusal, &mut out);
+                    return Err(Rejection::with_reply(
+                        "websocket handshake refused by the application",
+                        out.freeze(),
+                    ));
+                }
+                Some(Ok(a)) => accepted = a,
+                // A panicking hook accepts nothing in particular; the panic is logged.
+                None => {}
+            }
+        }
+        if let Some(chosen) = accepted.protocol.take() {
+            let offered = header_list(
+                req.headers.iter().map(|h| (h.name, h.value)),
+                "sec-websocket-protocol",
+            );
+            if offered.contains(&chosen) {
+                info.protocol = Some(chosen);
+            } else {
+                tracing::error!(
+                    "on_websocket_connect chose subprotocol {chosen:?}, which the client did not \
+                     offer ({offered:?}); the answer names none"
+                );
             }
         }
         let out = wire.buf();
         out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
         out.extend_from_slice(accept_key(&key).as_bytes());
+        if let Some(p) = &info.protocol {
+            out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
+            out.extend_from_slice(p.as_bytes());
+        }
+        for (name, value) in accepted.headers() {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+        }
         out.extend_from_slice(b"\r\n\r\n");
         self.info = Some(info);
         self.phase = Phase::Open;
@@ -668,10 +738,21 @@ impl Protocol for WebSocket {
 
     fn opening(&mut self, wire: &mut Wire<'_>) {
         if let Some(c) = &self.client {
-            let request = format!(
-                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            let mut request = format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n",
                 c.path, c.host, c.key
             );
+            let extra = c.request.borrow();
+            if !extra.protocols.is_empty() {
+                request.push_str(&format!(
+                    "Sec-WebSocket-Protocol: {}\r\n",
+                    extra.protocols.join(", ")
+                ));
+            }
+            for (name, value) in &extra.headers {
+                request.push_str(&format!("{name}: {value}\r\n"));
+            }
+            request.push_str("\r\n");
             wire.buf().extend_from_slice(request.as_bytes());
         }
     }
@@ -716,17 +797,24 @@ impl Protocol for WebSocket {
             return None;
         }
         let info = self.info.clone().unwrap_or_default();
-        serde_json::to_vec(&(info.path, info.query, info.headers)).ok()
+        serde_json::to_vec(&(info.path, info.query, info.headers, info.protocol)).ok()
     }
 
     fn import_state(&mut self, state: &[u8]) -> Result<(), Rejection> {
-        let (path, query, headers): (String, String, Vec<(String, String)>) =
-            serde_json::from_slice(state)
+        type Headers = Vec<(String, String)>;
+        // A process of the version before subprotocols sends three fields.
+        let (path, query, headers, protocol) =
+            serde_json::from_slice::<(String, String, Headers, Option<String>)>(state)
+                .or_else(|_| {
+                    serde_json::from_slice::<(String, String, Headers)>(state)
+                        .map(|(p, q, h)| (p, q, h, None))
+                })
                 .map_err(|e| Rejection::new(format!("bad websocket state: {e}")))?;
         self.info = Some(HandshakeInfo {
             path,
             query,
             headers,
+            protocol,
         });
         self.phase = Phase::Open;
         Ok(())
@@ -783,6 +871,109 @@ mod tests {
         };
         ws.configure(1024);
         ws
+    }
+
+    const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+    /// Feeds a whole handshake; whether it was taken, and what the codec wrote back.
+    fn answer(ws: &mut WebSocket, head: &str) -> (bool, String) {
+        let mut buf = BytesMut::from(head.as_bytes());
+        let mut sink = BytesMut::new();
+        let taken = crate::protocol::next_message(ws, &mut buf, 1 << 20, &mut Wire::new(&mut sink));
+        (taken.is_ok(), String::from_utf8_lossy(&sink).into_owned())
+    }
+
+    fn hooked(hook: impl Fn(&Request) -> Result<WsAccept, Response> + 'static) -> WebSocket {
+        let ws = WebSocket::default();
+        *ws.hook.borrow_mut() = Some(Rc::new(hook));
+        ws
+    }
+
+    #[test]
+    fn the_hook_chooses_an_offered_subprotocol_and_adds_headers_and_cookies() {
+        let mut ws = hooked(|req| {
+            assert_eq!(req.websocket_protocols(), ["graphql-ws", "chat"]);
+            Ok(WsAccept::new()
+                .protocol("chat")
+                .header("X-Served-By", "oxwork")
+                .cookie("sid", "42"))
+        });
+        let (ok, out) = answer(
+            &mut ws,
+            &format!("{UPGRADE}Sec-WebSocket-Protocol: graphql-ws, chat\r\n\r\n"),
+        );
+        assert!(ok, "{out}");
+        assert!(out.starts_with("HTTP/1.1 101 "), "{out}");
+        assert!(
+            out.contains("\r\nSec-WebSocket-Protocol: chat\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("\r\nX-Served-By: oxwork\r\n"), "{out}");
+        assert!(
+            out.contains("\r\nSet-Cookie: sid=42; Path=/; HttpOnly\r\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("\r\n\r\n"), "{out}");
+        assert_eq!(
+            ws.handshake().and_then(|h| h.protocol.clone()).as_deref(),
+            Some("chat")
+        );
+    }
+
+    #[test]
+    fn a_subprotocol_the_client_did_not_offer_is_left_out_of_the_answer() {
+        let mut ws = hooked(|_| Ok(WsAccept::new().protocol("mqtt")));
+        let (ok, out) = answer(
+            &mut ws,
+            &format!("{UPGRADE}Sec-WebSocket-Protocol: chat\r\n\r\n"),
+        );
+        assert!(ok, "{out}");
+        assert!(!out.contains("Sec-WebSocket-Protocol"), "{out}");
+        assert_eq!(ws.handshake().and_then(|h| h.protocol.clone()), None);
+    }
+
+    #[test]
+    fn a_client_offers_its_subprotocols_and_refuses_an_answer_it_did_not_offer() {
+        let server_answer = |ws: &WebSocket, protocol: &str| {
+            let key = ws
+                .client
+                .as_ref()
+                .map(|c| c.key.clone())
+                .unwrap_or_default();
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{protocol}\r\n",
+                accept_key(&key)
+            )
+        };
+        let client = || {
+            let mut ws = WebSocket::client("x", "/ws");
+            let request = ws.client_request().expect("a client").clone();
+            request.borrow_mut().protocols = vec!["chat".into(), "superchat".into()];
+            request
+                .borrow_mut()
+                .headers
+                .push(("Authorization".into(), "Bearer t".into()));
+            let mut sink = BytesMut::new();
+            ws.opening(&mut Wire::new(&mut sink));
+            let sent = String::from_utf8_lossy(&sink).into_owned();
+            assert!(
+                sent.contains("\r\nSec-WebSocket-Protocol: chat, superchat\r\n"),
+                "{sent}"
+            );
+            assert!(sent.contains("\r\nAuthorization: Bearer t\r\n"), "{sent}");
+            ws
+        };
+        let mut ws = client();
+        let head = server_answer(&ws, "Sec-WebSocket-Protocol: superchat\r\n");
+        let (ok, _) = answer(&mut ws, &head);
+        assert!(ok);
+        assert_eq!(
+            ws.handshake().and_then(|h| h.protocol.clone()).as_deref(),
+            Some("superchat")
+        );
+        let mut ws = client();
+        let head = server_answer(&ws, "Sec-WebSocket-Protocol: mqtt\r\n");
+        assert!(!answer(&mut ws, &head).0);
     }
 
     #[test]

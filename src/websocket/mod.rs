@@ -2,10 +2,13 @@
 //!
 //! `on_message` receives whole messages (fragments are joined, text is checked to be UTF-8);
 //! pings are answered, close frames are answered and the connection then closes; client frames
-//! must be masked. A handshake hook can read the upgrade request and refuse it; the handshake has
-//! a deadline. The codec is hand-written (see ARCHITECTURE.md for why).
+//! must be masked. A handshake hook can read the upgrade request and refuse it, or accept it
+//! choosing a subprotocol and adding headers and cookies ([`WsAccept`]); the handshake has a
+//! deadline. Outbound connections can send headers and offer subprotocols. The codec is hand-written (see ARCHITECTURE.md for why).
 
 mod codec;
+mod handshake;
 mod worker;
 
 pub use codec::{HandshakeInfo, WebSocket, WsMessage, WsOutput};
+pub use handshake::WsAccept;

@@ -4,7 +4,8 @@
 
 use std::rc::Rc;
 
-use super::{HandshakeInfo, WebSocket};
+use super::handshake::{check_client_header, is_token};
+use super::{HandshakeInfo, WebSocket, WsAccept};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Http, Request, Response};
 use crate::protocol::Dynamic;
@@ -76,13 +77,15 @@ impl crate::protocol::HandOver for RouteUpgrade {
 
 impl Worker<WebSocket> {
     /// Runs on each opening handshake with the upgrade request (path, query, headers,
-    /// cookies); returning `Err(response)` refuses the connection with that response
-    /// (Workerman's `onWebSocketConnect`, for authentication).
-    pub fn on_websocket_connect(
+    /// cookies, [`Request::websocket_protocols`]); returning `Err(response)` refuses the
+    /// connection with that response (Workerman's `onWebSocketConnect`, for authentication).
+    /// `Ok(())` accepts it; `Ok(WsAccept::new().protocol("chat").cookie(...))` accepts it with
+    /// a subprotocol chosen from the client's list and headers added to the answer.
+    pub fn on_websocket_connect<A: Into<WsAccept>>(
         &mut self,
-        f: impl Fn(&Request) -> std::result::Result<(), Response> + 'static,
+        f: impl Fn(&Request) -> std::result::Result<A, Response> + 'static,
     ) -> &mut Self {
-        *self.protocol().hook.borrow_mut() = Some(Rc::new(f));
+        *self.protocol().hook.borrow_mut() = Some(Rc::new(move |req| f(req).map(Into::into)));
         self
     }
 
@@ -124,13 +127,49 @@ impl Worker<WebSocket> {
 }
 
 impl Connection<WebSocket> {
-    /// The WebSocket handshake's request (path, query, headers), once the connection is open.
+    /// The WebSocket handshake's request (path, query, headers), once the connection is open;
+    /// on an outbound connection, the server's answer.
     pub fn handshake(&self) -> Option<HandshakeInfo> {
         self.with_protocol(|ws| ws.handshake().cloned())
+    }
+
+    /// The subprotocol the handshake agreed on, if any.
+    pub fn subprotocol(&self) -> Option<String> {
+        self.with_protocol(|ws| ws.handshake().and_then(|h| h.protocol.clone()))
     }
 }
 
 impl AsyncConnection<WebSocket> {
+    /// Sends this header with every handshake of this connection (an `Authorization`, an
+    /// `Origin`, a cookie). The handshake's own headers (`Host`, `Upgrade`, `Connection`,
+    /// `Sec-WebSocket-*`) and values with control characters are refused.
+    pub fn header(&self, name: &str, value: &str) -> Result<()> {
+        check_client_header(name, value).map_err(|e| Error::new(ErrorKind::Config, e))?;
+        if let Some(request) = self.protocol_template().client_request() {
+            request
+                .borrow_mut()
+                .headers
+                .push((name.to_string(), value.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Offers these subprotocols, in order of preference (`Sec-WebSocket-Protocol`); the
+    /// server's choice is [`Connection::subprotocol`]. A server that answers with one not
+    /// offered fails the handshake.
+    pub fn subprotocols(&self, names: &[&str]) -> Result<()> {
+        if let Some(bad) = names.iter().find(|n| !is_token(n)) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("subprotocol {bad:?} is not an HTTP token"),
+            ));
+        }
+        if let Some(request) = self.protocol_template().client_request() {
+            request.borrow_mut().protocols = names.iter().map(|n| n.to_string()).collect();
+        }
+        Ok(())
+    }
+
     /// A WebSocket connection to `url` (`ws://host:port/path` or `wss://...`), with the same
     /// callbacks as any connection; `send` takes text, bytes or `WsOutput`. Server certificates
     /// are checked against the usual public roots (`tls_root_pem` replaces them).

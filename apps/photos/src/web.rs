@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use oxwork::bus::{self, SubmitOptions};
 use oxwork::http::{Request, Response};
-use oxwork::websocket::{WebSocket, WsMessage};
+use oxwork::websocket::{WebSocket, WsAccept, WsMessage};
 use oxwork::Connection;
 use serde_json::json;
 
@@ -385,12 +385,24 @@ fn finish(store: &Store, job: &Job, outcome: Result<bytes::Bytes, bus::BusError>
     tell(&job.tab, json!({"type": kind, "photo": photo.public()}));
 }
 
-/// The WebSocket handshake: only a browser that holds a visitor cookie may listen.
-pub fn on_socket_handshake(req: &Request) -> Result<(), Response> {
-    match req.cookie(VISITOR_COOKIE).filter(|v| valid_visitor(v)) {
-        Some(_) => Ok(()),
-        None => Err(Response::new(403).body("no visitor cookie: load the page first\n")),
+/// The page's socket protocol, versioned so that a page from another release is told apart.
+pub const SOCKET_PROTOCOL: &str = "photos.v1";
+
+/// The WebSocket handshake: only a browser that holds a visitor cookie may listen; a page that
+/// names the socket protocol gets it back.
+pub fn on_socket_handshake(req: &Request) -> Result<WsAccept, Response> {
+    if req
+        .cookie(VISITOR_COOKIE)
+        .filter(|v| valid_visitor(v))
+        .is_none()
+    {
+        return Err(Response::new(403).body("no visitor cookie: load the page first\n"));
     }
+    let offered = req.websocket_protocols();
+    Ok(match offered.iter().any(|p| p == SOCKET_PROTOCOL) {
+        true => WsAccept::new().protocol(SOCKET_PROTOCOL),
+        false => WsAccept::new(),
+    })
 }
 
 /// The WebSocket route: a tab's first message says which tab it is (`{"tab": "ID"}`), and from

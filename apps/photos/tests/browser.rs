@@ -440,6 +440,11 @@ fn the_photo_page_works_in(browser: &dyn Browser, shot: &Path) {
         Duration::from_secs(20),
         "return document.getElementById('link').textContent === 'live';",
     );
+    // The socket's subprotocol, as the browser agreed it with the server.
+    assert_eq!(
+        browser.run("return document.getElementById('link').dataset.protocol;"),
+        json!("photos.v1")
+    );
     browser.pick(&[jpeg, png, webp]);
     browser.pick(&[turned]);
     // 4 photos with 3 sizes each in the gallery; their sizes as the page lists them.
