@@ -5,8 +5,9 @@
 //! Run `ws_chat`, then `WS_BRIDGE_UPSTREAM=ws://127.0.0.1:8081/ws cargo run --example ws_bridge
 //! -- start --run-dir /tmp/bridge` and talk to 127.0.0.1:8890 with `nc`.
 //! `WS_BRIDGE_LISTEN` moves the text listener; `WS_BRIDGE_ROOT` names a PEM file of trusted
-//! certificates for a `wss://` upstream. The bridge offers the subprotocol `chat` and sends an
-//! `Origin` header; the line `/subprotocol` asks which subprotocol the upstream chose.
+//! certificates for a `wss://` upstream. The bridge offers the subprotocol `chat` and
+//! permessage-deflate and sends an `Origin` header; the line `/subprotocol` asks which
+//! subprotocol the upstream chose, `/extensions` which extensions it answered with.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -39,6 +40,7 @@ fn main() -> oxwork::Result<()> {
         if let Err(e) = offered {
             eprintln!("bad handshake settings: {e}");
         }
+        conn.deflate(oxwork::websocket::DeflateSettings::default());
         if let Ok(root) = std::env::var("WS_BRIDGE_ROOT") {
             if let Err(e) = conn.tls_root_pem(root) {
                 eprintln!("bad root certificates: {e}");
@@ -66,6 +68,24 @@ fn main() -> oxwork::Result<()> {
             c.send(format!(
                 "subprotocol: {}",
                 chosen.as_deref().unwrap_or("none")
+            ));
+            return;
+        }
+        if line.as_str().map(str::trim) == Some("/extensions") {
+            let answered = upstream
+                .borrow()
+                .as_ref()
+                .and_then(|u| u.connection())
+                .and_then(|up| up.handshake())
+                .and_then(|h| {
+                    h.headers
+                        .into_iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+                })
+                .map(|(_, v)| v);
+            c.send(format!(
+                "extensions: {}",
+                answered.as_deref().unwrap_or("none")
             ));
             return;
         }

@@ -9,7 +9,7 @@
 
 use oxwork::bus;
 use oxwork::http::Response;
-use oxwork::websocket::WsAccept;
+use oxwork::websocket::{DeflateSettings, WsAccept};
 use oxwork::{run_all, Worker};
 
 const PAGE: &str = r#"<!doctype html>
@@ -31,6 +31,9 @@ fn main() -> oxwork::Result<()> {
         std::env::var("WS_CHAT_LISTEN").unwrap_or_else(|_| "websocket://0.0.0.0:8081".into());
     let mut chat = Worker::websocket(&listen)?;
     chat.name("ws_chat").count(4).gateway(true).reuse_port(true);
+    // Browsers and most client libraries offer permessage-deflate: chat text shrinks several
+    // times on the wire.
+    chat.deflate(DeflateSettings::default());
     if let Some(n) = std::env::var("WS_CHAT_MAX_MESSAGE")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -60,6 +60,22 @@ pub fn websocket(data: &[u8]) {
     feed(crate::websocket::WebSocket::default(), &seeded, || None);
 }
 
+/// The WebSocket server protocol with permessage-deflate agreed (context takeover on, the
+/// inflater's state carried from message to message) on arbitrary bytes as frames.
+pub fn websocket_deflate(data: &[u8]) {
+    let mut all = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n".to_vec();
+    all.extend_from_slice(data);
+    let mut seeded = data.get(..4).unwrap_or(&[]).to_vec();
+    seeded.extend_from_slice(&all);
+    let ws = crate::websocket::WebSocket::default();
+    ws.deflate_settings
+        .set(Some(crate::websocket::DeflateSettings {
+            context_takeover: true,
+            ..Default::default()
+        }));
+    feed(ws, &seeded, || None);
+}
+
 /// The bus's frame decoder on arbitrary bytes.
 pub fn bus_wire(data: &[u8]) {
     let mut buf = BytesMut::from(data);
@@ -146,6 +162,21 @@ mod tests {
             "websocket",
             &[b"\x02\x02\x02\x02\x81\x85\x01\x02\x03\x04ignor", b"\x01\x01\x01\x01\x01\x80\x01\x02\x03\x04\x80\x80\x00\x00\x00\x00\x88\x82\x00\x00\x00\x00\x03\xe8"],
             websocket,
+        );
+    }
+
+    #[test]
+    fn websocket_deflate_decoder_never_panics() {
+        // A masked compressed text frame (RSV1) holding "hello" deflated, then garbage.
+        let mut frame = vec![0xC1, 0x87, 0, 0, 0, 0];
+        frame.extend_from_slice(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+        hammer(
+            "websocket_deflate",
+            &[
+                &frame,
+                b"\x01\x01\x01\x01\xc1\x85\x01\x02\x03\x04\xff\xff\xff\x13\x37",
+            ],
+            websocket_deflate,
         );
     }
 

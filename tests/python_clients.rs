@@ -8,6 +8,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -114,6 +115,78 @@ fn python_websockets_clients_are_answered_with_the_chat_subprotocol_they_offer()
         "ws_subprotocols.py",
         &[port.to_string()],
         "python websockets subprotocols: ok",
+    );
+}
+
+#[test]
+fn python_websockets_clients_chat_compressed_and_a_deflate_bomb_closes_with_1009() {
+    let python = python();
+    let port = free_port();
+    let limit = 100_000;
+    let _s = Server::start(
+        "ws_chat",
+        &[
+            ("WS_CHAT_LISTEN", format!("websocket://127.0.0.1:{port}")),
+            ("WS_CHAT_MAX_MESSAGE", limit.to_string()),
+        ],
+        5,
+    );
+    run_script(
+        &python,
+        "ws_deflate.py",
+        &[port.to_string(), limit.to_string()],
+        "python websockets deflate: ok",
+    );
+}
+
+#[test]
+fn an_oxwork_client_talks_compressed_to_a_python_websockets_server() {
+    use std::io::BufRead;
+    let python = python();
+    let upstream = free_port();
+    let path = format!(
+        "{}/tests/python/ws_deflate_server.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = Command::new(&python)
+        .arg(path)
+        .arg(upstream.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python server");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = ChildGuard(child);
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("the server's first line");
+    assert_eq!(first.trim(), "listening");
+    let port = free_port();
+    let bridge = Server::start(
+        "ws_bridge",
+        &[
+            ("WS_BRIDGE_LISTEN", format!("text://127.0.0.1:{port}")),
+            ("WS_BRIDGE_UPSTREAM", format!("ws://127.0.0.1:{upstream}/")),
+        ],
+        1,
+    );
+    let mut c = LineClient::connect(port).expect("connect");
+    let long = "compress me please, ".repeat(50);
+    assert!(
+        eventually(Duration::from_secs(10), || c
+            .ask(&long)
+            .is_ok_and(|r| r == format!("echo: {long}"))),
+        "bridge stderr:\n{}",
+        bridge.stderr()
+    );
+    let answered = c.ask("/extensions").expect("extensions");
+    assert!(
+        answered.starts_with("extensions: permessage-deflate"),
+        "{answered}"
+    );
+    assert_eq!(
+        c.ask("/subprotocol").expect("subprotocol"),
+        "subprotocol: chat"
     );
 }
 

@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::*;
 
 #[test]
@@ -73,4 +75,71 @@ fn a_process_stuck_in_a_callback_shows_as_busy() {
     assert_eq!(st["processes"][0]["busy"], true, "{st}");
     assert_eq!(c.recv().expect("reply"), "unblocked");
     assert_eq!(s.status()["processes"][0]["busy"], false);
+}
+
+#[test]
+fn status_d_redraws_the_table_every_second_with_the_message_rate_and_stops_on_ctrl_c() {
+    use std::io::Read;
+    let s = echo(1, &[]);
+    let mut c = LineClient::connect(s.port).expect("connect");
+    let mut live = s
+        .command(&["status", "-d"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("status -d");
+    let mut out = live.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = out.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    // Messages flow while it draws: 50 a second for about 3.5 s.
+    let until = std::time::Instant::now() + Duration::from_millis(3500);
+    while std::time::Instant::now() < until {
+        c.ask("tick").expect("reply");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_with("INT", live.id());
+    let status = live.wait().expect("status -d ends");
+    let text = reader.join().expect("output");
+    assert!(status.success(), "{status:?}\n{text}");
+    let frames: Vec<&str> = text.split("\x1b[H\x1b[2J").skip(1).collect();
+    assert!(frames.len() >= 3, "{} frames:\n{text}", frames.len());
+    assert!(frames[0].contains("PROCESSES") && frames[0].contains("msg/s"));
+    // The started line is a date, not a number of seconds.
+    assert!(frames[0].contains(" GMT"), "{}", frames[0]);
+    // The last frames show the echo process's rate: some tens of messages a second.
+    let rate: u64 = frames
+        .last()
+        .and_then(|f| f.lines().find(|l| l.contains("echo#0")))
+        .and_then(|l| l.split_whitespace().nth(7))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((10..200).contains(&rate), "rate {rate}:\n{text}");
+}
+
+#[test]
+fn ps_tells_the_processes_apart_by_their_titles() {
+    let s = echo(2, &[]);
+    let titles: Vec<String> = s
+        .group_pids("echo")
+        .iter()
+        .map(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or(&[])).into_owned()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut titles = titles;
+    titles.sort();
+    let listen = format!("text://127.0.0.1:{}", s.port);
+    assert_eq!(
+        titles,
+        [
+            format!("echo: worker echo 0 {listen}"),
+            format!("echo: worker echo 1 {listen}")
+        ]
+    );
 }

@@ -16,6 +16,54 @@ pub enum Proto {
     Frame,
     Http,
     WebSocket,
+    /// WebSocket carrying a JSON chat message (text that compresses as chat does).
+    WebSocketJson,
+    /// The same message with permessage-deflate (compressed once: without context takeover
+    /// every copy compresses the same).
+    WebSocketDeflate,
+}
+
+/// A JSON chat message of exactly `size` bytes (at least 48).
+pub fn chat_message(size: usize) -> Vec<u8> {
+    let words =
+        "the quick brown fox jumps over the lazy dog and says hello to everyone in the room ";
+    let mut text = String::new();
+    while text.len() + 48 < size {
+        text.push_str(words);
+    }
+    let mut m = format!(r#"{{"user":"user0042","room":"lobby","text":"{text}"}}"#).into_bytes();
+    m.truncate(size.saturating_sub(2));
+    m.extend_from_slice(b"\"}");
+    m
+}
+
+/// `message` as permessage-deflate sends it: raw deflate, sync flush, its last four bytes
+/// left off (RFC 7692 7.2.1).
+fn deflated(message: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut c = Compress::new(Compression::new(1), false);
+    let mut out = Vec::with_capacity(message.len() + 64);
+    c.compress_vec(message, &mut out, FlushCompress::Sync)
+        .expect("deflate");
+    if out.ends_with(&[0, 0, 0xff, 0xff]) {
+        out.truncate(out.len() - 4);
+    }
+    out
+}
+
+/// A masked client frame; `first` is its first byte (FIN, RSV1, opcode).
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut v = vec![first];
+    if payload.len() < 126 {
+        v.push(0x80 | payload.len() as u8);
+    } else {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    v
 }
 
 impl Proto {
@@ -24,7 +72,7 @@ impl Proto {
             Proto::Text => "text",
             Proto::Frame => "frame",
             Proto::Http => "http",
-            Proto::WebSocket => "websocket",
+            Proto::WebSocket | Proto::WebSocketJson | Proto::WebSocketDeflate => "websocket",
         }
     }
 
@@ -41,19 +89,9 @@ impl Proto {
                 v
             }
             Proto::Http => b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec(),
-            Proto::WebSocket => {
-                let mask = [0x12u8, 0x34, 0x56, 0x78];
-                let mut v = vec![0x81];
-                if size < 126 {
-                    v.push(0x80 | size as u8);
-                } else {
-                    v.push(0x80 | 126);
-                    v.extend_from_slice(&(size as u16).to_be_bytes());
-                }
-                v.extend_from_slice(&mask);
-                v.extend((0..size).map(|i| b'x' ^ mask[i & 3]));
-                v
-            }
+            Proto::WebSocket => masked_frame(0x81, &vec![b'x'; size]),
+            Proto::WebSocketJson => masked_frame(0x81, &chat_message(size)),
+            Proto::WebSocketDeflate => masked_frame(0xC1, &deflated(&chat_message(size))),
         }
     }
 
@@ -61,7 +99,8 @@ impl Proto {
     /// answer to it ends.
     fn opening(&self) -> Option<&'static [u8]> {
         match self {
-            Proto::WebSocket => Some(b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            Proto::WebSocket | Proto::WebSocketJson => Some(b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            Proto::WebSocketDeflate => Some(b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"),
             _ => None,
         }
     }
@@ -82,7 +121,7 @@ impl Proto {
                         (rest.len() >= len).then_some(len)
                     }
                 }
-                Proto::WebSocket => {
+                Proto::WebSocket | Proto::WebSocketJson | Proto::WebSocketDeflate => {
                     if rest.len() < 2 {
                         None
                     } else {
@@ -240,6 +279,38 @@ async fn one_connection(
 }
 
 /// Sends the protocol's opening (a WebSocket upgrade) and reads its answer to the end.
+/// Bytes on the wire for one message and its reply (both directions, frame headers included),
+/// measured on one connection of its own.
+pub fn wire_bytes_per_message(
+    addr: SocketAddr,
+    proto: Proto,
+    size: usize,
+) -> Result<usize, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        open_session(&mut s, proto).await?;
+        let request = proto.request(size);
+        s.write_all(&request).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let (n, used) = proto.replies(&buf)?;
+            if n >= 1 {
+                return Ok(request.len() + used);
+            }
+            let got = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if got == 0 {
+                return Err("closed before the reply".into());
+            }
+            buf.extend_from_slice(&chunk[..got]);
+        }
+    })
+}
+
 async fn open_session(s: &mut TcpStream, proto: Proto) -> Result<(), String> {
     let Some(opening) = proto.opening() else {
         return Ok(());

@@ -90,6 +90,16 @@ pub fn all() -> Vec<Scenario> {
             plan: Plan::Throughput { proto: Proto::WebSocket, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio] },
         },
         Scenario {
+            name: "websocket-json",
+            what: "websocket echo of a 512-byte JSON chat message, 50 connections (the plain row for deflate)",
+            plan: Plan::Throughput { proto: Proto::WebSocketJson, connections: 50, depth: 1, size: 512, servers: vec![Oxwork(1), Tokio] },
+        },
+        Scenario {
+            name: "websocket-deflate",
+            what: "the same with permessage-deflate (level 1, no context takeover): bytes on the wire per message and user CPU against websocket-json",
+            plan: Plan::Throughput { proto: Proto::WebSocketDeflate, connections: 50, depth: 1, size: 512, servers: vec![Oxwork(1)] },
+        },
+        Scenario {
             name: "idle-10k",
             what: "e. 10,000 idle websocket connections held: memory per connection and time to accept them",
             plan: Plan::Idle { connections: 10_000, servers: vec![Oxwork(1), Tokio] },
@@ -355,6 +365,10 @@ fn throughput(scenario: &str, kind: Kind, spec: Spec) -> Result<Row, String> {
     let used = procstat::sample(&pids) - before.get();
     let syscalls = counter.into_inner().and_then(|c| c.finish());
     let mut extra = BTreeMap::new();
+    if matches!(spec.proto, Proto::WebSocketJson | Proto::WebSocketDeflate) {
+        let bytes = load::wire_bytes_per_message(server.addr(), spec.proto, spec.size)?;
+        extra.insert("wire_bytes_per_msg".into(), bytes as f64);
+    }
     if spec.proto == Proto::Http && spec.depth == 1 {
         if let Some(rps) = wrk(server.addr(), spec.connections, spec.duration) {
             extra.insert("wrk_rps".into(), rps);

@@ -198,7 +198,10 @@ pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
         }
         "websocket" => {
             let mut w = oxwork::Worker::websocket(&format!("websocket://127.0.0.1:{port}"))?;
-            w.name("bench").count(count);
+            // Taken only by a client that offers it (the websocket-deflate scenario).
+            w.name("bench")
+                .count(count)
+                .deflate(oxwork::websocket::DeflateSettings::default());
             w.on_message(|c, msg| {
                 c.send(msg);
             });

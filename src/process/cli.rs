@@ -103,6 +103,10 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Live: the table refreshed in place every second until Ctrl-C (Workerman's
+        /// `status -d`).
+        #[arg(short = 'd', long = "live", conflicts_with = "json")]
+        live: bool,
     },
     /// List every open connection of every worker process.
     Connections {
@@ -200,7 +204,8 @@ where
             }
             Ok(())
         }
-        Command::Status { json } => {
+        Command::Status { live: true, .. } => live_status(&paths, &program),
+        Command::Status { json, .. } => {
             match request(&paths, &Request::Status, Duration::from_secs(30))? {
                 Response::Status(report) if json => println!("{}", to_json(&report)?),
                 Response::Status(report) => print!("{}", status::render_status(&report, &program)),
@@ -229,6 +234,46 @@ where
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string_pretty(v).map_err(|e| Error::new(ErrorKind::Control, e.to_string()))
+}
+
+/// `status -d`: the table redrawn in place every second, until Ctrl-C (which ends it with
+/// status 0) or until the tree stops (status 1, saying so).
+fn live_status(paths: &Paths, program: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the status loop", e))?;
+    runtime.block_on(async {
+        // Listening from the start, so a Ctrl-C while a reading is under way is not missed.
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| Error::io("cannot listen for Ctrl-C", e))?;
+        let mut stdout = std::io::stdout();
+        loop {
+            let report = match request(paths, &Request::Status, Duration::from_secs(30)) {
+                Ok(Response::Status(report)) => report,
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => {
+                    println!("\n{program}: {e}");
+                    return Err(e);
+                }
+            };
+            // Home, clear the screen, then the table: one write, so no half-drawn frame.
+            let frame = format!(
+                "\x1b[H\x1b[2J{}refreshed every second; Ctrl-C to stop\n",
+                status::render_status(&report, program)
+            );
+            let _ = stdout.write_all(frame.as_bytes());
+            let _ = stdout.flush();
+            tokio::select! {
+                _ = interrupt.recv() => {
+                    println!();
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    })
 }
 
 fn unexpected(r: Response) -> Error {
@@ -260,8 +305,13 @@ fn start(paths: &Paths, daemon: bool, options: TreeOptions) -> Result<()> {
     let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this program", e))?;
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let program = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "oxwork".into());
     let mut child = sys::command(sys::SpawnSpec {
         exe: &exe,
+        title: Some(format!("{program}: master")),
         args: &args,
         env: vec![(env::ROLE.to_string(), "daemon".to_string())],
         inherit_fds: Vec::new(),

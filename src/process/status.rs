@@ -98,6 +98,12 @@ fn human_duration(secs: f64) -> String {
     )
 }
 
+/// A Unix time as a date ("Wed, 02 Dec 2026 06:30:00 GMT").
+fn started_date(unix: u64) -> String {
+    httpdate::HttpDate::from(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
+}
+
 /// The table `status` prints, in the spirit of Workerman's.
 pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
     let mut out = String::new();
@@ -111,8 +117,8 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "started: {} (unix time)   run: {}",
-        r.started_unix,
+        "started: {}   run: {}",
+        started_date(r.started_unix),
         human_duration(r.uptime_secs)
     );
     let _ = writeln!(
@@ -144,7 +150,7 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
     let _ = writeln!(out, "{:-^100}", " PROCESSES ");
     let _ = writeln!(
         out,
-        "{:<8} {:>8} {:<14} {:<26} {:>5} {:>9} {:>11} {:>9} {:>6} {:>6} {:<8}",
+        "{:<8} {:>8} {:<14} {:<26} {:>5} {:>9} {:>11} {:>8} {:>9} {:>6} {:>6} {:<8}",
         "pid",
         "memory",
         "worker",
@@ -152,6 +158,7 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
         "conns",
         "total_con",
         "messages",
+        "msg/s",
         "send_fail",
         "timers",
         "panics",
@@ -165,7 +172,7 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<8} {:>8} {:<14} {:<26} {:>5} {:>9} {:>11} {:>9} {:>6} {:>6} {:<8}",
+            "{:<8} {:>8} {:<14} {:<26} {:>5} {:>9} {:>11} {:>8} {:>9} {:>6} {:>6} {:<8}",
             p.pid,
             human_bytes(p.memory_bytes),
             format!("{}#{}", p.worker, p.id),
@@ -173,6 +180,7 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
             p.stats.connections,
             p.stats.total_connections,
             p.stats.messages,
+            p.stats.messages_per_sec,
             p.stats.failed_sends,
             p.stats.timers,
             p.stats.panics,

@@ -30,6 +30,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// What to start, and what it inherits.
 pub(crate) struct SpawnSpec<'a> {
     pub(crate) exe: &'a Path,
+    /// What `ps` shows as the process's name (its `argv[0]`); the program's path when `None`.
+    pub(crate) title: Option<String>,
     pub(crate) args: &'a [OsString],
     pub(crate) env: Vec<(String, String)>,
     pub(crate) inherit_fds: Vec<RawFd>,
@@ -43,6 +45,9 @@ pub(crate) struct SpawnSpec<'a> {
 pub(crate) fn command(spec: SpawnSpec<'_>) -> std::io::Result<std::process::Command> {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(spec.exe);
+    if let Some(title) = &spec.title {
+        cmd.arg0(title);
+    }
     cmd.args(spec.args).envs(spec.env);
     if let Some(f) = spec.stdio_to {
         cmd.stdin(std::process::Stdio::null())
@@ -129,6 +134,48 @@ pub(crate) fn raise_fd_limit() {
         if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
             tracing::debug!("could not raise the open-file limit from {soft} to {hard}");
         }
+    }
+}
+
+/// Makes glibc's malloc serve large blocks (128 KiB and more: grown send and read buffers, a
+/// spilled upload's chunk) with their own mappings, given back to the system when freed. By
+/// default glibc raises that threshold each time such a block is freed, after which large
+/// buffers come from the heap and a burst of slow clients leaves the process its peak size
+/// after they have gone. Fixing the threshold keeps memory following the connections.
+pub(crate) fn give_large_blocks_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets a tunable of the allocator; it is called at the start of
+        // the process, before its threads and event loop, with a documented parameter and a
+        // valid value.
+        let set = unsafe { nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024) };
+        if set != 1 {
+            tracing::debug!("could not fix malloc's mmap threshold");
+        }
+    }
+}
+
+/// Tells systemd the service's state (`READY=1`, `RELOADING=1`, `STOPPING=1`; see
+/// sd_notify(3)) when it started this process with `Type=notify`, that is when
+/// `NOTIFY_SOCKET` names its socket (a path, or `@name` in the abstract namespace). The main
+/// pid goes with it, so a master started by `start -d` (a child of the command systemd ran) is
+/// the one systemd follows (the unit then needs `NotifyAccess=all`).
+pub(crate) fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let address = match target.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&target),
+    };
+    let message = format!("{state}\nMAINPID={}", std::process::id());
+    let sent = address
+        .and_then(|a| UnixDatagram::unbound().and_then(|s| s.send_to_addr(message.as_bytes(), &a)));
+    if let Err(e) = sent {
+        tracing::warn!("cannot tell systemd {state:?} at {target}: {e}");
     }
 }
 

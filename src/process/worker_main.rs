@@ -46,6 +46,8 @@ impl Role {
 /// Runs this process as the worker `role` names; never returns.
 pub(crate) fn run(role: Role) -> ! {
     sys::exit_if_orphaned(role.master_pid);
+    sys::give_large_blocks_back();
+    crate::runtime::stats::start_rate();
     let code = match run_inner(&role) {
         Ok(()) => 0,
         Err(e) => {

@@ -19,6 +19,36 @@ pub(crate) struct Counters {
     pub(crate) moved_in: Cell<u64>,
     pub(crate) handoff_max_us: Cell<u64>,
     pub(crate) handoff_total_us: Cell<u64>,
+    /// Messages per second as last worked out, and the reading it was worked out from.
+    pub(crate) rate: Cell<u64>,
+    pub(crate) rate_mark: Cell<Option<(std::time::Instant, u64)>>,
+}
+
+/// Starts the messages-per-second reckoning at the process's start (call once, early).
+pub(crate) fn start_rate() {
+    with(|c| {
+        c.rate_mark
+            .set(Some((std::time::Instant::now(), c.messages.get())))
+    });
+}
+
+/// Messages per second since the last reading at least a second old (since the start for the
+/// first reading): a `status -d` refreshing every second sees the last second's rate.
+fn messages_per_sec(c: &Counters) -> u64 {
+    let now = std::time::Instant::now();
+    let messages = c.messages.get();
+    match c.rate_mark.get() {
+        Some((at, then)) => {
+            let elapsed = now.duration_since(at).as_secs_f64();
+            if elapsed >= 1.0 {
+                c.rate
+                    .set((messages.saturating_sub(then) as f64 / elapsed).round() as u64);
+                c.rate_mark.set(Some((now, messages)));
+            }
+        }
+        None => c.rate_mark.set(Some((now, messages))),
+    }
+    c.rate.get()
 }
 
 /// A connection moved in after `took` from its departure in the old process.
@@ -81,6 +111,9 @@ pub(crate) struct Snapshot {
     /// The same, summed over `moved_in` connections (us).
     #[serde(default)]
     pub handoff_total_us: u64,
+    /// Messages per second, over the last second or more (see `status`).
+    #[serde(default)]
+    pub messages_per_sec: u64,
 }
 
 pub(crate) fn snapshot() -> Snapshot {
@@ -97,6 +130,7 @@ pub(crate) fn snapshot() -> Snapshot {
         moved_in: c.moved_in.get(),
         handoff_max_us: c.handoff_max_us.get(),
         handoff_total_us: c.handoff_total_us.get(),
+        messages_per_sec: messages_per_sec(c),
     })
 }
 

@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::StatusCode;
 use sha1::{Digest, Sha1};
 
+use super::deflate::{self, Codec as DeflateCodec, DeflateSettings, InflateError};
 use super::handshake::{header_list, ClientRequest, WsAccept};
 use crate::http::{Request, Response};
 use crate::protocol::{Farewell, Input, Payload, Protocol, Rejection, Wire};
@@ -137,6 +138,13 @@ pub struct WebSocket {
     phase: Phase,
     /// The message being assembled from fragments: its kind and bytes so far.
     fragments: Option<(u8, BytesMut)>,
+    /// The message being assembled came compressed (RSV1 on its first frame).
+    fragments_compressed: bool,
+    /// permessage-deflate as the worker offers it (`None`: declined). Shared by the worker's
+    /// connections.
+    pub(crate) deflate_settings: Rc<std::cell::Cell<Option<DeflateSettings>>>,
+    /// permessage-deflate as this connection's handshake agreed it.
+    deflate: DeflateCodec,
     max_message: usize,
     pub(crate) hook: Rc<RefCell<Option<HandshakeHook>>>,
     /// Answers plain HTTP requests on the WebSocket port (a page that opens the socket).
@@ -190,6 +198,9 @@ impl Default for WebSocket {
         WebSocket {
             phase: Phase::Handshake,
             fragments: None,
+            fragments_compressed: false,
+            deflate_settings: Rc::default(),
+            deflate: DeflateCodec::default(),
             max_message: usize::MAX,
             hook: Rc::default(),
             plain_http: Rc::default(),
@@ -285,6 +296,26 @@ impl WebSocket {
                 )))
             }
         };
+        let extensions = header_list(headers(), "sec-websocket-extensions");
+        let offered_deflate = self
+            .client
+            .as_ref()
+            .and_then(|c| c.request.borrow().deflate);
+        match offered_deflate {
+            Some(settings) => {
+                if let Some(agreed) = deflate::read_answer(&extensions, &settings)
+                    .map_err(|e| Rejection::new(format!("websocket handshake: {e}")))?
+                {
+                    self.deflate = DeflateCodec::new(agreed);
+                }
+            }
+            None if !extensions.is_empty() => {
+                return Err(Rejection::new(format!(
+                "websocket handshake: the server answered extensions not offered: {extensions:?}"
+            )))
+            }
+            None => {}
+        }
         self.info = Some(HandshakeInfo {
             path: self
                 .client
@@ -350,6 +381,7 @@ fn http_refusal(status: StatusCode, why: &str) -> Rejection {
 }
 
 /// Writes one whole frame; clients mask theirs (RFC 6455 5.3), servers never do.
+/// `opcode` may carry RSV1 (0x40) for a compressed message.
 fn write_frame(dst: &mut BytesMut, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
     dst.reserve(payload.len() + 14);
     dst.put_u8(0x80 | opcode);
@@ -480,9 +512,24 @@ impl WebSocket {
                 );
             }
         }
+        let mut extension_answer = None;
+        if let Some(settings) = self.deflate_settings.get() {
+            let offers = header_list(
+                req.headers.iter().map(|h| (h.name, h.value)),
+                "sec-websocket-extensions",
+            );
+            if let Some((agreed, answer)) = deflate::answer_offers(&offers, &settings) {
+                self.deflate = DeflateCodec::new(agreed);
+                extension_answer = Some(answer);
+            }
+        }
         let out = wire.buf();
         out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
         out.extend_from_slice(accept_key(&key).as_bytes());
+        if let Some(answer) = extension_answer {
+            out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+            out.extend_from_slice(answer.as_bytes());
+        }
         if let Some(p) = &info.protocol {
             out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
             out.extend_from_slice(p.as_bytes());
@@ -508,6 +555,7 @@ impl WebSocket {
         let b1 = packet[1];
         let opcode = b0 & 0x0F;
         let fin = b0 & 0x80 != 0;
+        let compressed = b0 & 0x40 != 0;
         let len7 = (b1 & 0x7F) as usize;
         let header = 2 + match len7 {
             126 => 2,
@@ -534,9 +582,10 @@ impl WebSocket {
                     return Err(fail(1002, "new message inside a fragmented one"));
                 }
                 if fin {
-                    return message(opcode, packet).map(Some);
+                    return self.whole(opcode, compressed, packet).map(Some);
                 }
                 self.fragments = Some((opcode, packet));
+                self.fragments_compressed = compressed;
                 Ok(None)
             }
             0x0 => {
@@ -548,7 +597,8 @@ impl WebSocket {
                 }
                 so_far.extend_from_slice(&packet);
                 if fin {
-                    return message(kind, so_far).map(Some);
+                    let compressed = std::mem::take(&mut self.fragments_compressed);
+                    return self.whole(kind, compressed, so_far).map(Some);
                 }
                 self.fragments = Some((kind, so_far));
                 Ok(None)
@@ -589,6 +639,38 @@ impl WebSocket {
     }
 }
 
+impl WebSocket {
+    /// A whole message's payload as the application gets it: inflated if it came compressed
+    /// (never past `max_message`: 1009), text checked to be UTF-8.
+    fn whole(
+        &mut self,
+        kind: u8,
+        compressed: bool,
+        payload: BytesMut,
+    ) -> Result<WsMessage, Rejection> {
+        if !compressed {
+            return message(kind, payload);
+        }
+        match self.deflate.inflate(&payload, self.max_message) {
+            Ok(plain) => message(kind, BytesMut::from(&plain[..])),
+            Err(InflateError::TooBig) => Err(fail(1009, "message too big once inflated")),
+            Err(InflateError::Corrupt(why)) => {
+                tracing::debug!("compressed message is not deflate data: {why}");
+                Err(fail(1007, "compressed message is not deflate data"))
+            }
+        }
+    }
+
+    /// Writes a data message, compressed when agreed and worth it.
+    fn write_data(&mut self, dst: &mut BytesMut, opcode: u8, payload: &[u8]) {
+        let mask = self.out_mask();
+        match self.deflate.compress(payload) {
+            Some(small) => write_frame(dst, 0x40 | opcode, &small, mask),
+            None => write_frame(dst, opcode, payload, mask),
+        }
+    }
+}
+
 fn valid_close_code(code: u16) -> bool {
     // 1012-1014 are registered with IANA (service restart, try again later, bad gateway).
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
@@ -624,11 +706,11 @@ impl Protocol for WebSocket {
                     return Ok(Input::NeedMore);
                 }
                 let (b0, b1) = (buf[0], buf[1]);
-                if b0 & 0x70 != 0 {
-                    return Err(fail(
-                        1002,
-                        "reserved bits set (no extension was negotiated)",
-                    ));
+                // RSV1 marks a compressed message, on its first frame only (RFC 7692 6).
+                let first_data_frame = matches!(b0 & 0x0F, 0x1 | 0x2);
+                let rsv1_allowed = self.deflate.agreed.is_some() && first_data_frame;
+                if b0 & 0x30 != 0 || (b0 & 0x40 != 0 && !rsv1_allowed) {
+                    return Err(fail(1002, "reserved bits set that no extension allows"));
                 }
                 let masked = b1 & 0x80 != 0;
                 if self.client.is_none() && !masked {
@@ -697,15 +779,20 @@ impl Protocol for WebSocket {
         if !ready {
             return Err(Rejection::new("the websocket is not open"));
         }
-        let mask = self.out_mask();
+        // Frames queued behind a client's upgrade request go before the server's answer, so
+        // before any compression is agreed: they go plain.
         match msg {
-            WsOutput::Text(s) => write_frame(wire.buf(), 0x1, s.as_bytes(), mask),
-            WsOutput::Binary(b) => write_frame(wire.buf(), 0x2, &b, mask),
-            WsOutput::Ping(b) => write_frame(wire.buf(), 0x9, &b[..b.len().min(125)], mask),
+            WsOutput::Text(s) => self.write_data(wire.buf(), 0x1, s.as_bytes()),
+            WsOutput::Binary(b) => self.write_data(wire.buf(), 0x2, &b),
+            WsOutput::Ping(b) => {
+                let mask = self.out_mask();
+                write_frame(wire.buf(), 0x9, &b[..b.len().min(125)], mask)
+            }
             WsOutput::Close(code, reason) => {
                 let mut payload = BytesMut::new();
                 payload.put_u16(code);
                 payload.put_slice(&reason.as_bytes()[..reason.len().min(123)]);
+                let mask = self.out_mask();
                 write_frame(wire.buf(), 0x8, &payload, mask);
                 self.phase = Phase::Closing;
                 wire.close_after_write();
@@ -747,6 +834,12 @@ impl Protocol for WebSocket {
                 request.push_str(&format!(
                     "Sec-WebSocket-Protocol: {}\r\n",
                     extra.protocols.join(", ")
+                ));
+            }
+            if let Some(settings) = &extra.deflate {
+                request.push_str(&format!(
+                    "Sec-WebSocket-Extensions: {}\r\n",
+                    deflate::client_offer(settings)
                 ));
             }
             for (name, value) in &extra.headers {
@@ -796,20 +889,34 @@ impl Protocol for WebSocket {
         if self.phase != Phase::Open || self.fragments.is_some() || self.client.is_some() {
             return None;
         }
+        // A compression context cannot be carried over; agreed terms without one can.
+        let agreed = self.deflate.agreed;
+        if agreed.is_some_and(|a| a.own_takeover || a.peer_takeover) {
+            return None;
+        }
         let info = self.info.clone().unwrap_or_default();
-        serde_json::to_vec(&(info.path, info.query, info.headers, info.protocol)).ok()
+        serde_json::to_vec(&(info.path, info.query, info.headers, info.protocol, agreed)).ok()
     }
 
     fn import_state(&mut self, state: &[u8]) -> Result<(), Rejection> {
         type Headers = Vec<(String, String)>;
-        // A process of the version before subprotocols sends three fields.
-        let (path, query, headers, protocol) =
-            serde_json::from_slice::<(String, String, Headers, Option<String>)>(state)
+        type Agreed = Option<deflate::Agreed>;
+        // Processes of earlier versions send three fields (before subprotocols) or four
+        // (before compression).
+        let (path, query, headers, protocol, agreed) =
+            serde_json::from_slice::<(String, String, Headers, Option<String>, Agreed)>(state)
+                .or_else(|_| {
+                    serde_json::from_slice::<(String, String, Headers, Option<String>)>(state)
+                        .map(|(p, q, h, pr)| (p, q, h, pr, None))
+                })
                 .or_else(|_| {
                     serde_json::from_slice::<(String, String, Headers)>(state)
-                        .map(|(p, q, h)| (p, q, h, None))
+                        .map(|(p, q, h)| (p, q, h, None, None))
                 })
                 .map_err(|e| Rejection::new(format!("bad websocket state: {e}")))?;
+        if let Some(agreed) = agreed {
+            self.deflate = DeflateCodec::new(agreed);
+        }
         self.info = Some(HandshakeInfo {
             path,
             query,
@@ -974,6 +1081,105 @@ mod tests {
         let mut ws = client();
         let head = server_answer(&ws, "Sec-WebSocket-Protocol: mqtt\r\n");
         assert!(!answer(&mut ws, &head).0);
+    }
+
+    /// A server with permessage-deflate on, past a handshake offering it.
+    fn deflating_server(settings: DeflateSettings, offer: &str) -> (WebSocket, String) {
+        let mut ws = WebSocket::default();
+        ws.deflate_settings.set(Some(settings));
+        ws.configure(64 * 1024);
+        let (ok, out) = answer(
+            &mut ws,
+            &format!("{UPGRADE}Sec-WebSocket-Extensions: {offer}\r\n\r\n"),
+        );
+        assert!(ok, "{out}");
+        (ws, out)
+    }
+
+    /// A client's compressed frame (RSV1) carrying `message`, compressed by a peer codec.
+    fn compressed_client_frame(message: &[u8]) -> Vec<u8> {
+        let (agreed, _) = deflate::answer_offers(
+            &["permessage-deflate".to_string()],
+            &DeflateSettings {
+                threshold: 0,
+                ..DeflateSettings::default()
+            },
+        )
+        .expect("agreed");
+        let wire = DeflateCodec::new(agreed)
+            .compress(message)
+            .expect("compressible");
+        let mask = [9u8, 8, 7, 6];
+        let mut frame = vec![0x80 | 0x40 | 0x1];
+        match wire.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(wire.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        frame
+    }
+
+    #[test]
+    fn deflate_is_answered_when_offered_and_messages_go_both_ways_compressed() {
+        let (mut ws, out) = deflating_server(
+            DeflateSettings::default(),
+            "permessage-deflate; client_max_window_bits",
+        );
+        assert!(
+            out.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+            "{out}"
+        );
+        let text = "{\"event\":\"price\",\"symbol\":\"OXW\",\"bid\":101.5,\"ask\":101.7}".repeat(4);
+        let (msgs, _) = decode_all(
+            &mut ws,
+            [compressed_client_frame(text.as_bytes())],
+            64 * 1024,
+        );
+        assert_eq!(msgs.expect("inflated"), vec![WsMessage::Text(text.clone())]);
+        let mut sink = BytesMut::new();
+        ws.encode(WsOutput::Text(text.clone()), &mut Wire::new(&mut sink))
+            .expect("encoded");
+        assert_eq!(sink[0], 0x80 | 0x40 | 0x1, "RSV1 on a compressed message");
+        assert!(sink.len() < text.len() / 2, "{} bytes", sink.len());
+        // Short messages go as they are.
+        let mut sink = BytesMut::new();
+        ws.encode(WsOutput::Text("hi".into()), &mut Wire::new(&mut sink))
+            .expect("encoded");
+        assert_eq!(&sink[..], b"\x81\x02hi");
+    }
+
+    #[test]
+    fn without_deflate_agreed_rsv1_is_a_protocol_error_and_no_extension_is_answered() {
+        let mut ws = WebSocket::default();
+        let (ok, out) = answer(
+            &mut ws,
+            &format!("{UPGRADE}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"),
+        );
+        assert!(ok && !out.contains("Extensions"), "{out}");
+        ws.configure(1024);
+        let (msgs, _) = decode_all(&mut ws, [compressed_client_frame(&[b'a'; 300])], 1024);
+        assert_eq!(
+            &msgs.expect_err("rsv1").reply().expect("close")[2..4],
+            &1002u16.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn a_small_frame_that_inflates_past_the_limit_closes_with_1009() {
+        let (mut ws, _) = deflating_server(DeflateSettings::default(), "permessage-deflate");
+        // 1 MiB of one letter: about 10 KiB on the wire (level 1), 16 times the 64 KiB limit
+        // once inflated.
+        let bomb = compressed_client_frame(&vec![b'a'; 1 << 20]);
+        assert!(bomb.len() < 16 * 1024, "{}", bomb.len());
+        let (msgs, _) = decode_all(&mut ws, [bomb], 64 * 1024);
+        assert_eq!(
+            &msgs.expect_err("bomb").reply().expect("close")[2..4],
+            &1009u16.to_be_bytes()
+        );
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub(crate) fn header_list<'a>(
 pub(crate) struct ClientRequest {
     pub(crate) protocols: Vec<String>,
     pub(crate) headers: Vec<(String, String)>,
+    /// permessage-deflate offered with these settings.
+    pub(crate) deflate: Option<super::DeflateSettings>,
 }
 
 /// Whether `name` is a token (RFC 7230), as a subprotocol name must be.

@@ -7,8 +7,10 @@
 //! deadline. Outbound connections can send headers and offer subprotocols. The codec is hand-written (see ARCHITECTURE.md for why).
 
 mod codec;
+mod deflate;
 mod handshake;
 mod worker;
 
 pub use codec::{HandshakeInfo, WebSocket, WsMessage, WsOutput};
+pub use deflate::DeflateSettings;
 pub use handshake::WsAccept;

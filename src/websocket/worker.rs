@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use super::handshake::{check_client_header, is_token};
-use super::{HandshakeInfo, WebSocket, WsAccept};
+use super::{DeflateSettings, HandshakeInfo, WebSocket, WsAccept};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Http, Request, Response};
 use crate::protocol::Dynamic;
@@ -96,6 +96,15 @@ impl Worker<WebSocket> {
         self
     }
 
+    /// Accepts permessage-deflate (RFC 7692) when a client offers it (browsers, Python
+    /// `websockets`, Node's `ws` all do): messages of at least `settings.threshold` bytes go
+    /// compressed, compressed ones from the client are inflated, never past
+    /// `max_package_size` (1009 closes a connection whose message would). Off by default.
+    pub fn deflate(&mut self, settings: DeflateSettings) -> &mut Self {
+        self.protocol().deflate_settings.set(Some(settings));
+        self
+    }
+
     /// How long a client has to complete its opening handshake (default 10 s).
     pub fn handshake_timeout(&mut self, t: impl IntoInterval) -> &mut Self {
         self.protocol().handshake_timeout.set(t.into_interval());
@@ -152,6 +161,14 @@ impl AsyncConnection<WebSocket> {
                 .push((name.to_string(), value.to_string()));
         }
         Ok(())
+    }
+
+    /// Offers permessage-deflate (RFC 7692) with these settings; the server's answer decides
+    /// (a server that declines gets plain messages).
+    pub fn deflate(&self, settings: DeflateSettings) {
+        if let Some(request) = self.protocol_template().client_request() {
+            request.borrow_mut().deflate = Some(settings);
+        }
     }
 
     /// Offers these subprotocols, in order of preference (`Sec-WebSocket-Protocol`); the

@@ -894,3 +894,12 @@ impl Drop for FreezableProxy {
         }
     }
 }
+
+/// Sends `signal` (a name such as `INT`) to `pid`.
+pub fn kill_with(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}

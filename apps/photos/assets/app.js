@@ -115,7 +115,7 @@ function connect() {
     let m;
     try { m = JSON.parse(e.data); } catch { return; }
     switch (m.type) {
-      case 'hello': $('link').textContent = 'live'; $('link').className = 'pill on'; $('link').dataset.protocol = socket.protocol; break;
+      case 'hello': $('link').textContent = 'live'; $('link').className = 'pill on'; $('link').dataset.protocol = socket.protocol; $('link').dataset.extensions = socket.extensions; break;
       case 'queued': jobItem(m.id, m.name); setState(m.id, 'queued'); break;
       case 'started': setState(m.id, (m.attempt > 1 ? 'retrying' : 'started') + ' on ' + m.by); break;
       case 'size': setState(m.id, `${m.size} ${m.width}×${m.height} done`); break;

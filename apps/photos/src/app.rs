@@ -52,7 +52,9 @@ where
         // The whole form: every file at its limit, and room for the boundaries.
         .max_package_size(settings.max_files * settings.max_file + 1024 * 1024);
     let mut socket = Worker::websocket_route();
+    // Browsers offer permessage-deflate; the progress messages are JSON and shrink with it.
     socket
+        .deflate(oxwork::websocket::DeflateSettings::default())
         .on_websocket_connect(web::on_socket_handshake)
         .on_message(web::on_socket_message);
     web.websocket_path("/ws", &socket);

@@ -445,6 +445,14 @@ fn the_photo_page_works_in(browser: &dyn Browser, shot: &Path) {
         browser.run("return document.getElementById('link').dataset.protocol;"),
         json!("photos.v1")
     );
+    // ... and the compression it agreed (the progress below then comes compressed).
+    let extensions = browser.run("return document.getElementById('link').dataset.extensions;");
+    assert!(
+        extensions
+            .as_str()
+            .is_some_and(|e| e.starts_with("permessage-deflate")),
+        "{extensions}"
+    );
     browser.pick(&[jpeg, png, webp]);
     browser.pick(&[turned]);
     // 4 photos with 3 sizes each in the gallery; their sizes as the page lists them.

@@ -282,6 +282,7 @@ pub(crate) fn run(
             None => None,
         };
         master.start_all().await;
+        sys::notify_systemd("READY=1");
         if !daemon {
             println!("{}", master.banner(paths));
         }

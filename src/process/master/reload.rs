@@ -63,6 +63,7 @@ impl Master {
             }
             st.reloading = true;
         }
+        sys::notify_systemd("RELOADING=1");
         tracing::info!("reloading{}", if graceful { " gracefully" } else { "" });
         let count = self.state.borrow().slots.len();
         let (mut replaced, mut failed, mut notified) = (0, 0, 0);
@@ -95,6 +96,7 @@ impl Master {
             }
         }
         self.state.borrow_mut().reloading = false;
+        sys::notify_systemd("READY=1");
         let message = format!(
             "reloaded {replaced} processes{}{}",
             if notified > 0 {

@@ -44,8 +44,25 @@ impl Master {
                 env.push((env::LISTEN_FD.to_string(), l.raw_fd().to_string()));
                 fds.push(l.raw_fd());
             }
+            // `ps` and `top` (its command column) tell the processes apart, as Workerman's
+            // titles do: "photos: worker web 0 http://0.0.0.0:8080".
+            let program = st
+                .exe
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "oxwork".into());
+            let title = match (slot.group, st.config(slot_idx)) {
+                (Some(_), Some(c)) => format!(
+                    "{program}: worker {} {} {}",
+                    c.name,
+                    slot.id,
+                    c.listen.as_deref().unwrap_or("(no address)")
+                ),
+                _ => format!("{program}: hub {}", st.hub_path.display()),
+            };
             let cmd = sys::command(SpawnSpec {
                 exe: &st.exe,
+                title: Some(title),
                 args: &st.args,
                 env,
                 inherit_fds: fds,
@@ -380,6 +397,7 @@ impl Master {
             }
             st.stopping = true;
             st.stopping_gracefully = graceful;
+            sys::notify_systemd("STOPPING=1");
             st.group_listeners.fill_with(|| None);
             st.slot_listeners.fill_with(|| None);
             // A Unix-domain address goes with the listener: a new client finds no socket (its
