@@ -136,6 +136,12 @@ fn main() -> oxwork::Result<()> {
         .stop_timeout(env::<f64>("ECHO_STOP_TIMEOUT").unwrap_or(2.0))
         .graceful_timeout(env::<f64>("ECHO_GRACEFUL_TIMEOUT").unwrap_or(3600.0))
         .reuse_port(env::<u8>("ECHO_REUSE_PORT") == Some(1));
+    if let (Ok(cert), Ok(key)) = (
+        std::env::var("ECHO_TLS_CERT"),
+        std::env::var("ECHO_TLS_KEY"),
+    ) {
+        w.tls(cert, key);
+    }
     if let Some(t) = env::<f64>("ECHO_IDLE_TIMEOUT") {
         w.idle_timeout(t);
     }

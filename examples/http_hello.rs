@@ -2,12 +2,16 @@
 //! ranges); `/upload` takes a multipart upload; `/chunked` streams chunks; `/events` streams
 //! Server-Sent Events; `/ws` is a WebSocket echo on the same port; `/echo` answers the request's method, query, cookies and body as JSON;
 //! `/slow?ms=N` answers after N milliseconds (a request under way during a stop or reload);
-//! `/redirect?to=URL` answers 302 to URL, or 400 when URL could not be a header value.
+//! `/redirect?to=URL` answers 302 to URL, or 400 when URL could not be a header value; `/ip`
+//! answers the client's address as the server sees it.
 //!
 //! Run: `cargo run --example http_hello -- start`, then `curl http://127.0.0.1:8080/`.
 //! `HTTP_LISTEN` moves it; `HTTP_FILE` picks the file `/file` serves (default: this source);
 //! `HTTP_MAX_BODY` sets `max_package_size` (the largest request); `HTTP_TLS_CERT` and
 //! `HTTP_TLS_KEY` (PEM files) serve it over TLS (`HTTP_LISTEN=https://0.0.0.0:8443`).
+//! Behind a load balancer: `HTTP_PROXY_PROTOCOL=1` requires the PROXY protocol header on every
+//! connection; `HTTP_TRUSTED_PROXIES=127.0.0.1,10.0.0.0/8` believes `X-Forwarded-For` and
+//! `Forwarded` from those peers.
 
 use std::time::Duration;
 
@@ -33,6 +37,13 @@ fn main() -> oxwork::Result<()> {
     ) {
         w.tls(cert, key);
     }
+    if std::env::var("HTTP_PROXY_PROTOCOL").is_ok_and(|v| v == "1") {
+        w.proxy_protocol(true);
+    }
+    if let Ok(list) = std::env::var("HTTP_TRUSTED_PROXIES") {
+        let list: Vec<&str> = list.split(',').map(str::trim).collect();
+        w.trusted_proxies(&list)?;
+    }
     // WebSocket on the same port: upgrades on /ws are served by this route (an echo).
     let mut echo = Worker::websocket_route();
     echo.on_message(|c, msg| {
@@ -42,6 +53,9 @@ fn main() -> oxwork::Result<()> {
     w.on_message(move |c, req| match (req.method().as_str(), req.path()) {
         (_, "/") => {
             c.send(Response::text("Hello World"));
+        }
+        (_, "/ip") => {
+            c.send(Response::text(c.remote_ip()));
         }
         (_, "/redirect") => {
             let to = req

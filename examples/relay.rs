@@ -4,7 +4,9 @@
 //!
 //! Run the seed server, then this: `cargo run --example seed_tcp -- start` and
 //! `RELAY_LISTEN=text://127.0.0.1:8889 cargo run --example relay -- start --run-dir /tmp/relay`.
-//! `RELAY_UPSTREAM` (default `text://127.0.0.1:8888`) names the upstream.
+//! `RELAY_UPSTREAM` (default `text://127.0.0.1:8888`) names the upstream; `RELAY_TLS_NAME`
+//! speaks TLS to it, checking its certificate for that name (against `RELAY_TLS_ROOT`, a PEM
+//! file, when given; the public roots otherwise).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -31,6 +33,18 @@ fn main() -> oxwork::Result<()> {
                 return;
             }
         };
+        if let Ok(name) = std::env::var("RELAY_TLS_NAME") {
+            let secured = conn
+                .tls(&name)
+                .and_then(|()| match std::env::var("RELAY_TLS_ROOT") {
+                    Ok(root) => conn.tls_root_pem(root),
+                    Err(_) => Ok(()),
+                });
+            if let Err(e) = secured {
+                eprintln!("bad TLS settings: {e}");
+                return;
+            }
+        }
         let answered = wait.clone();
         conn.on_message(move |_, answer| {
             if let Some(client) = answered.borrow_mut().pop_front() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::*;
 
 /// The Python libraries the scripts use.
-const PACKAGES: [&str; 2] = ["websockets", "nats-py"];
+const PACKAGES: [&str; 3] = ["websockets", "nats-py", "prometheus-client"];
 
 fn python() -> String {
     if let Ok(python) = std::env::var("OXWORK_PYTHON") {
@@ -24,11 +24,12 @@ fn python() -> String {
     venv.join("bin/python").display().to_string()
 }
 
-/// `target/tmp/python-clients-venv` with [`PACKAGES`], made if missing. Made in a directory of
+/// `target/tmp/python-clients-venv-PACKAGES` with [`PACKAGES`], made if missing. Made in a directory of
 /// its own and renamed into place, so two test runs at once never see a half-made one.
 fn make_venv() -> PathBuf {
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let venv = home.join("python-clients-venv");
+    // Named by its packages, so that a list that grew makes a new environment.
+    let venv = home.join(format!("python-clients-venv-{}", PACKAGES.join("-")));
     if venv.join("ready").exists() {
         return venv;
     }
@@ -57,7 +58,7 @@ fn make_venv() -> PathBuf {
         Command::new(fresh.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check"])
             .args(PACKAGES),
-        "pip install websockets nats-py",
+        "pip install (the Python clients)",
     );
     std::fs::write(fresh.join("ready"), b"").expect("mark the venv ready");
     // Its `bin/python` finds the environment from its own path, so it works once moved (only
@@ -84,8 +85,8 @@ fn run_script(python: &str, script: &str, args: &[String], expect: &str) {
     assert!(String::from_utf8_lossy(&out.stdout).contains(expect));
 }
 
-#[test]
-fn python_websockets_client_chats_through_ws_chat() {
+/// Runs `script PORT` against a fresh ws_chat and expects `expect` in what it prints.
+fn against_ws_chat(script: &str, expect: &str) {
     let python = python();
     let port = free_port();
     let _s = Server::start(
@@ -93,29 +94,17 @@ fn python_websockets_client_chats_through_ws_chat() {
         &[("WS_CHAT_LISTEN", format!("websocket://127.0.0.1:{port}"))],
         5,
     );
-    run_script(
-        &python,
-        "ws_chat_client.py",
-        &[port.to_string()],
-        "python websockets: ok",
-    );
+    run_script(&python, script, &[port.to_string()], expect);
+}
+
+#[test]
+fn python_websockets_client_chats_through_ws_chat() {
+    against_ws_chat("ws_chat_client.py", "python websockets: ok");
 }
 
 #[test]
 fn python_websockets_clients_are_answered_with_the_chat_subprotocol_they_offer() {
-    let python = python();
-    let port = free_port();
-    let _s = Server::start(
-        "ws_chat",
-        &[("WS_CHAT_LISTEN", format!("websocket://127.0.0.1:{port}"))],
-        5,
-    );
-    run_script(
-        &python,
-        "ws_subprotocols.py",
-        &[port.to_string()],
-        "python websockets subprotocols: ok",
-    );
+    against_ws_chat("ws_subprotocols.py", "python websockets subprotocols: ok");
 }
 
 #[test]
@@ -188,6 +177,100 @@ fn an_oxwork_client_talks_compressed_to_a_python_websockets_server() {
         c.ask("/subprotocol").expect("subprotocol"),
         "subprotocol: chat"
     );
+}
+
+#[test]
+fn the_masters_metrics_parse_with_prometheus_own_parser_and_count_what_clients_did() {
+    let python = python();
+    let metrics_port = free_port();
+    let port = free_port();
+    let s = Server::start_with_args(
+        "echo",
+        &["--metrics", &format!("127.0.0.1:{metrics_port}")],
+        &[
+            ("ECHO_LISTEN", format!("text://127.0.0.1:{port}")),
+            ("ECHO_COUNT", "2".to_string()),
+        ],
+        2,
+    )
+    .with_port(port);
+    let mut c = LineClient::connect(s.port).expect("connect");
+    for i in 0..5 {
+        c.ask(&format!("line {i}")).expect("reply");
+    }
+    let path = format!(
+        "{}/tests/python/parse_metrics.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new(&python)
+        .arg(path)
+        .arg(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("a JSON list of samples");
+    let sum = |name: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|x| x["name"] == name)
+            .filter_map(|x| x["value"].as_f64())
+            .sum()
+    };
+    let of_group = |name: &str| -> Vec<&serde_json::Value> {
+        samples
+            .iter()
+            .filter(|x| x["name"] == name && x["labels"]["group"] == "echo")
+            .collect()
+    };
+    assert_eq!(sum("oxwork_process_messages_total"), 5.0, "{samples:?}");
+    assert_eq!(sum("oxwork_process_connections"), 1.0);
+    assert_eq!(sum("oxwork_process_accepted_connections_total"), 1.0);
+    assert!(sum("oxwork_process_received_bytes_total") >= 5.0 * 7.0);
+    assert!(sum("oxwork_process_sent_bytes_total") > 0.0);
+    assert_eq!(of_group("oxwork_process_up").len(), 2);
+    assert!(of_group("oxwork_process_up")
+        .iter()
+        .all(|x| x["value"] == 1.0));
+    assert!(of_group("oxwork_process_resident_memory_bytes")
+        .iter()
+        .all(|x| x["value"].as_f64().unwrap_or(0.0) > 1e6));
+    assert_eq!(of_group("oxwork_group_processes")[0]["value"], 2.0);
+    assert_eq!(
+        samples
+            .iter()
+            .find(|x| x["name"] == "oxwork_process_up")
+            .map(|x| x["type"].clone()),
+        Some("gauge".into())
+    );
+    // A killed process is counted as an exit, with its status, once replaced.
+    let victim = s.group_pids("echo")[0];
+    kill9(victim);
+    assert!(eventually(Duration::from_secs(10), || s
+        .group_pids("echo")
+        .len()
+        == 2
+        && !s.group_pids("echo").contains(&victim)));
+    let out = Command::new(&python)
+        .arg(format!(
+            "{}/tests/python/parse_metrics.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .output()
+        .expect("python runs");
+    let samples: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("a JSON list of samples");
+    let exits: f64 = samples
+        .iter()
+        .filter(|x| x["name"] == "oxwork_exits_total" && x["labels"]["group"] == "echo")
+        .filter_map(|x| x["value"].as_f64())
+        .sum();
+    assert_eq!(exits, 1.0, "{samples:?}");
 }
 
 #[test]

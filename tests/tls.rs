@@ -256,3 +256,49 @@ fn an_outbound_wss_connection_checks_the_certificate_and_relays() {
         bridge.stderr()
     );
 }
+
+#[test]
+fn an_outbound_text_connection_speaks_tls_and_checks_the_certificate() {
+    let c = certs();
+    let echo_port = free_port();
+    let _echo = Server::start(
+        "echo",
+        &[
+            ("ECHO_LISTEN", format!("text://127.0.0.1:{echo_port}")),
+            ("ECHO_COUNT", "1".to_string()),
+            ("ECHO_TLS_CERT", c.cert.display().to_string()),
+            ("ECHO_TLS_KEY", c.key.display().to_string()),
+        ],
+        1,
+    );
+    let relay = |root: &std::path::Path| {
+        let port = free_port();
+        let s = Server::start(
+            "relay",
+            &[
+                ("RELAY_LISTEN", format!("text://127.0.0.1:{port}")),
+                ("RELAY_UPSTREAM", format!("text://127.0.0.1:{echo_port}")),
+                ("RELAY_TLS_NAME", "localhost".to_string()),
+                ("RELAY_TLS_ROOT", root.display().to_string()),
+            ],
+            2,
+        );
+        (s, port)
+    };
+    let (r, port) = relay(&c.cert);
+    let mut client = LineClient::connect(port).expect("connect");
+    assert!(
+        eventually(SETTLE, || client
+            .ask("over tls")
+            .is_ok_and(|answer| answer == "over tls")),
+        "relay stderr:\n{}",
+        r.stderr()
+    );
+    // Another certificate as the only root: the upstream is not believed, nothing is relayed.
+    let other = certs();
+    let (r2, port2) = relay(&other.cert);
+    let mut client = LineClient::connect(port2).expect("connect");
+    std::thread::sleep(Duration::from_millis(500));
+    let answer = client.ask("over tls").unwrap_or_default();
+    assert_ne!(answer, "over tls", "relay stderr:\n{}", r2.stderr());
+}

@@ -100,6 +100,8 @@ pub struct Http {
     stream: Option<Stream>,
     /// The process is retiring: the next response is the last on this connection.
     draining: bool,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` are believed (shared by the worker).
+    pub(crate) trusted: std::rc::Rc<std::cell::RefCell<super::forwarded::TrustedProxies>>,
 }
 
 impl std::fmt::Debug for Http {
@@ -345,6 +347,17 @@ fn dechunk(body: &[u8]) -> Bytes {
 impl Protocol for Http {
     type Message = Request;
     type Output = HttpOutput;
+
+    fn forwarded_client(
+        &self,
+        req: &Request,
+        peer: &crate::protocol::PeerAddr,
+    ) -> Option<std::net::IpAddr> {
+        let crate::protocol::PeerAddr::Inet(peer) = peer else {
+            return None;
+        };
+        super::forwarded::client(req.headers(), peer.ip(), &self.trusted.borrow())
+    }
 
     fn input(&mut self, buf: &[u8], wire: &mut Wire<'_>) -> Result<Input, Rejection> {
         if self.current.is_some() {

@@ -20,6 +20,7 @@
 //! Parsing is httparse's (a well-kept, fuzzed parser); framing, limits and encoding are here.
 
 mod codec;
+mod forwarded;
 mod multipart;
 mod request;
 mod response;

@@ -59,6 +59,10 @@ enum Command {
         /// roles on different machines.
         #[arg(long = "group", value_name = "NAME")]
         groups: Vec<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics from the master (for example
+        /// 127.0.0.1:9100).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Stop everything: no new connection is accepted, requests under way are answered, and
     /// every connection hears its farewell (WebSocket close 1001) before it closes.
@@ -85,6 +89,9 @@ enum Command {
         /// Run only this worker group on this node (repeatable).
         #[arg(long = "group", value_name = "NAME")]
         groups: Vec<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics from the master.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Replace every worker process, one at a time, with no connection refused: HTTP
     /// connections end after their next response, long-lived ones hear their farewell
@@ -138,7 +145,16 @@ where
         log_file: cli.log_file.clone(),
     })?;
     let program = program_name();
-    let tree = |groups: Vec<String>| -> Result<TreeOptions> {
+    let tree = |groups: Vec<String>, metrics: &Option<String>| -> Result<TreeOptions> {
+        let metrics = match metrics {
+            Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("--metrics {a:?}: an address such as 127.0.0.1:9100 ({e})"),
+                )
+            })?),
+            None => None,
+        };
         let bus_spec = cli
             .bus
             .clone()
@@ -159,10 +175,15 @@ where
             bus_spec,
             node,
             groups,
+            metrics,
         })
     };
     match cli.command {
-        Command::Start { daemon, ref groups } => start(&paths, daemon, tree(groups.clone())?),
+        Command::Start {
+            daemon,
+            ref groups,
+            ref metrics,
+        } => start(&paths, daemon, tree(groups.clone(), metrics)?),
         Command::Stop { graceful, timeout } => stop(
             &paths,
             &program,
@@ -177,8 +198,9 @@ where
             graceful,
             timeout,
             ref groups,
+            ref metrics,
         } => {
-            let options = tree(groups.clone())?;
+            let options = tree(groups.clone(), metrics)?;
             let stopping = Request::Stop {
                 graceful,
                 restart: true,

@@ -179,6 +179,8 @@ pub(crate) struct TreeOptions {
     pub(crate) node: String,
     /// Run only these worker groups (empty: all).
     pub(crate) groups: Vec<String>,
+    /// Where the master serves Prometheus metrics (`start --metrics ADDR`).
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 impl TreeOptions {

@@ -298,6 +298,14 @@ pub trait Protocol: 'static {
         false
     }
 
+    /// The client's address when `msg` shows it came through a trusted proxy (HTTP's
+    /// `Forwarded` / `X-Forwarded-For` from a peer in `trusted_proxies`); the connection's
+    /// `remote_ip()` gives it from then on. `None` (the default): the peer is the client.
+    fn forwarded_client(&self, msg: &Self::Message, peer: &PeerAddr) -> Option<std::net::IpAddr> {
+        let _ = (msg, peer);
+        None
+    }
+
     /// True when nothing is half-received or owed to the peer (no request waiting for its
     /// response, no fragmented message half-read): closing now loses no message. The runtime
     /// also checks that no unread input is buffered.

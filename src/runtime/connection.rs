@@ -105,6 +105,8 @@ pub(crate) enum Pending {
 pub(crate) struct ConnInner<P: Protocol> {
     pub(crate) id: u64,
     pub(crate) peer: PeerAddr,
+    /// The client behind a trusted proxy, as the last message said (HTTP's `Forwarded`).
+    pub(crate) forwarded: Cell<Option<std::net::IpAddr>>,
     pub(crate) local: Option<SocketAddr>,
     pub(crate) proto: RefCell<P>,
     pub(crate) out: RefCell<BytesMut>,
@@ -262,6 +264,7 @@ impl<P: Protocol> Connection<P> {
             inner: Rc::new(ConnInner {
                 id,
                 peer,
+                forwarded: Cell::new(None),
                 local,
                 proto: RefCell::new(proto),
                 out: RefCell::new(BytesMut::new()),
@@ -305,16 +308,31 @@ impl<P: Protocol> Connection<P> {
         self.inner.id
     }
 
-    /// The peer's address.
+    /// The peer's address: the client's, or with the PROXY protocol the address its header
+    /// names. Behind an HTTP proxy trusted for `X-Forwarded-For` this stays the proxy's;
+    /// [`remote_ip`](Self::remote_ip) gives the client's.
     pub fn remote_addr(&self) -> &PeerAddr {
         &self.inner.peer
     }
 
-    /// The peer's IP address as text (empty for Unix-domain peers).
+    /// The client's IP address as text (empty for Unix-domain peers): the peer's, or the one a
+    /// trusted proxy's `Forwarded` / `X-Forwarded-For` header names
+    /// ([`Worker::trusted_proxies`](crate::Worker::trusted_proxies)).
     pub fn remote_ip(&self) -> String {
+        if let Some(ip) = self.inner.forwarded.get() {
+            return ip.to_string();
+        }
         match &self.inner.peer {
             PeerAddr::Inet(a) => a.ip().to_string(),
             PeerAddr::Unix(_) => String::new(),
+        }
+    }
+
+    /// The peer as `connections` lists it: the client behind a trusted proxy, with the proxy.
+    pub(crate) fn peer_label(&self) -> String {
+        match self.inner.forwarded.get() {
+            Some(ip) => format!("{ip} via {}", self.inner.peer),
+            None => self.inner.peer.to_string(),
         }
     }
 
@@ -379,6 +397,7 @@ impl<P: Protocol> Connection<P> {
             return match socket.try_send_to(&buf, *peer) {
                 Ok(n) => {
                     inner.bytes_out.set(inner.bytes_out.get() + n as u64);
+                    crate::runtime::stats::add_bytes(false, n);
                     true
                 }
                 Err(e) => {
@@ -568,6 +587,14 @@ impl<P: Protocol> Connection<P> {
     }
 
     pub(crate) fn deliver(&self, msg: P::Message) {
+        let client = self
+            .inner
+            .proto
+            .borrow()
+            .forwarded_client(&msg, &self.inner.peer);
+        if client.is_some() {
+            self.inner.forwarded.set(client);
+        }
         if let Some(f) = &self.inner.handlers.on_message {
             if guarded("on_message", || f(self, msg)).is_none() {
                 self.after_panic();

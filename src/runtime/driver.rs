@@ -175,6 +175,7 @@ where
                     Poll::Ready(Ok(n)) => {
                         out.advance(n);
                         inner.bytes_out.set(inner.bytes_out.get() + n as u64);
+                        crate::runtime::stats::add_bytes(false, n);
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
                     Poll::Pending => break,
@@ -248,6 +249,7 @@ where
                     Poll::Ready(Ok(0)) => return Poll::Ready(Event::Eof),
                     Poll::Ready(Ok(n)) => {
                         inner.bytes_in.set(inner.bytes_in.get() + n as u64);
+                        crate::runtime::stats::add_bytes(true, n);
                         return Poll::Ready(Event::Read);
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),

@@ -14,6 +14,7 @@ pub(crate) mod guard;
 pub(crate) mod listener;
 pub(crate) mod moving;
 pub(crate) mod outbound;
+pub(crate) mod proxy_protocol;
 pub(crate) mod registry;
 pub(crate) mod server;
 pub(crate) mod stats;

@@ -74,6 +74,8 @@ pub(crate) fn run_closed_hooks(id: u64) {
 
 struct ServeCtx<P: Protocol> {
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Each connection starts with a PROXY protocol header.
+    proxy_protocol: bool,
     proto: P,
     handlers: Rc<Handlers<P>>,
     connections: ConnectionMap<P>,
@@ -98,8 +100,18 @@ pub(crate) fn serve<P: Protocol + Clone>(
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(files.load()?)),
         None => None,
     };
+    if config.proxy_protocol && !matches!(listener, Listener::Tcp(_)) {
+        return Err(Error::new(
+            crate::error::ErrorKind::Config,
+            format!(
+                "{}: proxy_protocol needs a TCP listener",
+                config.listen.as_deref().unwrap_or("")
+            ),
+        ));
+    }
     let ctx = Rc::new(ServeCtx {
         tls,
+        proxy_protocol: config.proxy_protocol,
         proto,
         handlers,
         connections,
@@ -129,7 +141,7 @@ pub(crate) fn serve<P: Protocol + Clone>(
 }
 
 trait Acceptor: std::os::fd::AsFd {
-    type Stream: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static;
+    type Stream: AsyncRead + AsyncWrite + IntoSocket + PeekStream + Unpin + 'static;
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>>;
     /// Accepts with a system call now, whatever the event loop has heard of yet (to empty
     /// the queue before closing); `WouldBlock` when it is empty.
@@ -214,7 +226,7 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
             biased;
             _ = stop.notified() => break,
             accepted = poll_fn(|cx| acceptor.poll_next(cx)) => match accepted {
-                Ok(a) => spawn_connection(&ctx, a),
+                Ok(a) => accept_connection(&ctx, a),
                 Err(e) => {
                     if let Some(n) = failures.note(std::time::Instant::now()) {
                         tracing::warn!(
@@ -250,7 +262,7 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
         loop {
             match acceptor.accept_now() {
                 Ok(a) => {
-                    spawn_connection(&ctx, a);
+                    accept_connection(&ctx, a);
                     taken += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -271,6 +283,98 @@ async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
 
 /// A classic BPF program of one instruction, `ret #0`: every packet dropped.
 const DROP_EVERY_PACKET: [socket2::SockFilter; 1] = [socket2::SockFilter::new(0x06, 0, 0, 0)];
+
+/// How long a connection has to send its PROXY protocol header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A stream whose first bytes can be looked at without taking them.
+trait PeekStream {
+    fn peek_start<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<usize>> + 'a>>;
+}
+
+impl PeekStream for tokio::net::TcpStream {
+    fn peek_start<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<usize>> + 'a>> {
+        Box::pin(self.peek(buf))
+    }
+}
+
+impl PeekStream for tokio::net::UnixStream {
+    fn peek_start<'a>(
+        &'a self,
+        _buf: &'a mut [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<usize>> + 'a>> {
+        // `serve` refuses proxy_protocol on anything but TCP.
+        Box::pin(std::future::ready(Err(io::ErrorKind::Unsupported.into())))
+    }
+}
+
+/// Takes the PROXY protocol header off the start of `stream` (peeking until it is whole, then
+/// reading exactly its bytes, so nothing after it is taken): what it says, or why the
+/// connection is refused.
+async fn take_proxy_header<S: AsyncRead + PeekStream + Unpin>(
+    stream: &mut S,
+) -> std::result::Result<crate::runtime::proxy_protocol::Relayed, String> {
+    use crate::runtime::proxy_protocol::{parse, Parsed, V2_MAX};
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; V2_MAX];
+    let mut seen = 0;
+    loop {
+        let n = stream
+            .peek_start(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before its PROXY header".into());
+        }
+        match parse(&buf[..n]) {
+            Parsed::Header { relayed, len } => {
+                stream
+                    .read_exact(&mut buf[..len])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(relayed);
+            }
+            Parsed::Invalid(why) => return Err(why),
+            // Part of a header: peeking again at once would see the same bytes.
+            Parsed::NeedMore if n == seen => tokio::time::sleep(Duration::from_millis(2)).await,
+            Parsed::NeedMore => seen = n,
+        }
+    }
+}
+
+/// Serves an accepted connection: at once, or after its PROXY header.
+fn accept_connection<S, P>(ctx: &Rc<ServeCtx<P>>, mut a: Accepted<S>)
+where
+    S: AsyncRead + AsyncWrite + IntoSocket + PeekStream + Unpin + 'static,
+    P: Protocol + Clone,
+{
+    if !ctx.proxy_protocol {
+        return spawn_connection(ctx, a);
+    }
+    let ctx = ctx.clone();
+    spawn_local(async move {
+        let header =
+            tokio::time::timeout(PROXY_HEADER_TIMEOUT, take_proxy_header(&mut a.stream)).await;
+        match header {
+            Ok(Ok(crate::runtime::proxy_protocol::Relayed::Client { source, .. })) => {
+                a.peer = PeerAddr::Inet(source);
+                spawn_connection(&ctx, a);
+            }
+            Ok(Ok(crate::runtime::proxy_protocol::Relayed::Local)) => spawn_connection(&ctx, a),
+            Ok(Err(why)) => tracing::info!("connection from {} refused: {why}", a.peer),
+            Err(_) => tracing::info!(
+                "connection from {} refused: no PROXY header within {PROXY_HEADER_TIMEOUT:?}",
+                a.peer
+            ),
+        }
+    });
+}
 
 fn spawn_connection<S, P>(ctx: &Rc<ServeCtx<P>>, a: Accepted<S>)
 where

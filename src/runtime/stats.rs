@@ -19,6 +19,8 @@ pub(crate) struct Counters {
     pub(crate) moved_in: Cell<u64>,
     pub(crate) handoff_max_us: Cell<u64>,
     pub(crate) handoff_total_us: Cell<u64>,
+    pub(crate) bytes_in: Cell<u64>,
+    pub(crate) bytes_out: Cell<u64>,
     /// Messages per second as last worked out, and the reading it was worked out from.
     pub(crate) rate: Cell<u64>,
     pub(crate) rate_mark: Cell<Option<(std::time::Instant, u64)>>,
@@ -71,6 +73,14 @@ pub(crate) fn with<R>(f: impl FnOnce(&Counters) -> R) -> R {
     COUNTERS.with(f)
 }
 
+/// Adds `n` bytes read (`input`) or written to the process's totals.
+pub(crate) fn add_bytes(input: bool, n: usize) {
+    with(|c| {
+        let cell = if input { &c.bytes_in } else { &c.bytes_out };
+        cell.set(cell.get().wrapping_add(n as u64));
+    });
+}
+
 pub(crate) fn bump(cell: &Cell<u64>) {
     cell.set(cell.get().wrapping_add(1));
 }
@@ -114,6 +124,12 @@ pub(crate) struct Snapshot {
     /// Messages per second, over the last second or more (see `status`).
     #[serde(default)]
     pub messages_per_sec: u64,
+    /// Bytes read from connections since the process started.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes written to connections since the process started.
+    #[serde(default)]
+    pub bytes_out: u64,
 }
 
 pub(crate) fn snapshot() -> Snapshot {
@@ -131,6 +147,8 @@ pub(crate) fn snapshot() -> Snapshot {
         handoff_max_us: c.handoff_max_us.get(),
         handoff_total_us: c.handoff_total_us.get(),
         messages_per_sec: messages_per_sec(c),
+        bytes_in: c.bytes_in.get(),
+        bytes_out: c.bytes_out.get(),
     })
 }
 

@@ -63,6 +63,9 @@ pub(crate) struct WorkerConfig {
     pub(crate) is_pool: bool,
     /// TLS on this worker's listener.
     pub(crate) tls: Option<crate::runtime::tls::TlsFiles>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), required.
+    #[serde(default)]
+    pub(crate) proxy_protocol: bool,
 }
 
 impl WorkerConfig {
@@ -196,6 +199,7 @@ impl<P: Protocol + Clone> Worker<P> {
             task_lease: Duration::from_secs(10),
             is_pool: false,
             tls: None,
+            proxy_protocol: false,
         };
         let shared = Rc::new(WorkerShared {
             config: RefCell::new(config),
@@ -237,6 +241,15 @@ impl<P: Protocol> Worker<P> {
         /// Gives each process its own `SO_REUSEPORT` socket, so the kernel balances new
         /// connections among them, instead of sharing the master's one socket.
         reuse_port: bool => |c, v| c.reuse_port = v);
+    setting!(
+        /// Requires the PROXY protocol (HAProxy's v1 or v2 header, as nginx, HAProxy, AWS and
+        /// Google load balancers send it) on every connection of this TCP listener (TLS
+        /// included: the header comes first): the header's client address becomes the
+        /// connection's [`remote_addr`](Connection::remote_addr) everywhere (`connections`,
+        /// logs, routing). A connection without a valid header within 5 s is closed with a
+        /// logged reason. Off by default; turn it on only behind such a relay, since a client
+        /// reaching the port directly could otherwise name any address.
+        proxy_protocol: bool => |c, v| c.proxy_protocol = v);
     setting!(
         /// The largest package a connection may send (default 10 MiB); a larger one closes the
         /// connection with a logged reason.
@@ -778,7 +791,7 @@ impl<P: Protocol + Clone> AnyWorker for WorkerShared<P> {
             .values()
             .map(|c| crate::runtime::stats::ConnectionRow {
                 id: c.id(),
-                peer: c.remote_addr().to_string(),
+                peer: c.peer_label(),
                 bytes_in: c.bytes_read(),
                 bytes_out: c.bytes_written(),
                 age_secs: c.age().as_secs_f64(),

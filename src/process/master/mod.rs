@@ -6,6 +6,7 @@
 //! census line) and `commands` (control socket and signals).
 
 mod commands;
+mod metrics;
 mod reload;
 mod reports;
 mod supervise;
@@ -267,6 +268,12 @@ pub(crate) fn run(
             started: Rc::new(tokio::sync::watch::channel(false).0),
         };
         let control = bind_control(&paths.control_socket)?;
+        let metrics_at = master.state.borrow().options.metrics;
+        if let Some(addr) = metrics_at {
+            let listener = metrics::bind(addr).await?;
+            tracing::info!("metrics at http://{addr}/metrics");
+            spawn_local(metrics::serve(master.clone(), listener));
+        }
         spawn_local(master.clone().serve_cli(control));
         spawn_local(master.clone().handle_signals());
         let registration = match &master.bus {
