@@ -136,6 +136,17 @@ fn main() -> oxwork::Result<()> {
         .stop_timeout(env::<f64>("ECHO_STOP_TIMEOUT").unwrap_or(2.0))
         .graceful_timeout(env::<f64>("ECHO_GRACEFUL_TIMEOUT").unwrap_or(3600.0))
         .reuse_port(env::<u8>("ECHO_REUSE_PORT") == Some(1));
+    // Behind a load balancer that sends the PROXY protocol header.
+    if env::<u8>("ECHO_PROXY_PROTOCOL") == Some(1) {
+        w.proxy_protocol(true);
+    }
+    // Started as root: the processes drop to this user (and group) once the port is bound.
+    if let Ok(user) = std::env::var("ECHO_USER") {
+        w.user(&user);
+    }
+    if let Ok(group) = std::env::var("ECHO_GROUP") {
+        w.group(&group);
+    }
     if let (Ok(cert), Ok(key)) = (
         std::env::var("ECHO_TLS_CERT"),
         std::env::var("ECHO_TLS_KEY"),
@@ -188,6 +199,9 @@ fn main() -> oxwork::Result<()> {
         Some("panic") => panic!("asked to panic"),
         Some("pid") => {
             c.send(std::process::id().to_string());
+        }
+        Some("ip") => {
+            c.send(c.remote_ip());
         }
         Some("ticks") => {
             c.send(ticks.get().to_string());

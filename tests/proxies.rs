@@ -139,3 +139,41 @@ fn x_forwarded_for_is_believed_from_trusted_proxies_only() {
     let wary = hello(&[("HTTP_TRUSTED_PROXIES", "10.0.0.0/8")]);
     assert_eq!(ip(&wary, "X-Forwarded-For: 6.6.6.6"), "127.0.0.1");
 }
+
+#[test]
+fn the_proxy_protocol_works_on_a_unix_listener_too() {
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("echo.sock");
+    let _s = Server::start(
+        "echo",
+        &[
+            ("ECHO_LISTEN", format!("text+unix://{}", path.display())),
+            ("ECHO_COUNT", "1".to_string()),
+            ("ECHO_PROXY_PROTOCOL", "1".to_string()),
+        ],
+        1,
+    );
+    let ask = |bytes: &[u8]| -> String {
+        let mut c = UnixStream::connect(&path).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        c.write_all(bytes).expect("write");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while c.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        String::from_utf8_lossy(&line).into_owned()
+    };
+    // The line right behind the header is read whole: nothing of it went with the header.
+    assert_eq!(
+        ask(b"PROXY TCP6 2001:db8::9 2001:db8::1 4000 80\r\nip\n"),
+        "2001:db8::9"
+    );
+    assert_eq!(
+        ask(&[v2_header([192, 0, 2, 77], 999).as_slice(), b"ip\n"].concat()),
+        "192.0.2.77"
+    );
+    assert_eq!(ask(b"ip\n"), "", "no header: closed without an answer");
+}

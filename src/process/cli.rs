@@ -339,6 +339,7 @@ fn start(paths: &Paths, daemon: bool, options: TreeOptions) -> Result<()> {
         inherit_fds: Vec::new(),
         stdio_to: Some(&log),
         daemon: true,
+        identity: None,
     })
     .and_then(|mut c| c.spawn())
     .map_err(|e| Error::io("cannot start the daemon", e))?;

@@ -37,7 +37,13 @@ fn run_inner() -> Result<()> {
         .build_local(Default::default())
         .map_err(|e| Error::io("cannot start the hub's event loop", e))?;
     rt.block_on(async move {
-        let hub = crate::bus::hub::start(std::path::Path::new(&path))
+        // Peers let in on an abstract socket: the master's user and the groups' users.
+        let uids: Vec<u32> = std::env::var(env::HUB_UIDS)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|u| u.trim().parse().ok())
+            .collect();
+        let hub = crate::bus::hub::start(std::path::Path::new(&path), uids)
             .map_err(|e| Error::io(format!("cannot listen on {path}"), e))?;
         let control = super::control_stream(control)?;
         let (rd, mut wr) = control.into_split();

@@ -29,8 +29,10 @@ pub(crate) mod env {
     pub(crate) const HANDOFF_FD: &str = "OXWORK_HANDOFF_FD";
     /// Where this process's connection ids start (each process of a slot has its own range).
     pub(crate) const CONN_BASE: &str = "OXWORK_CONN_BASE";
-    /// The hub's socket path.
+    /// The hub's socket path (`@name`: in the abstract namespace).
     pub(crate) const HUB: &str = "OXWORK_HUB";
+    /// The users whose processes the hub lets in, when it listens in the abstract namespace.
+    pub(crate) const HUB_UIDS: &str = "OXWORK_HUB_UIDS";
     /// This tree's node name (default: the host name).
     pub(crate) const NODE: &str = "OXWORK_NODE";
 }

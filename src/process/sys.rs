@@ -38,6 +38,47 @@ pub(crate) struct SpawnSpec<'a> {
     pub(crate) stdio_to: Option<&'a File>,
     /// A daemon master: a new session, no controlling terminal, no death signal.
     pub(crate) daemon: bool,
+    /// Run as this user and group (uid, gid), with no supplementary groups.
+    pub(crate) identity: Option<(u32, u32)>,
+}
+
+/// The uid and gid `user` and `group` name (a group alone keeps this process's user; a user
+/// alone brings its own primary group); `None` when neither is given. Switching to another
+/// user needs root: without it, an error.
+pub(crate) fn identity(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    let lookup = |e: nix::Error, what: &str| Error::new(ErrorKind::Config, format!("{what}: {e}"));
+    let (uid, mut gid) = match user {
+        Some(name) => {
+            let u = User::from_name(name)
+                .map_err(|e| lookup(e, &format!("user {name:?}")))?
+                .ok_or_else(|| Error::new(ErrorKind::Config, format!("no user {name:?}")))?;
+            (u.uid.as_raw(), u.gid.as_raw())
+        }
+        None => (Uid::current().as_raw(), Gid::current().as_raw()),
+    };
+    if let Some(name) = group {
+        gid = Group::from_name(name)
+            .map_err(|e| lookup(e, &format!("group {name:?}")))?
+            .ok_or_else(|| Error::new(ErrorKind::Config, format!("no group {name:?}")))?
+            .gid
+            .as_raw();
+    }
+    let me = Uid::current();
+    if !me.is_root() && (uid != me.as_raw() || gid != Gid::current().as_raw()) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "running processes as user {} / group {} needs root (this is uid {me})",
+                user.unwrap_or("(this user)"),
+                group.unwrap_or("(its group)")
+            ),
+        ));
+    }
+    Ok(Some((uid, gid)))
 }
 
 /// Builds the command for a child process as the contract above describes; spawn it with std
@@ -59,10 +100,20 @@ pub(crate) fn command(spec: SpawnSpec<'_>) -> std::io::Result<std::process::Comm
     }
     let fds = spec.inherit_fds;
     let daemon = spec.daemon;
+    let identity = spec
+        .identity
+        .map(|(u, g)| (nix::unistd::Uid::from_raw(u), nix::unistd::Gid::from_raw(g)));
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (prctl, setsid, fcntl); it allocates nothing (`fds` was built before the fork).
+    // functions (setgroups, setgid, setuid, prctl, setsid, fcntl); it allocates nothing (`fds`
+    // and the identity were built before the fork).
     unsafe {
         cmd.pre_exec(move || {
+            // The user first: a change of credentials clears the death signal set below.
+            if let Some((uid, gid)) = identity {
+                nix::unistd::setgroups(&[gid])?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+            }
             if daemon {
                 nix::unistd::setsid()?;
             } else {

@@ -100,11 +100,11 @@ pub(crate) fn serve<P: Protocol + Clone>(
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(files.load()?)),
         None => None,
     };
-    if config.proxy_protocol && !matches!(listener, Listener::Tcp(_)) {
+    if config.proxy_protocol && matches!(listener, Listener::Udp(_)) {
         return Err(Error::new(
             crate::error::ErrorKind::Config,
             format!(
-                "{}: proxy_protocol needs a TCP listener",
+                "{}: proxy_protocol is for stream listeners (TCP, Unix)",
                 config.listen.as_deref().unwrap_or("")
             ),
         ));
@@ -141,7 +141,7 @@ pub(crate) fn serve<P: Protocol + Clone>(
 }
 
 trait Acceptor: std::os::fd::AsFd {
-    type Stream: AsyncRead + AsyncWrite + IntoSocket + PeekStream + Unpin + 'static;
+    type Stream: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static;
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>>;
     /// Accepts with a system call now, whatever the event loop has heard of yet (to empty
     /// the queue before closing); `WouldBlock` when it is empty.
@@ -287,63 +287,43 @@ const DROP_EVERY_PACKET: [socket2::SockFilter; 1] = [socket2::SockFilter::new(0x
 /// How long a connection has to send its PROXY protocol header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A stream whose first bytes can be looked at without taking them.
-trait PeekStream {
-    fn peek_start<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<usize>> + 'a>>;
-}
-
-impl PeekStream for tokio::net::TcpStream {
-    fn peek_start<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<usize>> + 'a>> {
-        Box::pin(self.peek(buf))
-    }
-}
-
-impl PeekStream for tokio::net::UnixStream {
-    fn peek_start<'a>(
-        &'a self,
-        _buf: &'a mut [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<usize>> + 'a>> {
-        // `serve` refuses proxy_protocol on anything but TCP.
-        Box::pin(std::future::ready(Err(io::ErrorKind::Unsupported.into())))
-    }
-}
-
-/// Takes the PROXY protocol header off the start of `stream` (peeking until it is whole, then
-/// reading exactly its bytes, so nothing after it is taken): what it says, or why the
-/// connection is refused.
-async fn take_proxy_header<S: AsyncRead + PeekStream + Unpin>(
+/// Takes the PROXY protocol header off the start of `stream`, reading exactly its bytes (so
+/// nothing after it is taken, on any kind of stream): what it says, or why the connection is
+/// refused. Version 2 takes three reads (its fixed part, then its stated length); version 1 is
+/// read a byte at a time after its first eight, since only its CRLF says where it ends.
+async fn take_proxy_header<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> std::result::Result<crate::runtime::proxy_protocol::Relayed, String> {
     use crate::runtime::proxy_protocol::{parse, Parsed, V2_MAX};
     use tokio::io::AsyncReadExt;
+    // Both versions' shortest header is longer than this ("PROXY UNKNOWN\r\n" is 15 bytes).
+    const FIRST: usize = 8;
     let mut buf = vec![0u8; V2_MAX];
-    let mut seen = 0;
+    let mut have = FIRST;
+    let read = |e: std::io::Error| format!("closed before its PROXY header ended ({e})");
+    stream.read_exact(&mut buf[..have]).await.map_err(read)?;
     loop {
-        let n = stream
-            .peek_start(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed before its PROXY header".into());
-        }
-        match parse(&buf[..n]) {
-            Parsed::Header { relayed, len } => {
-                stream
-                    .read_exact(&mut buf[..len])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Ok(relayed);
-            }
+        match parse(&buf[..have]) {
+            Parsed::Header { relayed, .. } => return Ok(relayed),
             Parsed::Invalid(why) => return Err(why),
-            // Part of a header: peeking again at once would see the same bytes.
-            Parsed::NeedMore if n == seen => tokio::time::sleep(Duration::from_millis(2)).await,
-            Parsed::NeedMore => seen = n,
+            Parsed::NeedMore => {
+                // Version 2 says its length in its first 16 bytes; version 1 ends at CRLF.
+                let want = if buf.starts_with(b"\r\n") && have >= 16 {
+                    16 + usize::from(u16::from_be_bytes([buf[14], buf[15]]))
+                } else if buf.starts_with(b"\r\n") {
+                    16
+                } else {
+                    have + 1
+                };
+                if want > V2_MAX || want <= have {
+                    return Err("PROXY header too long".into());
+                }
+                stream
+                    .read_exact(&mut buf[have..want])
+                    .await
+                    .map_err(read)?;
+                have = want;
+            }
         }
     }
 }
@@ -351,7 +331,7 @@ async fn take_proxy_header<S: AsyncRead + PeekStream + Unpin>(
 /// Serves an accepted connection: at once, or after its PROXY header.
 fn accept_connection<S, P>(ctx: &Rc<ServeCtx<P>>, mut a: Accepted<S>)
 where
-    S: AsyncRead + AsyncWrite + IntoSocket + PeekStream + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static,
     P: Protocol + Clone,
 {
     if !ctx.proxy_protocol {

@@ -66,6 +66,11 @@ pub(crate) struct WorkerConfig {
     /// Every connection starts with a PROXY protocol header (v1 or v2), required.
     #[serde(default)]
     pub(crate) proxy_protocol: bool,
+    /// The user (and group) this group's processes run as, switched to before they start.
+    #[serde(default)]
+    pub(crate) user: Option<String>,
+    #[serde(default)]
+    pub(crate) group: Option<String>,
 }
 
 impl WorkerConfig {
@@ -200,6 +205,8 @@ impl<P: Protocol + Clone> Worker<P> {
             is_pool: false,
             tls: None,
             proxy_protocol: false,
+            user: None,
+            group: None,
         };
         let shared = Rc::new(WorkerShared {
             config: RefCell::new(config),
@@ -242,9 +249,20 @@ impl<P: Protocol> Worker<P> {
         /// connections among them, instead of sharing the master's one socket.
         reuse_port: bool => |c, v| c.reuse_port = v);
     setting!(
+        /// Runs this group's processes as `user` (Workerman's `$worker->user`): the master,
+        /// started as root, binds the ports (80, 443) and starts each process as that user,
+        /// with that user's group unless [`group`](Self::group) names another, and no other
+        /// groups. A user that does not exist, or a switch without root, is an error at
+        /// `start`. The hub then listens in the abstract socket namespace and takes only the
+        /// master's and these users' processes (checked by their credentials).
+        user: &str => |c, v| c.user = Some(v.to_string()));
+    setting!(
+        /// The group this group's processes run as (with [`user`](Self::user), or alone).
+        group: &str => |c, v| c.group = Some(v.to_string()));
+    setting!(
         /// Requires the PROXY protocol (HAProxy's v1 or v2 header, as nginx, HAProxy, AWS and
-        /// Google load balancers send it) on every connection of this TCP listener (TLS
-        /// included: the header comes first): the header's client address becomes the
+        /// Google load balancers send it) on every connection of this listener (TCP or Unix;
+        /// with TLS the header comes before the handshake): the header's client address becomes the
         /// connection's [`remote_addr`](Connection::remote_addr) everywhere (`connections`,
         /// logs, routing). A connection without a valid header within 5 s is closed with a
         /// logged reason. Off by default; turn it on only behind such a relay, since a client

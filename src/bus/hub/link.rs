@@ -193,7 +193,7 @@ impl HubLink {
     async fn connection_loop(self) {
         let mut backoff = Duration::from_millis(20);
         loop {
-            match UnixStream::connect(&self.inner.path).await {
+            match connect(&self.inner.path).await {
                 Ok(stream) => {
                     let since = tokio::time::Instant::now();
                     self.on_connected();
@@ -653,6 +653,21 @@ fn rebuild_for_new_hub(out: &mut BytesMut) {
         let _ = wire::encode(&frame, &mut rebuilt);
     }
     *out = rebuilt;
+}
+
+/// Connects to the hub at `path`, or at an abstract address `@name`.
+async fn connect(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    use std::os::linux::net::SocketAddrExt;
+    match super::server::abstract_name(path) {
+        // A Unix-domain connect does not wait for the peer: done at once, or refused.
+        Some(name) => {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            let stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+            stream.set_nonblocking(true)?;
+            UnixStream::from_std(stream)
+        }
+        None => UnixStream::connect(path).await,
+    }
 }
 
 #[cfg(test)]

@@ -300,18 +300,45 @@ impl HubHandle {
     }
 }
 
-/// Binds the hub's socket (owner-only) and serves it on the current local runtime.
-pub(crate) fn start(path: &Path) -> std::io::Result<HubHandle> {
+/// The name of an abstract socket (`@name`), or `None` for a path.
+pub(crate) fn abstract_name(path: &Path) -> Option<&[u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().strip_prefix(b"@")
+}
+
+/// Binds the hub's socket (owner-only) and serves it on the current local runtime. A path
+/// `@name` listens in the abstract namespace, which has no file permissions, so there only
+/// processes of a user in `uids` are let in (by the credentials the kernel gives for the peer).
+pub(crate) fn start(path: &Path, uids: Vec<u32>) -> std::io::Result<HubHandle> {
+    use std::os::linux::net::SocketAddrExt;
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let (listener, allowed) = match abstract_name(path) {
+        Some(name) => {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+            std_listener.set_nonblocking(true)?;
+            (UnixListener::from_std(std_listener)?, Some(uids))
+        }
+        None => {
+            let _ = std::fs::remove_file(path);
+            let listener = UnixListener::bind(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            (listener, None)
+        }
+    };
     let hub = Rc::new(Hub::default());
     let h = hub.clone();
     spawn_local(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
+                    if let Some(allowed) = &allowed {
+                        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                        if !uid.is_some_and(|u| allowed.contains(&u)) {
+                            tracing::warn!("hub: refused a process of uid {uid:?}");
+                            continue;
+                        }
+                    }
                     let id = h.next_peer.get() + 1;
                     h.next_peer.set(id);
                     spawn_local(serve_peer(h.clone(), stream, id));

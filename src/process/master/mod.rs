@@ -96,6 +96,8 @@ struct State {
     started: SystemTime,
     started_at: Instant,
     hub_path: PathBuf,
+    /// Per group, the user and group its processes run as (`Worker::user`).
+    identities: Vec<Option<(u32, u32)>>,
     node: String,
     options: TreeOptions,
 }
@@ -193,6 +195,25 @@ pub(crate) fn run(
             None => {}
         }
     }
+    let identities = configs
+        .iter()
+        .map(|c| {
+            sys::identity(c.user.as_deref(), c.group.as_deref())
+                .map_err(|e| Error::new(ErrorKind::Config, format!("worker {}: {e}", c.name)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Processes running as other users cannot reach a socket in the private run directory:
+    // the hub then listens in the abstract namespace, and lets in only the master's user and
+    // theirs (checked by the peer's credentials).
+    let hub_path = if identities.iter().any(Option::is_some) {
+        let nonce = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        PathBuf::from(format!("@oxwork-hub-{}-{nonce:08x}", std::process::id()))
+    } else {
+        paths.run_dir.join("hub.sock")
+    };
     let mut group_listeners = Vec::new();
     let mut slot_listeners = Vec::new();
     for (c, &on) in configs.iter().zip(&selected) {
@@ -250,7 +271,8 @@ pub(crate) fn run(
         exits: BTreeMap::new(),
         started: SystemTime::now(),
         started_at: Instant::now(),
-        hub_path: paths.run_dir.join("hub.sock"),
+        hub_path,
+        identities,
         node: options.node.clone(),
         options,
     };

@@ -31,6 +31,16 @@ impl Master {
                 (env::MASTER_PID.to_string(), std::process::id().to_string()),
                 (env::CONTROL_FD.to_string(), child_fd.to_string()),
                 (env::HUB.to_string(), st.hub_path.display().to_string()),
+                (env::HUB_UIDS.to_string(), {
+                    let mut uids: Vec<String> = st
+                        .identities
+                        .iter()
+                        .flatten()
+                        .map(|(uid, _)| uid.to_string())
+                        .collect();
+                    uids.push(sys::uid().to_string());
+                    uids.join(",")
+                }),
                 (env::NODE.to_string(), st.node.clone()),
                 (crate::bus::BUS_ENV.to_string(), st.options.bus_spec.clone()),
                 (env::HANDOFF_FD.to_string(), handoff_fd.to_string()),
@@ -68,6 +78,7 @@ impl Master {
                 inherit_fds: fds,
                 stdio_to: None,
                 daemon: false,
+                identity: slot.group.and_then(|g| st.identities[g]),
             })
             .map_err(|e| Error::io("cannot prepare a worker process", e))?;
             tokio::process::Command::from(cmd)
