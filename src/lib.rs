@@ -32,6 +32,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+mod os;
 mod process;
 mod protocol;
 mod runtime;

@@ -5,6 +5,7 @@
 //! and prints a Markdown table; `oxbench smoke` runs every scenario briefly and only checks that
 //! each runs and reports; `oxbench list` names them.
 
+mod allocations;
 mod bus;
 mod load;
 mod nats;
@@ -20,6 +21,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+
+#[global_allocator]
+static ALLOCATOR: allocations::Counting = allocations::Counting;
 
 /// A temporary directory only this user may enter (0700): oxwork refuses a run directory that
 /// other users could plant files in.
@@ -56,6 +60,10 @@ struct Args {
     /// Also copy the table and chart into docs/ (docs/benchmarks.md between its markers).
     #[arg(long)]
     write_docs: bool,
+    /// Pins nothing: servers and the load generator share every core, as on a machine where
+    /// nobody set affinities.
+    #[arg(long)]
+    unpinned: bool,
 }
 
 fn raise_fd_limit() {
@@ -144,6 +152,9 @@ fn main() {
     if selected.is_empty() {
         eprintln!("no such scenario; `oxbench list` names them");
         std::process::exit(2);
+    }
+    if args.unpinned {
+        pin::pin_nothing();
     }
     let pinned = pin::pin_self_to_load_cpu();
     eprintln!(

@@ -7,8 +7,14 @@ use std::process::Command;
 /// affinity mask, so asked after the pin it says 1 and every server would inherit the load's
 /// core (as it did: until this was cached, servers and load shared core 1 and core 0 idled).
 fn have_two_cpus_and_taskset() -> bool {
-    static DECIDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DECIDED.get_or_init(|| cores() >= 2 && Command::new("taskset").arg("-V").output().is_ok())
+}
+
+static DECIDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// The unpinned mode: nothing is pinned (called before anything asks).
+pub fn pin_nothing() {
+    let _ = DECIDED.set(false);
 }
 
 /// The machine's cores, counted once, before this process pins itself (and decided with the

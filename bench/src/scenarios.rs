@@ -39,6 +39,8 @@ pub enum Plan {
         depth: usize,
         size: usize,
         servers: Vec<Kind>,
+        /// The servers on the server core alone (the load on the other), or on every core.
+        pinned: bool,
     },
     Idle {
         connections: usize,
@@ -62,42 +64,72 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             name: "text-echo",
             what: "a. text echo, 50 connections, one 64-byte message in flight each",
-            plan: Plan::Throughput { proto: Proto::Text, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio] },
+            plan: Plan::Throughput { proto: Proto::Text, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio], pinned: true },
         },
         Scenario {
             name: "frame-echo",
             what: "frame echo, 50 connections, one 64-byte message in flight each",
-            plan: Plan::Throughput { proto: Proto::Frame, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio] },
+            plan: Plan::Throughput { proto: Proto::Frame, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio], pinned: true },
         },
         Scenario {
             name: "text-pipelined",
             what: "text echo, 50 connections, 16 messages per write",
-            plan: Plan::Throughput { proto: Proto::Text, connections: 50, depth: 16, size: 64, servers: vec![Oxwork(1), Tokio] },
+            plan: Plan::Throughput { proto: Proto::Text, connections: 50, depth: 16, size: 64, servers: vec![Oxwork(1), Tokio], pinned: true },
         },
         Scenario {
             name: "http-hello",
             what: "b. HTTP hello world, 100 keep-alive connections (and wrk, when installed)",
-            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 1, size: 0, servers: vec![Oxwork(1), Tokio, Hyper] },
+            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 1, size: 0, servers: vec![Oxwork(1), Tokio, Hyper], pinned: true },
         },
         Scenario {
             name: "http-pipelined",
             what: "c. HTTP hello world pipelined, depth 16",
-            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 16, size: 0, servers: vec![Oxwork(1), Tokio, Hyper] },
+            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 16, size: 0, servers: vec![Oxwork(1), Tokio, Hyper], pinned: true },
         },
         Scenario {
             name: "websocket-echo",
             what: "d. websocket echo, 50 connections",
-            plan: Plan::Throughput { proto: Proto::WebSocket, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio] },
+            plan: Plan::Throughput { proto: Proto::WebSocket, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(1), Tokio], pinned: true },
         },
         Scenario {
             name: "websocket-json",
             what: "websocket echo of a 512-byte JSON chat message, 50 connections (the plain row for deflate)",
-            plan: Plan::Throughput { proto: Proto::WebSocketJson, connections: 50, depth: 1, size: 512, servers: vec![Oxwork(1), Tokio] },
+            plan: Plan::Throughput { proto: Proto::WebSocketJson, connections: 50, depth: 1, size: 512, servers: vec![Oxwork(1), Tokio], pinned: true },
         },
         Scenario {
             name: "websocket-deflate",
             what: "the same with permessage-deflate (level 1, no context takeover): bytes on the wire per message and user CPU against websocket-json",
-            plan: Plan::Throughput { proto: Proto::WebSocketDeflate, connections: 50, depth: 1, size: 512, servers: vec![Oxwork(1)] },
+            plan: Plan::Throughput { proto: Proto::WebSocketDeflate, connections: 50, depth: 1, size: 512, servers: vec![Oxwork(1)], pinned: true },
+        },
+        Scenario {
+            name: "text-echo-2p",
+            what: "text echo, 50 connections opened in a burst, on 2 processes against tokio's multi-threaded runtime with 2 threads; servers on both cores (the load shares one): latency tails, CPU, and the spread of connections and CPU over the processes",
+            plan: Plan::Throughput { proto: Proto::Text, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(2), TokioMt(2)], pinned: false },
+        },
+        Scenario {
+            name: "text-echo-2p-one-core",
+            what: "the same with the servers pinned to one core (2 processes, or 2 threads, sharing it)",
+            plan: Plan::Throughput { proto: Proto::Text, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(2), TokioMt(2)], pinned: true },
+        },
+        Scenario {
+            name: "websocket-echo-2p",
+            what: "websocket echo, 50 connections, 2 processes against 2 runtime threads, both cores",
+            plan: Plan::Throughput { proto: Proto::WebSocket, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(2), TokioMt(2)], pinned: false },
+        },
+        Scenario {
+            name: "websocket-echo-2p-one-core",
+            what: "the same pinned to one core",
+            plan: Plan::Throughput { proto: Proto::WebSocket, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(2), TokioMt(2)], pinned: true },
+        },
+        Scenario {
+            name: "http-hello-2p",
+            what: "HTTP hello, 100 keep-alive connections, 2 processes against 2 runtime threads, both cores",
+            plan: Plan::Throughput { proto: Proto::Http, connections: 100, depth: 1, size: 0, servers: vec![Oxwork(2), TokioMt(2)], pinned: false },
+        },
+        Scenario {
+            name: "spread",
+            what: "how 50 connections opened in a burst, then echoing, spread over 2 and 4 processes sharing one socket, and with reuse_port (a socket each): the least and largest share of connections and of CPU per process",
+            plan: Plan::Throughput { proto: Proto::Text, connections: 50, depth: 1, size: 64, servers: vec![Oxwork(2), OxworkReusePort(2), Oxwork(4), OxworkReusePort(4)], pinned: false },
         },
         Scenario {
             name: "idle-10k",
@@ -190,6 +222,7 @@ pub fn run(s: &Scenario, effort: Effort) -> Result<Vec<Row>, String> {
             depth,
             size,
             servers,
+            pinned,
         } => {
             let spec = Spec {
                 proto: *proto,
@@ -205,7 +238,7 @@ pub fn run(s: &Scenario, effort: Effort) -> Result<Vec<Row>, String> {
             let mut per_server: BTreeMap<String, Vec<Row>> = BTreeMap::new();
             for _ in 0..effort.reps {
                 for kind in servers {
-                    let row = throughput(s.name, *kind, spec)?;
+                    let row = throughput(s.name, *kind, spec, *pinned)?;
                     per_server.entry(row.server.clone()).or_default().push(row);
                 }
             }
@@ -353,18 +386,55 @@ fn nats_node_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
     Ok(vec![ask, raw, jetstream])
 }
 
-fn throughput(scenario: &str, kind: Kind, spec: Spec) -> Result<Row, String> {
-    let server = Running::start(kind, spec.proto.scheme())?;
+fn throughput(scenario: &str, kind: Kind, spec: Spec, pinned: bool) -> Result<Row, String> {
+    let server = Running::start(kind, spec.proto.scheme(), pinned)?;
     let pids = server.pids.clone();
     let before = std::cell::Cell::new(procstat::Sample::default());
+    let before_each = std::cell::RefCell::new(Vec::new());
+    let allocations_before = std::cell::Cell::new(None);
+    let connections_each = std::cell::RefCell::new(Vec::new());
     let counter = std::cell::RefCell::new(None);
     let outcome = load::run(spec, server.addr(), || {
         *counter.borrow_mut() = procstat::SyscallCounter::start(&pids);
+        *before_each.borrow_mut() = pids.iter().map(|p| procstat::sample(&[*p])).collect();
+        allocations_before.set(crate::allocations::published(&pids));
         before.set(procstat::sample(&pids));
+        if pids.len() > 1 {
+            *connections_each.borrow_mut() = server.connections_per_process();
+        }
     });
     let used = procstat::sample(&pids) - before.get();
+    let allocations = crate::allocations::published(&pids)
+        .zip(allocations_before.get())
+        .map(|(after, before)| after.saturating_sub(before));
+    let cpu_each: Vec<f64> = pids
+        .iter()
+        .zip(before_each.borrow().iter())
+        .map(|(p, b)| {
+            let d = procstat::sample(&[*p]) - *b;
+            d.user_secs + d.sys_secs
+        })
+        .collect();
     let syscalls = counter.into_inner().and_then(|c| c.finish());
     let mut extra = BTreeMap::new();
+    if let Some(n) = allocations {
+        extra.insert(
+            "allocations_per_req".into(),
+            n as f64 / outcome.requests.max(1) as f64,
+        );
+    }
+    if pids.len() > 1 {
+        let connections: Vec<f64> = connections_each
+            .borrow()
+            .iter()
+            .map(|&c| c as f64)
+            .collect();
+        for (what, each) in [("conns", &connections), ("cpu", &cpu_each)] {
+            let (least, most) = shares(each);
+            extra.insert(format!("{what}_share_least_pct"), least);
+            extra.insert(format!("{what}_share_most_pct"), most);
+        }
+    }
     if matches!(spec.proto, Proto::WebSocketJson | Proto::WebSocketDeflate) {
         let bytes = load::wire_bytes_per_message(server.addr(), spec.proto, spec.size)?;
         extra.insert("wire_bytes_per_msg".into(), bytes as f64);
@@ -395,6 +465,18 @@ fn throughput(scenario: &str, kind: Kind, spec: Spec) -> Result<Row, String> {
     })
 }
 
+/// The least and the largest share of a total, in percent (0 and 0 for nothing).
+fn shares(each: &[f64]) -> (f64, f64) {
+    let total: f64 = each.iter().sum();
+    if total <= 0.0 || each.is_empty() {
+        return (0.0, 0.0);
+    }
+    let pct = |v: f64| v * 100.0 / total;
+    let least = each.iter().copied().fold(f64::INFINITY, f64::min);
+    let most = each.iter().copied().fold(0.0, f64::max);
+    (pct(least), pct(most))
+}
+
 /// Requests per second `wrk` (an outside client) measures, when it is installed.
 fn wrk(addr: std::net::SocketAddr, connections: usize, duration: Duration) -> Option<f64> {
     let secs = duration.as_secs().max(1).to_string();
@@ -419,7 +501,7 @@ fn wrk(addr: std::net::SocketAddr, connections: usize, duration: Duration) -> Op
 }
 
 fn idle(scenario: &str, kind: Kind, n: usize) -> Result<Row, String> {
-    let server = Running::start(kind, "websocket")?;
+    let server = Running::start(kind, "websocket", true)?;
     let pids = server.pids.clone();
     std::thread::sleep(Duration::from_millis(200));
     let baseline = procstat::rss_bytes(&pids);
@@ -458,10 +540,10 @@ fn bus_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
         warmup: effort.warmup,
         duration: effort.duration,
     };
-    let mut floor = throughput(scenario, Kind::Tokio, floor_spec)?;
+    let mut floor = throughput(scenario, Kind::Tokio, floor_spec, true)?;
     floor.server = "raw TCP ping-pong (floor)".into();
 
-    let tree = Running::start(Kind::OxworkBus, "text")?;
+    let tree = Running::start(Kind::OxworkBus, "text", true)?;
     let hub = crate::bus::Via::Hub(tree.hub_path().ok_or("no hub path")?);
     let (asks, h) = crate::bus::ask_latency(&hub, "bench", effort.warmup, effort.duration)?;
     let count = if effort.max_connections < 50 {
@@ -513,7 +595,7 @@ fn nats_row(scenario: &str, effort: Effort, count: u64) -> Result<Row, String> {
 /// Two reloads of 4 HTTP processes under 16 keep-alive clients that parse every response:
 /// a failed request is a client-visible error.
 fn reload_under_keep_alive(scenario: &str, effort: Effort) -> Result<Row, String> {
-    let server = Running::start(Kind::Oxwork(4), "http")?;
+    let server = Running::start(Kind::Oxwork(4), "http", true)?;
     let stop = Arc::new(AtomicBool::new(false));
     let addr = server.addr();
     let load = {
@@ -552,7 +634,7 @@ fn reload_under_keep_alive(scenario: &str, effort: Effort) -> Result<Row, String
 }
 
 fn reload(scenario: &str, effort: Effort) -> Result<Row, String> {
-    let server = Running::start(Kind::Oxwork(4), "text")?;
+    let server = Running::start(Kind::Oxwork(4), "text", true)?;
     let startup = server.started_in;
     let stop = Arc::new(AtomicBool::new(false));
     let addr = server.addr();

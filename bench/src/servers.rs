@@ -14,10 +14,15 @@ use crate::pin;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Kind {
-    /// oxwork with this many worker processes.
+    /// oxwork with this many worker processes, sharing one listening socket.
     Oxwork(u32),
+    /// oxwork with this many worker processes, each with its own socket (`reuse_port`).
+    OxworkReusePort(u32),
     /// The minimal tokio server.
     Tokio,
+    /// The same server on tokio's multi-threaded runtime with this many threads (what a Rust
+    /// user would write instead of N processes).
+    TokioMt(u32),
     /// hyper's HTTP/1.1 server.
     Hyper,
     /// oxwork's bus tree: a responder, a sink, a pool of 4, and the hub.
@@ -29,7 +34,9 @@ impl Kind {
         match self {
             Kind::Oxwork(1) => "oxwork".into(),
             Kind::Oxwork(n) => format!("oxwork x{n}"),
+            Kind::OxworkReusePort(n) => format!("oxwork x{n} reuse_port"),
             Kind::Tokio => "tokio floor".into(),
+            Kind::TokioMt(n) => format!("tokio mt x{n}"),
             Kind::Hyper => "hyper".into(),
             Kind::OxworkBus => "oxwork hub".into(),
         }
@@ -55,7 +62,8 @@ fn free_port() -> u16 {
 }
 
 impl Running {
-    pub fn start(kind: Kind, proto: &str) -> Result<Running, String> {
+    /// Starts a server: pinned to the server core, or free to use every core.
+    pub fn start(kind: Kind, proto: &str, pinned: bool) -> Result<Running, String> {
         let port = free_port();
         let started = Instant::now();
         let role_args: Vec<String> = match kind {
@@ -65,11 +73,26 @@ impl Running {
                 count.to_string(),
                 port.to_string(),
             ],
+            Kind::OxworkReusePort(count) => vec![
+                "__serve-oxwork".into(),
+                format!("{proto}:reuse_port"),
+                count.to_string(),
+                port.to_string(),
+            ],
             Kind::OxworkBus => vec!["__serve-oxwork-bus".into()],
             Kind::Tokio => vec!["__serve-tokio".into(), proto.into(), port.to_string()],
+            Kind::TokioMt(threads) => vec![
+                "__serve-tokio".into(),
+                proto.into(),
+                port.to_string(),
+                threads.to_string(),
+            ],
             Kind::Hyper => vec!["__serve-hyper".into(), port.to_string()],
         };
-        let oxwork = matches!(kind, Kind::Oxwork(_) | Kind::OxworkBus);
+        let oxwork = matches!(
+            kind,
+            Kind::Oxwork(_) | Kind::OxworkReusePort(_) | Kind::OxworkBus
+        );
         let run_dir = if oxwork {
             Some(crate::private_tempdir().map_err(|e| e.to_string())?)
         } else {
@@ -79,7 +102,12 @@ impl Running {
         if oxwork {
             args.push("start".into());
         }
-        let mut cmd = pin::self_command(&args, true);
+        let mut cmd = if pinned {
+            pin::self_command(&args, true)
+        } else {
+            pin::self_command_on_all_cores(&args)
+        };
+        cmd.env(crate::allocations::DIR_ENV, crate::allocations::dir());
         if let Some(d) = &run_dir {
             cmd.env("OXWORK_RUN_DIR", d.path())
                 .env("OXWORK_LOG", "warn")
@@ -136,6 +164,27 @@ impl Running {
             .unwrap_or_default()
     }
 
+    /// Connections each worker process serves now (oxwork), in the order of `pids`.
+    pub fn connections_per_process(&self) -> Vec<u64> {
+        let status = self
+            .oxwork_command(&["status", "--json"])
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+        let Some(processes) = status.as_ref().and_then(|v| v["processes"].as_array()) else {
+            return Vec::new();
+        };
+        self.pids
+            .iter()
+            .map(|pid| {
+                processes
+                    .iter()
+                    .find(|p| p["pid"].as_u64() == Some(u64::from(*pid)))
+                    .and_then(|p| p["stats"]["connections"].as_u64())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -143,7 +192,7 @@ impl Running {
                 return Err(format!("{:?} exited at start: {status}", self.kind));
             }
             let ready = match self.kind {
-                Kind::Oxwork(n) => {
+                Kind::Oxwork(n) | Kind::OxworkReusePort(n) => {
                     let pids = self.worker_pids();
                     (pids.len() == n as usize).then_some(pids)
                 }
@@ -187,11 +236,16 @@ impl Drop for Running {
 
 /// `__serve-oxwork PROTO COUNT PORT CMD...`: the oxwork server under test.
 pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
-    let (proto, count, port) = (&args[0], args[1].parse().unwrap_or(1), &args[2]);
-    match proto.as_str() {
+    let (count, port) = (args[1].parse().unwrap_or(1), &args[2]);
+    let (proto, reuse_port) = match args[0].split_once(':') {
+        Some((proto, _)) => (proto, true),
+        None => (args[0].as_str(), false),
+    };
+    match proto {
         "http" => {
             let mut w = oxwork::Worker::http(&format!("http://127.0.0.1:{port}"))?;
-            w.name("bench").count(count);
+            w.name("bench").count(count).reuse_port(reuse_port);
+            w.on_worker_start(|_| crate::allocations::publish_from_this_process());
             w.on_message(|c, _req| {
                 c.send(oxwork::http::Response::text("Hello World"));
             });
@@ -201,14 +255,17 @@ pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
             // Taken only by a client that offers it (the websocket-deflate scenario).
             w.name("bench")
                 .count(count)
+                .reuse_port(reuse_port)
                 .deflate(oxwork::websocket::DeflateSettings::default());
+            w.on_worker_start(|_| crate::allocations::publish_from_this_process());
             w.on_message(|c, msg| {
                 c.send(msg);
             });
         }
         _ => {
             let mut w = oxwork::Worker::new(&format!("{proto}://127.0.0.1:{port}"))?;
-            w.name("bench").count(count);
+            w.name("bench").count(count).reuse_port(reuse_port);
+            w.on_worker_start(|_| crate::allocations::publish_from_this_process());
             w.on_message(|c, data| {
                 c.send(data);
             });
@@ -278,54 +335,73 @@ fn websocket_floor(buf: &[u8], out: &mut Vec<u8>, open: &mut bool) -> usize {
     }
 }
 
-/// `__serve-tokio PROTO PORT`: the floor. One thread, one task per connection, one read and
-/// one write per batch of requests, no framework.
+/// `__serve-tokio PROTO PORT [THREADS]`: the floor. One thread, one task per connection, one
+/// read and one write per batch of requests, no framework; with THREADS, the same on tokio's
+/// multi-threaded runtime (the reference for N oxwork processes).
 pub fn serve_tokio(args: &[String]) {
     let proto = args[0].clone();
     let port: u16 = args[1].parse().unwrap_or(0);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+    let threads: Option<usize> = args.get(2).and_then(|t| t.parse().ok());
+    crate::allocations::publish_from_this_process();
+    let serve = async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind");
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
+            let Ok((s, _)) = listener.accept().await else {
                 continue;
             };
             let _ = s.set_nodelay(true);
-            let proto = proto.clone();
-            tokio::task::spawn_local(async move {
-                let mut buf = Vec::with_capacity(16 * 1024);
-                let mut out = Vec::with_capacity(16 * 1024);
-                let mut ws_open = false;
-                loop {
-                    let mut chunk = [0u8; 16 * 1024];
-                    let n = match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    let used = match proto.as_str() {
-                        "text" => echo_lines(&buf, &mut out),
-                        "frame" => echo_frames(&buf, &mut out),
-                        "websocket" => websocket_floor(&buf, &mut out, &mut ws_open),
-                        _ => answer_http(&buf, &mut out),
-                    };
-                    buf.drain(..used);
-                    if !out.is_empty() {
-                        if s.write_all(&out).await.is_err() {
-                            return;
-                        }
-                        out.clear();
-                    }
-                }
-            });
+            let conn = floor_connection(s, proto.clone());
+            if threads.is_some() {
+                tokio::spawn(conn);
+            } else {
+                tokio::task::spawn_local(conn);
+            }
         }
-    });
+    };
+    match threads {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(serve),
+        None => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            tokio::task::LocalSet::new().block_on(&rt, serve)
+        }
+    }
+}
+
+async fn floor_connection(mut s: tokio::net::TcpStream, proto: String) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut out = Vec::with_capacity(16 * 1024);
+    let mut ws_open = false;
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let used = match proto.as_str() {
+            "text" => echo_lines(&buf, &mut out),
+            "frame" => echo_frames(&buf, &mut out),
+            "websocket" => websocket_floor(&buf, &mut out, &mut ws_open),
+            _ => answer_http(&buf, &mut out),
+        };
+        buf.drain(..used);
+        if !out.is_empty() {
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+    }
 }
 
 fn echo_lines(buf: &[u8], out: &mut Vec<u8>) -> usize {
@@ -366,6 +442,7 @@ fn answer_http(buf: &[u8], out: &mut Vec<u8>) -> usize {
 /// `__serve-hyper PORT`: hyper's HTTP/1.1 server on one thread, keep-alive and pipelining.
 pub fn serve_hyper(args: &[String]) {
     use http_body_util::Full;
+    crate::allocations::publish_from_this_process();
     use hyper::body::Bytes;
     let port: u16 = args[0].parse().unwrap_or(0);
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -25,6 +25,8 @@ pub(crate) mod env {
     pub(crate) const MASTER_PID: &str = "OXWORK_MASTER_PID";
     pub(crate) const CONTROL_FD: &str = "OXWORK_CONTROL_FD";
     pub(crate) const LISTEN_FD: &str = "OXWORK_LISTEN_FD";
+    /// The group's board of connection counts (`runtime::balance`), when it shares a socket.
+    pub(crate) const BOARD_FD: &str = "OXWORK_BOARD_FD";
     /// The worker's end of its hand-off channel (connections moving on reload).
     pub(crate) const HANDOFF_FD: &str = "OXWORK_HANDOFF_FD";
     /// Where this process's connection ids start (each process of a slot has its own range).

@@ -79,11 +79,23 @@ fn run_inner(role: &Role) -> Result<()> {
         .ok_or_else(|| Error::new(ErrorKind::Control, "worker has no control socket"))?;
     let inherited = sys::inherited_fd(env::LISTEN_FD)?;
     let handoff = sys::inherited_fd(env::HANDOFF_FD)?;
-    if let Some(base) = std::env::var(env::CONN_BASE)
+    let conn_base: Option<u64> = std::env::var(env::CONN_BASE)
         .ok()
-        .and_then(|b| b.parse().ok())
-    {
+        .and_then(|b| b.parse().ok());
+    if let Some(base) = conn_base {
         crate::runtime::connection::set_id_base(base);
+    }
+    if let Some(fd) = sys::inherited_fd(env::BOARD_FD)? {
+        use crate::runtime::balance;
+        match balance::Board::inherit(fd) {
+            // The generation, as the master counts it (connection ids carry it too).
+            Ok(board) => balance::install(balance::Seat::new(
+                board,
+                role.id,
+                board_tag(conn_base.unwrap_or(0)),
+            )),
+            Err(e) => tracing::warn!("accepting without balancing: {e}"),
+        }
     }
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -119,6 +131,12 @@ fn run_inner(role: &Role) -> Result<()> {
         serve_master(worker, BufReader::new(read_half), to_master, &config).await;
         Ok(())
     })
+}
+
+/// The generation tag on the group's board of the process whose connection ids start at
+/// `conn_base` (never 0, which means "not accepting").
+pub(crate) fn board_tag(conn_base: u64) -> u32 {
+    ((conn_base >> 32) as u32).wrapping_add(1).max(1)
 }
 
 async fn serve_master(

@@ -325,6 +325,7 @@ where
                     deadline = None;
                 }
                 dispatch(&conn, &mut rbuf);
+                crate::runtime::cpu_share::worked();
                 if std::mem::take(&mut rbuf_is_scratch) {
                     let scratch = std::mem::take(&mut rbuf);
                     if !scratch.is_empty() {

@@ -8,7 +8,9 @@
 //! The runtime knows protocols only through the `Protocol` trait, and the bus only as a
 //! user of it: the bus hears of closed connections through `server::on_connection_closed`.
 
+pub(crate) mod balance;
 pub(crate) mod connection;
+pub(crate) mod cpu_share;
 pub(crate) mod driver;
 pub(crate) mod guard;
 pub(crate) mod listener;

@@ -2,20 +2,20 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::task::spawn_local;
 
 use crate::error::{Error, Result};
 use crate::protocol::{next_message, Protocol, Wire};
+use crate::runtime::balance::{self, Seat};
 use crate::runtime::connection::{ConnSettings, Connection, Handlers, PeerAddr, Sink};
 use crate::runtime::driver::{drive, DriveOptions, Ended, Start};
 use crate::runtime::listener::Listener;
@@ -81,6 +81,17 @@ struct ServeCtx<P: Protocol> {
     connections: ConnectionMap<P>,
     settings: ConnSettings,
     opts: DriveOptions,
+    /// This process's place on its group's board, when the group shares its socket.
+    seat: Option<Seat>,
+}
+
+impl<P: Protocol> ServeCtx<P> {
+    fn ended(&self, id: u64, how: Ended) {
+        connection_ended(&self.connections, id, how);
+        if let Some(seat) = &self.seat {
+            seat.closed();
+        }
+    }
 }
 
 /// Starts serving `listener` on this process's loop.
@@ -122,14 +133,18 @@ pub(crate) fn serve<P: Protocol + Clone>(
         opts: DriveOptions {
             idle_timeout: config.idle_timeout,
         },
+        seat: match listener {
+            Listener::Udp(_) => None,
+            _ => balance::take_seat(),
+        },
     });
     match listener {
         Listener::Tcp(l) => {
-            let l = tokio::net::TcpListener::from_std(l).map_err(fail)?;
+            let l = crate::os::async_listener(l).map_err(fail)?;
             spawn_local(accept_loop(l, ctx, stop.clone(), drain_queue.clone()));
         }
         Listener::Unix(l) => {
-            let l = tokio::net::UnixListener::from_std(l).map_err(fail)?;
+            let l = crate::os::async_listener(l).map_err(fail)?;
             spawn_local(accept_loop(l, ctx, stop.clone(), drain_queue.clone()));
         }
         Listener::Udp(s) => {
@@ -140,11 +155,9 @@ pub(crate) fn serve<P: Protocol + Clone>(
     Ok(AcceptControl { stop, drain_queue })
 }
 
-trait Acceptor: std::os::fd::AsFd {
+trait Acceptor: std::os::fd::AsFd + std::os::fd::AsRawFd {
     type Stream: AsyncRead + AsyncWrite + IntoSocket + Unpin + 'static;
-    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>>;
-    /// Accepts with a system call now, whatever the event loop has heard of yet (to empty
-    /// the queue before closing); `WouldBlock` when it is empty.
+    /// Accepts with a system call now; `WouldBlock` when the queue is empty.
     fn accept_now(&self) -> io::Result<Accepted<Self::Stream>>;
 }
 
@@ -154,11 +167,12 @@ struct Accepted<S> {
     local: Option<SocketAddr>,
 }
 
-impl Acceptor for tokio::net::TcpListener {
+impl Acceptor for std::net::TcpListener {
     type Stream = tokio::net::TcpStream;
     fn accept_now(&self) -> io::Result<Accepted<Self::Stream>> {
         let (socket, addr) = socket2::SockRef::from(self).accept()?;
         socket.set_nonblocking(true)?;
+        // Replies are written whole, once per batch; Nagle would only add latency.
         let _ = socket.set_tcp_nodelay(true);
         let peer = addr
             .as_socket()
@@ -171,21 +185,9 @@ impl Acceptor for tokio::net::TcpListener {
             local,
         })
     }
-    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>> {
-        self.poll_accept(cx).map_ok(|(stream, peer)| {
-            // Replies are written whole, once per batch; Nagle would only add latency.
-            let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().ok();
-            Accepted {
-                stream,
-                peer: PeerAddr::Inet(peer),
-                local,
-            }
-        })
-    }
 }
 
-impl Acceptor for tokio::net::UnixListener {
+impl Acceptor for std::os::unix::net::UnixListener {
     type Stream = tokio::net::UnixStream;
     fn accept_now(&self) -> io::Result<Accepted<Self::Stream>> {
         let (socket, addr) = socket2::SockRef::from(self).accept()?;
@@ -201,45 +203,88 @@ impl Acceptor for tokio::net::UnixListener {
             local: None,
         })
     }
-    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted<Self::Stream>>> {
-        self.poll_accept(cx).map_ok(|(stream, peer)| Accepted {
-            stream,
-            peer: PeerAddr::Unix(
-                peer.as_pathname()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            ),
-            local: None,
-        })
-    }
 }
 
+/// Waits for connections and takes them: a bounded batch per wake, and in a group sharing
+/// its socket only while this process holds no more than its share (`balance`).
 async fn accept_loop<A: Acceptor, P: Protocol + Clone>(
-    acceptor: A,
+    acceptor: AsyncFd<A>,
     ctx: Rc<ServeCtx<P>>,
     stop: Rc<Notify>,
     drain_queue: Rc<std::cell::Cell<bool>>,
 ) {
     let mut failures = Throttle::new(ACCEPT_WARNING_EVERY);
+    let holding_back = || ctx.seat.as_ref().and_then(Seat::holding_back);
+    // Set after leaving a queued connection to a sibling once: then one is taken here.
+    let mut waited_for: Option<balance::Waiting> = None;
     loop {
-        tokio::select! {
+        let mut ready = tokio::select! {
             biased;
             _ = stop.notified() => break,
-            accepted = poll_fn(|cx| acceptor.poll_next(cx)) => match accepted {
-                Ok(a) => accept_connection(&ctx, a),
+            ready = acceptor.readable() => match ready {
+                Ok(ready) => ready,
                 Err(e) => {
+                    tracing::warn!("cannot wait for connections: {e}");
+                    break;
+                }
+            },
+        };
+        if waited_for.is_none() {
+            if let Some(sibling) = holding_back() {
+                drop(ready);
+                tokio::select! {
+                    biased;
+                    _ = stop.notified() => break,
+                    _ = tokio::time::sleep(balance::BALANCE_WAIT) => {}
+                }
+                waited_for = Some(sibling);
+                continue;
+            }
+        }
+        let mut taken = 0;
+        let mut failed = false;
+        while taken < balance::ACCEPT_BATCH {
+            match ready.try_io(|l| l.get_ref().accept_now()) {
+                // The queue is empty (and the readiness cleared).
+                Err(_would_block) => break,
+                Ok(Ok(a)) => {
+                    accept_connection(&ctx, a);
+                    taken += 1;
+                    if let (Some(w), Some(seat)) = (waited_for.take(), &ctx.seat) {
+                        seat.waited_in_vain(w);
+                    }
+                    if holding_back().is_some() {
+                        break;
+                    }
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A client that gave up while queued; the next may be fine.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Ok(Err(e)) => {
                     if let Some(n) = failures.note(std::time::Instant::now()) {
                         tracing::warn!(
                             "accept failed {n} time{} since the last report: {e}",
                             if n == 1 { "" } else { "s" }
                         );
                     }
-                    // Out of descriptors or memory: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    failed = true;
+                    break;
                 }
             }
         }
+        waited_for = None;
+        drop(ready);
+        if failed {
+            // Out of descriptors or memory: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else if taken == balance::ACCEPT_BATCH {
+            tokio::task::yield_now().await;
+        }
     }
+    if let Some(seat) = &ctx.seat {
+        seat.leave();
+    }
+    let acceptor = acceptor.into_inner();
     if drain_queue.get() {
         // Stopping: the master has closed its copy, so when the last process closes this
         // socket the kernel resets whatever is still queued. First the socket is made deaf: a
@@ -372,7 +417,10 @@ where
     conn.follow_process_retirement();
     let id = conn.id();
     ctx.connections.borrow_mut().insert(id, conn.clone());
-    let connections = ctx.connections.clone();
+    if let Some(seat) = &ctx.seat {
+        seat.opened();
+    }
+    let serve = ctx.clone();
     let opts = ctx.opts;
     // Two separate tasks: a task is as large as its future, and a TLS handshake's state is large,
     // so plain connections must not carry room for it (2.5 KB against 8 KB per idle connection).
@@ -380,7 +428,7 @@ where
         None => {
             spawn_local(async move {
                 let how = drive(conn, a.stream, opts).await;
-                connection_ended(&connections, id, how);
+                serve.ended(id, how);
             });
         }
         Some(acceptor) => {
@@ -397,7 +445,7 @@ where
                         tracing::debug!("TLS handshake with {} timed out", conn.remote_addr())
                     }
                 }
-                connection_ended(&connections, id, how);
+                serve.ended(id, how);
             });
         }
     }

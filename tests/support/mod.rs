@@ -345,7 +345,11 @@ pub struct LineClient {
 
 impl LineClient {
     pub fn connect(port: u16) -> std::io::Result<LineClient> {
-        let s = TcpStream::connect(("127.0.0.1", port))?;
+        LineClient::from_stream(TcpStream::connect(("127.0.0.1", port))?)
+    }
+
+    /// A client on a connected (or connecting) stream.
+    pub fn from_stream(s: TcpStream) -> std::io::Result<LineClient> {
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(LineClient {
             reader: BufReader::new(s.try_clone()?),

@@ -73,6 +73,8 @@ struct Proc {
     started: Instant,
     /// The master's end of the process's hand-off channel.
     handoff: Rc<crate::process::handoff::Channel>,
+    /// Its generation's tag on its group's board.
+    board_tag: u32,
 }
 
 struct State {
@@ -81,6 +83,9 @@ struct State {
     configs: Vec<WorkerConfig>,
     /// One socket per group, shared by its processes.
     group_listeners: Vec<Option<Listener>>,
+    /// Per group sharing a stream socket among several processes, their board of connection
+    /// counts, by which they split the connections evenly (`runtime::balance`).
+    boards: Vec<Option<crate::runtime::balance::Board>>,
     /// With `reuse_port`, one socket per slot. The master keeps it open, and whichever process
     /// serves the slot (the old one and its replacement during a reload) inherits it, so the
     /// socket never closes and no queued connection is ever reset.
@@ -216,11 +221,26 @@ pub(crate) fn run(
     };
     let mut group_listeners = Vec::new();
     let mut slot_listeners = Vec::new();
+    let mut boards = Vec::new();
     for (c, &on) in configs.iter().zip(&selected) {
         let url = c.url().filter(|_| on);
         group_listeners.push(match &url {
             Some(url) if !c.reuse_port => Some(listener::bind(url, false)?),
             _ => None,
+        });
+        let shares_a_stream_socket = url.as_ref().is_some_and(|u| {
+            !c.reuse_port && c.count > 1 && u.transport != crate::runtime::url::Transport::Udp
+        });
+        boards.push(if shares_a_stream_socket {
+            match crate::runtime::balance::Board::create(&c.name, c.count as usize) {
+                Ok(board) => Some(board),
+                Err(e) => {
+                    tracing::warn!("worker {}: accepting without balancing: {e}", c.name);
+                    None
+                }
+            }
+        } else {
+            None
         });
         if !on {
             continue;
@@ -261,6 +281,7 @@ pub(crate) fn run(
         args: std::env::args_os().skip(1).collect(),
         configs,
         group_listeners,
+        boards,
         slot_listeners,
         slots,
         procs: BTreeMap::new(),

@@ -9,7 +9,7 @@ impl Master {
             .map_err(|e| Error::io("cannot create a control socket pair", e))?;
         let (handoff_parent, handoff_child) =
             sys::seqpacket_pair().map_err(|e| Error::io("cannot create a hand-off channel", e))?;
-        let mut child = {
+        let (mut child, board_tag) = {
             let mut st = self.state.borrow_mut();
             let generation = st.slots[slot_idx].generation;
             st.slots[slot_idx].generation += 1;
@@ -54,6 +54,10 @@ impl Master {
                 env.push((env::LISTEN_FD.to_string(), l.raw_fd().to_string()));
                 fds.push(l.raw_fd());
             }
+            if let Some(board) = slot.group.and_then(|g| st.boards[g].as_ref()) {
+                env.push((env::BOARD_FD.to_string(), board.raw_fd().to_string()));
+                fds.push(board.raw_fd());
+            }
             // `ps` and `top` (its command column) tell the processes apart, as Workerman's
             // titles do: "photos: worker web 0 http://0.0.0.0:8080".
             let program = st
@@ -81,9 +85,13 @@ impl Master {
                 identity: slot.group.and_then(|g| st.identities[g]),
             })
             .map_err(|e| Error::io("cannot prepare a worker process", e))?;
-            tokio::process::Command::from(cmd)
+            let child = tokio::process::Command::from(cmd)
                 .spawn()
-                .map_err(|e| Error::io(format!("cannot start {}", st.exe.display()), e))?
+                .map_err(|e| Error::io(format!("cannot start {}", st.exe.display()), e))?;
+            (
+                child,
+                crate::process::worker_main::board_tag(generation << 32),
+            )
         };
         drop(child_end);
         drop(handoff_child);
@@ -121,6 +129,7 @@ impl Master {
                     retiring: false,
                     started: Instant::now(),
                     handoff: handoff.clone(),
+                    board_tag,
                 },
             );
             st.slots[slot_idx].current = Some(pid);
@@ -242,6 +251,9 @@ impl Master {
         let slot_idx = proc.slot;
         let name = st.name(slot_idx);
         let id = st.slots[slot_idx].id;
+        if let Some(board) = st.slots[slot_idx].group.and_then(|g| st.boards[g].as_ref()) {
+            board.clear(id, proc.board_tag);
+        }
         *st.exits.entry((name.clone(), desc.clone())).or_insert(0) += 1;
         let stopping = st.stopping;
         let slot = &mut st.slots[slot_idx];
