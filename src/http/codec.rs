@@ -3,10 +3,12 @@
 //! encoding (keep-alive, HEAD, files with ranges, chunked streams, Server-Sent Events).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use std::mem::MaybeUninit;
+
+use http::{Method, StatusCode, Version};
 
 use super::multipart;
-use super::request::{keep_alive, Request};
+use super::request::Request;
 use super::response::{parse_range, Body, FileSource, HttpOutput, Response};
 use crate::protocol::{Input, Protocol, Rejection, Wire};
 
@@ -66,6 +68,15 @@ struct Head {
     expect_continue: bool,
 }
 
+/// What the parse of a request's head found, kept for its decode (the head is parsed once).
+#[derive(Debug, Clone)]
+struct ParsedHead {
+    method: Method,
+    version: Version,
+    target: (u32, u32),
+    fields: super::request::Fields,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Meta {
     head_only: bool,
@@ -94,6 +105,7 @@ pub struct Http {
     upgrade_to: Option<std::rc::Rc<dyn crate::protocol::HandOver>>,
     limits: HttpLimits,
     head: Option<Head>,
+    parsed: Option<ParsedHead>,
     chunk_scan: usize,
     continue_sent: bool,
     current: Option<Meta>,
@@ -125,15 +137,17 @@ impl Http {
 /// Header slots kept on the stack for the usual limit (no allocation per request).
 const STACK_HEADERS: usize = 128;
 
+/// Slots are left uninitialised: httparse fills what it uses, and clearing 128 slots (4 KiB)
+/// for every request cost more than parsing a small one.
 fn header_slots<'s, 'h>(
-    stack: &'s mut [httparse::Header<'h>; STACK_HEADERS],
-    heap: &'s mut Vec<httparse::Header<'h>>,
+    stack: &'s mut [MaybeUninit<httparse::Header<'h>>; STACK_HEADERS],
+    heap: &'s mut Vec<MaybeUninit<httparse::Header<'h>>>,
     wanted: usize,
-) -> &'s mut [httparse::Header<'h>] {
+) -> &'s mut [MaybeUninit<httparse::Header<'h>>] {
     if wanted <= STACK_HEADERS {
         &mut stack[..wanted]
     } else {
-        heap.resize(wanted, httparse::EMPTY_HEADER);
+        heap.resize_with(wanted, MaybeUninit::uninit);
         &mut heap[..]
     }
 }
@@ -162,11 +176,11 @@ fn reject(status: StatusCode, why: impl Into<String>) -> Rejection {
 
 impl Http {
     fn parse_head(&mut self, buf: &[u8]) -> Result<Option<Head>, Rejection> {
-        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut stack = [const { MaybeUninit::uninit() }; STACK_HEADERS];
         let mut heap = Vec::new();
         let headers = header_slots(&mut stack, &mut heap, self.limits.max_headers);
-        let mut req = httparse::Request::new(headers);
-        let len = match req.parse(buf) {
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, headers) {
             Ok(httparse::Status::Partial) => {
                 let line_end = memchr::memmem::find(buf, b"\r\n");
                 if line_end.is_none() && buf.len() > self.limits.max_request_line {
@@ -269,6 +283,24 @@ impl Http {
             (false, Some(0)) | (false, None) => Framing::None,
             (false, Some(n)) => Framing::Length(n),
         };
+        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+            .map_err(|_| reject(StatusCode::BAD_REQUEST, "bad method"))?;
+        let mut fields = super::request::Fields::default();
+        for h in req.headers.iter() {
+            fields.push(buf, h.name.as_bytes(), h.value);
+        }
+        let target = req.path.unwrap_or("/");
+        let start = (target.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize) as u32;
+        self.parsed = Some(ParsedHead {
+            method,
+            version: if req.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            },
+            target: (start, start + target.len() as u32),
+            fields,
+        });
         Ok(Some(Head {
             len,
             framing,
@@ -356,7 +388,12 @@ impl Protocol for Http {
         let crate::protocol::PeerAddr::Inet(peer) = peer else {
             return None;
         };
-        super::forwarded::client(req.headers(), peer.ip(), &self.trusted.borrow())
+        let trusted = self.trusted.borrow();
+        if trusted.is_empty() {
+            // Not a reason to build the request's header map.
+            return None;
+        }
+        super::forwarded::client(req.headers(), peer.ip(), &trusted)
     }
 
     fn input(&mut self, buf: &[u8], wire: &mut Wire<'_>) -> Result<Input, Rejection> {
@@ -419,72 +456,57 @@ impl Protocol for Http {
             .ok_or_else(|| reject(StatusCode::BAD_REQUEST, "no request head"))?;
         self.chunk_scan = 0;
         self.continue_sent = false;
+        let parsed = self
+            .parsed
+            .take()
+            .ok_or_else(|| reject(StatusCode::BAD_REQUEST, "no request head"))?;
         let packet = packet.freeze();
-        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
-        let mut heap = Vec::new();
-        let raw = header_slots(&mut stack, &mut heap, self.limits.max_headers);
-        let mut req = httparse::Request::new(raw);
-        req.parse(&packet[..head.len])
-            .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-            .map_err(|_| reject(StatusCode::BAD_REQUEST, "bad method"))?;
-        let target = req.path.unwrap_or("/");
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let version = if req.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        let mut headers = HeaderMap::with_capacity(req.headers.len());
-        for h in req.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| reject(StatusCode::BAD_REQUEST, "bad header name"))?;
-            let value = HeaderValue::from_bytes(h.value)
-                .map_err(|_| reject(StatusCode::BAD_REQUEST, "bad header value"))?;
-            headers.append(name, value);
-        }
-        let body = match head.framing {
+        let mut request = Request::from_head(
+            parsed.method,
+            parsed.version,
+            packet.slice(..head.len),
+            parsed.target,
+            parsed.fields,
+        );
+        request.body = match head.framing {
             Framing::None => Bytes::new(),
             Framing::Length(_) => packet.slice(head.len..),
             Framing::Chunked => dechunk(&packet[head.len..]),
         };
-        let content_type = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let mut form = Vec::new();
-        let mut files = Vec::new();
-        if content_type
-            .to_ascii_lowercase()
-            .starts_with("application/x-www-form-urlencoded")
-        {
-            form = form_urlencoded::parse(&body).into_owned().collect();
-        } else if let Some(boundary) = multipart::boundary(&content_type) {
-            let (f, uploads) = multipart::parse(&body, &boundary, self.limits.spill_over)
-                .map_err(|e| reject(StatusCode::BAD_REQUEST, e))?;
-            form = f;
-            files = uploads;
+        enum FormKind {
+            UrlEncoded,
+            Multipart(String),
+        }
+        let form_kind = request.header("content-type").and_then(|ct| {
+            if ct
+                .get(..33)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+            {
+                Some(FormKind::UrlEncoded)
+            } else {
+                multipart::boundary(ct).map(FormKind::Multipart)
+            }
+        });
+        match form_kind {
+            Some(FormKind::UrlEncoded) => {
+                request.form = form_urlencoded::parse(&request.body).into_owned().collect();
+            }
+            Some(FormKind::Multipart(boundary)) => {
+                let (f, uploads) =
+                    multipart::parse(&request.body, &boundary, self.limits.spill_over)
+                        .map_err(|e| reject(StatusCode::BAD_REQUEST, e))?;
+                request.form = f;
+                request.files = uploads;
+            }
+            None => {}
         }
         self.current = Some(Meta {
-            head_only: method == Method::HEAD,
-            keep_alive: keep_alive(version, &headers),
-            range: headers
-                .get(http::header::RANGE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            http10: version == Version::HTTP_10,
+            head_only: request.method == Method::HEAD,
+            keep_alive: request.keep_alive(),
+            range: request.header("range").map(str::to_string),
+            http10: request.version == Version::HTTP_10,
         });
-        Ok(Some(Request {
-            method,
-            path: path.to_string(),
-            query: query.to_string(),
-            version,
-            headers,
-            body,
-            form,
-            files,
-        }))
+        Ok(Some(request))
     }
 
     fn encode(&mut self, msg: HttpOutput, wire: &mut Wire<'_>) -> Result<(), Rejection> {
@@ -739,7 +761,10 @@ impl Http {
             (Some(Stream::Chunked), _) => put("Transfer-Encoding", "chunked"),
             (Some(_), _) => {}
             (None, true) => {}
-            (None, false) => put("Content-Length", &length.unwrap_or(0).to_string()),
+            (None, false) => put(
+                "Content-Length",
+                itoa::Buffer::new().format(length.unwrap_or(0)),
+            ),
         }
         if close_after {
             put("Connection", "close");
@@ -975,5 +1000,45 @@ mod tests {
         assert_eq!(r[0].form("name"), Some("x y"));
         assert_eq!(r[0].form("n"), Some("A"));
         assert_eq!(r[0].cookie("b").as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn the_head_is_read_in_place_and_the_header_map_built_only_when_asked_for() {
+        let mut raw =
+            b"GET /a/b?x=1&y=%20 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n".to_vec();
+        for i in 0..20 {
+            raw.extend_from_slice(format!("X-N{i}: v{i}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"Cookie: a=1\r\nCookie: b=2\r\nX-Bin: caf\xc3\xa9\r\n\r\n");
+        let (r, _) = parse_all(&raw);
+        let r = r.expect("valid");
+        let req = &r[0];
+        assert_eq!(req.path(), "/a/b");
+        assert_eq!(req.query_string(), "x=1&y=%20");
+        assert_eq!(req.query("y").as_deref(), Some(" "));
+        assert_eq!(req.header("host"), Some("h"));
+        // Past the sixteen kept inline.
+        assert_eq!(req.header("x-n19"), Some("v19"));
+        assert_eq!(req.cookie("b").as_deref(), Some("2"));
+        // Not text under HeaderValue::to_str's rule, as before.
+        assert_eq!(req.header("x-bin"), None);
+        assert!(req.keep_alive());
+        assert!(!req.header_map_built(), "nothing asked for the map yet");
+        let map = req.headers();
+        assert_eq!(map.len(), 25);
+        assert_eq!(map.get_all("cookie").iter().count(), 2);
+        assert_eq!(map["x-bin"].as_bytes(), "café".as_bytes());
+        // Once built, the answers come from the map, and agree.
+        assert_eq!(req.header("x-n3"), Some("v3"));
+        assert_eq!(req.cookies().len(), 2);
+    }
+
+    #[test]
+    fn a_request_without_a_query_has_an_empty_one() {
+        let (r, _) = parse_all(b"GET /plain HTTP/1.0\r\n\r\n");
+        let req = &r.expect("valid")[0];
+        assert_eq!(req.path(), "/plain");
+        assert_eq!(req.query_string(), "");
+        assert!(!req.keep_alive(), "HTTP/1.0 without keep-alive");
     }
 }

@@ -70,20 +70,135 @@ impl UploadedFile {
     }
 }
 
+/// Where a header's name and value lie in the request's head.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// The headers of a request as parsed: spans of its head, the first 16 without an allocation.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Fields {
+    first: [Field; 16],
+    len: usize,
+    more: Vec<Field>,
+}
+
+impl Fields {
+    /// A header whose name and value are `name` and `value`, slices of `head`.
+    pub(crate) fn push(&mut self, head: &[u8], name: &[u8], value: &[u8]) {
+        let span = |s: &[u8]| {
+            let start = (s.as_ptr() as usize).saturating_sub(head.as_ptr() as usize) as u32;
+            (start, start + s.len() as u32)
+        };
+        let f = Field {
+            name: span(name),
+            value: span(value),
+        };
+        match self.first.get_mut(self.len) {
+            Some(slot) => *slot = f,
+            None => self.more.push(f),
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Field> {
+        self.first[..self.len.min(16)].iter().chain(&self.more)
+    }
+
+    /// The values of every header `name` (case-insensitive), as bytes of `head`.
+    pub(crate) fn values<'h: 'n, 'n>(
+        &'h self,
+        head: &'h [u8],
+        name: &'n str,
+    ) -> impl Iterator<Item = &'h [u8]> + 'n {
+        self.iter()
+            .filter(move |f| {
+                head.get(f.name.0 as usize..f.name.1 as usize)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            })
+            .filter_map(move |f| head.get(f.value.0 as usize..f.value.1 as usize))
+    }
+}
+
+/// A header value as text, under `HeaderValue::to_str`'s rule (visible ASCII, spaces, tabs).
+fn value_text(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
+}
+
 /// An HTTP/1.1 request: method, path, query, headers, cookies, body, form fields and uploads.
+///
+/// The head is kept as it arrived and read in place: `path`, `query_string`, `header` and
+/// `cookie` borrow from it, and the `http::HeaderMap` of [`headers`](Self::headers) is built
+/// the first time it is asked for, so a handler that never asks pays nothing for it.
 #[derive(Debug)]
 pub struct Request {
     pub(crate) method: Method,
-    pub(crate) path: String,
-    pub(crate) query: String,
     pub(crate) version: Version,
-    pub(crate) headers: HeaderMap,
+    /// The request line and headers as received (for a request made here, the target alone).
+    head: Bytes,
+    /// The path's span in `head`, and the query's (empty when there is none).
+    path: (u32, u32),
+    query: (u32, u32),
+    fields: Fields,
+    headers: std::cell::OnceCell<HeaderMap>,
     pub(crate) body: Bytes,
     pub(crate) form: Vec<(String, String)>,
     pub(crate) files: Vec<UploadedFile>,
 }
 
 impl Request {
+    /// A request read off the wire: `head` as received, the target's span in it, and its
+    /// headers' spans.
+    pub(crate) fn from_head(
+        method: Method,
+        version: Version,
+        head: Bytes,
+        target: (u32, u32),
+        fields: Fields,
+    ) -> Request {
+        let (path, query) = split_target(&head, target);
+        Request {
+            method,
+            version,
+            head,
+            path,
+            query,
+            fields,
+            headers: std::cell::OnceCell::new(),
+            body: Bytes::new(),
+            form: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    fn span(&self, (start, end): (u32, u32)) -> &str {
+        self.head
+            .get(start as usize..end as usize)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    /// The values of header `name`, as bytes.
+    pub(crate) fn header_values<'a: 'n, 'n>(
+        &'a self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a [u8]> + 'n {
+        let (map, fields) = match self.headers.get() {
+            Some(map) => (Some(map.get_all(name).into_iter()), None),
+            None => (None, Some(self.fields.values(&self.head, name))),
+        };
+        map.into_iter()
+            .flatten()
+            .map(|v| v.as_bytes())
+            .chain(fields.into_iter().flatten())
+    }
+
     /// The method.
     pub fn method(&self) -> &Method {
         &self.method
@@ -91,24 +206,24 @@ impl Request {
 
     /// The path, without the query string (not percent-decoded).
     pub fn path(&self) -> &str {
-        &self.path
+        self.span(self.path)
     }
 
     /// The raw query string (after `?`), empty if none.
     pub fn query_string(&self) -> &str {
-        &self.query
+        self.span(self.query)
     }
 
     /// The query parameters, decoded, in order.
     pub fn query_pairs(&self) -> Vec<(String, String)> {
-        form_urlencoded::parse(self.query.as_bytes())
+        form_urlencoded::parse(self.query_string().as_bytes())
             .into_owned()
             .collect()
     }
 
     /// The first query parameter `name`.
     pub fn query(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes())
+        form_urlencoded::parse(self.query_string().as_bytes())
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     }
@@ -118,22 +233,40 @@ impl Request {
         self.version
     }
 
-    /// All headers (names are case-insensitive).
+    /// All headers (names are case-insensitive), as an `http::HeaderMap` built on first use.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.get_or_init(|| {
+            let mut map = HeaderMap::with_capacity(self.fields.len);
+            for f in self.fields.iter() {
+                let name = self.head.get(f.name.0 as usize..f.name.1 as usize);
+                let value = self.head.slice(f.value.0 as usize..f.value.1 as usize);
+                // The parser let only tokens and valid values through, so none is skipped.
+                if let (Some(Ok(name)), Ok(value)) = (
+                    name.map(http::HeaderName::from_bytes),
+                    http::HeaderValue::from_maybe_shared(value),
+                ) {
+                    map.append(name, value);
+                }
+            }
+            map
+        })
+    }
+
+    /// Whether the header map was built (tests: a handler that never asks pays nothing).
+    #[cfg(test)]
+    pub(crate) fn header_map_built(&self) -> bool {
+        self.headers.get().is_some()
     }
 
     /// The first value of header `name`, if it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+        self.header_values(name).next().and_then(value_text)
     }
 
     /// The cookies sent, in order.
     pub fn cookies(&self) -> Vec<(String, String)> {
-        self.headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+        self.header_values("cookie")
+            .filter_map(value_text)
             .flat_map(|line| line.split(';'))
             .filter_map(|pair| {
                 let (k, v) = pair.split_once('=')?;
@@ -190,16 +323,14 @@ impl Request {
 
     /// Whether the connection stays open after this request's response.
     pub fn keep_alive(&self) -> bool {
-        keep_alive(self.version, &self.headers)
+        keep_alive(self.version, self.header_values("connection"))
     }
 
     /// The subprotocols a WebSocket client offers (`Sec-WebSocket-Protocol`), in its order of
     /// preference; empty when it offers none.
     pub fn websocket_protocols(&self) -> Vec<String> {
-        self.headers
-            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+        self.header_values("sec-websocket-protocol")
+            .filter_map(value_text)
             .flat_map(|v| v.split(','))
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
@@ -213,18 +344,28 @@ impl Request {
     }
 }
 
-pub(crate) fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let conn = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect::<Vec<_>>();
+/// Whether a connection stays open after a request of `version` with these `Connection`
+/// header values.
+pub(crate) fn keep_alive<'a>(version: Version, connection: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut tokens = connection
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| t.trim_ascii());
     if version == Version::HTTP_10 {
-        conn.iter().any(|t| t == "keep-alive")
+        tokens.any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
     } else {
-        !conn.iter().any(|t| t == "close")
+        !tokens.any(|t| t.eq_ignore_ascii_case(b"close"))
+    }
+}
+
+/// The path's and the query's spans in `head`, given the request target's.
+fn split_target(head: &[u8], (start, end): (u32, u32)) -> ((u32, u32), (u32, u32)) {
+    let target = head.get(start as usize..end as usize).unwrap_or(&[]);
+    match target.iter().position(|&b| b == b'?') {
+        Some(q) => {
+            let q = start + q as u32;
+            ((start, q), (q + 1, end))
+        }
+        None => ((start, end), (end, end)),
     }
 }
 
@@ -240,14 +381,19 @@ pub(crate) fn get_request(path: &str, query: &str, pairs: &[(String, String)]) -
             headers.append(k, v);
         }
     }
-    Request {
-        method: Method::GET,
-        path: path.to_string(),
-        query: query.to_string(),
-        version: Version::HTTP_11,
-        headers,
-        body: Bytes::new(),
-        form: Vec::new(),
-        files: Vec::new(),
-    }
+    let target = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
+    let end = target.len() as u32;
+    let request = Request::from_head(
+        Method::GET,
+        Version::HTTP_11,
+        Bytes::from(target),
+        (0, end),
+        Fields::default(),
+    );
+    let _ = request.headers.set(headers);
+    request
 }

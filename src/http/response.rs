@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::io::{Read, Seek};
 use std::path::PathBuf;
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
 
@@ -61,7 +63,9 @@ pub(crate) enum Body {
 #[derive(Debug, Clone)]
 pub struct Response {
     pub(crate) status: StatusCode,
-    pub(crate) headers: Vec<(String, String)>,
+    /// Names and values; the builder's own (a content type) are borrowed constants, so a
+    /// plain response allocates only this list.
+    pub(crate) headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
     pub(crate) body: Body,
 }
 
@@ -78,21 +82,23 @@ impl Response {
     /// `200 OK` with a `text/plain` body.
     pub fn text(body: impl Into<Bytes>) -> Response {
         Response::new(200)
-            .content_type("text/plain; charset=utf-8")
+            .known_header("Content-Type", "text/plain; charset=utf-8")
             .body(body)
     }
 
     /// `200 OK` with a `text/html` body.
     pub fn html(body: impl Into<Bytes>) -> Response {
         Response::new(200)
-            .content_type("text/html; charset=utf-8")
+            .known_header("Content-Type", "text/html; charset=utf-8")
             .body(body)
     }
 
     /// `200 OK` with `value` as JSON.
     pub fn json<T: serde::Serialize>(value: &T) -> Response {
         match serde_json::to_vec(value) {
-            Ok(v) => Response::new(200).content_type("application/json").body(v),
+            Ok(v) => Response::new(200)
+                .known_header("Content-Type", "application/json")
+                .body(v),
             Err(e) => Response::new(500).body(format!("cannot serialise the response: {e}")),
         }
     }
@@ -154,7 +160,16 @@ impl Response {
     }
 
     fn push_header(mut self, name: &str, value: &str) -> Response {
-        self.headers.push((name.to_string(), value.to_string()));
+        self.headers
+            .push((Cow::Owned(name.to_string()), Cow::Owned(value.to_string())));
+        self
+    }
+
+    /// A header of the builder's own, known to be valid: neither checked nor copied.
+    fn known_header(mut self, name: &'static str, value: &'static str) -> Response {
+        debug_assert!(check_header(name, value).is_ok());
+        self.headers
+            .push((Cow::Borrowed(name), Cow::Borrowed(value)));
         self
     }
 

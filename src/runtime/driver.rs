@@ -152,6 +152,9 @@ where
     let mut farewell_wait: Option<Pin<Box<Sleep>>> = None;
     // The protocol's bound on the current state, and its timer.
     let mut deadline: Option<ArmedDeadline> = None;
+    // One timer for every state's deadline, made at the first and moved lazily (see
+    // `ArmedDeadline::poll`): an HTTP keep-alive connection changes state twice per request.
+    let mut deadline_timer: Option<Pin<Box<Sleep>>> = None;
     let mut moving = false;
     let mut drain_idle: Option<Pin<Box<Sleep>>> = None;
     // While closing with output left: bytes written so far, and when the peer stalls out.
@@ -289,7 +292,9 @@ where
                 deadline = wanted.map(|d| ArmedDeadline::new(d, rbuf.len()));
             }
             if let Some(armed) = deadline.as_mut() {
-                if armed.poll(rbuf.len(), cx) {
+                let timer = deadline_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(armed.since)));
+                if armed.poll(rbuf.len(), timer, cx) {
                     return Poll::Ready(Event::Deadline(armed.kind));
                 }
             }
@@ -548,7 +553,6 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
 /// The protocol's deadline for the connection's current state, armed when the state began.
 struct ArmedDeadline {
     kind: crate::protocol::Deadline,
-    timer: Pin<Box<Sleep>>,
     since: Instant,
     /// Bytes buffered when the state began (a rate counts what arrived after).
     start_len: usize,
@@ -556,16 +560,11 @@ struct ArmedDeadline {
 
 impl ArmedDeadline {
     fn new(kind: crate::protocol::Deadline, buffered: usize) -> ArmedDeadline {
-        let since = Instant::now();
-        let mut armed = ArmedDeadline {
+        ArmedDeadline {
             kind,
-            timer: Box::pin(tokio::time::sleep_until(since)),
-            since,
+            since: Instant::now(),
             start_len: buffered,
-        };
-        let due = armed.due(buffered);
-        armed.timer.as_mut().reset(due);
-        armed
+        }
     }
 
     /// When the deadline passes, given what is buffered now.
@@ -586,13 +585,30 @@ impl ArmedDeadline {
         }
     }
 
-    /// True once passed; otherwise the timer wakes the task when it passes.
-    fn poll(&mut self, buffered: usize, cx: &mut std::task::Context<'_>) -> bool {
+    /// True once passed; otherwise `timer` wakes the task by then. The timer is moved only
+    /// earlier: one armed for a later moment is left, and when it fires before the deadline
+    /// it is set again. Moving a timer costs the timer wheel a removal and an insertion, and
+    /// a deadline that moves later with every request (keep-alive, a body's rate) would pay
+    /// that each time.
+    fn poll(
+        &self,
+        buffered: usize,
+        timer: &mut Pin<Box<Sleep>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> bool {
         let due = self.due(buffered);
-        if self.timer.deadline() != due {
-            self.timer.as_mut().reset(due);
+        if timer.deadline() > due {
+            timer.as_mut().reset(due);
         }
-        self.timer.as_mut().poll(cx).is_ready()
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if timer.deadline() >= due {
+                return true;
+            }
+            timer.as_mut().reset(due);
+        }
     }
 }
 
@@ -623,5 +639,31 @@ mod tests {
         assert!(!Deadline::Incomplete(d).restarts_on_input());
         let armed = ArmedDeadline::new(Deadline::Incomplete(d), 0);
         assert_eq!(armed.due(5000), armed.since + d);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_armed_for_an_earlier_state_waits_on_to_the_later_deadline() {
+        let timer = &mut Box::pin(tokio::time::sleep(Duration::from_secs(1)));
+        let later = ArmedDeadline::new(Deadline::Idle(Duration::from_secs(5)), 0);
+        let waker = futures_noop_waker();
+        let cx = &mut std::task::Context::from_waker(&waker);
+        assert!(!later.poll(0, timer, cx));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            !later.poll(0, timer, cx),
+            "the old timer fired, the deadline is later"
+        );
+        assert_eq!(timer.deadline(), later.due(0));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(later.poll(0, timer, cx));
+        // A deadline earlier than the armed timer moves it.
+        let earlier = ArmedDeadline::new(Deadline::Incomplete(Duration::from_millis(10)), 0);
+        let timer = &mut Box::pin(tokio::time::sleep(Duration::from_secs(60)));
+        assert!(!earlier.poll(0, timer, cx));
+        assert_eq!(timer.deadline(), earlier.due(0));
+    }
+
+    fn futures_noop_waker() -> std::task::Waker {
+        std::task::Waker::noop().clone()
     }
 }

@@ -3,6 +3,7 @@
 //! offered).
 
 use crate::http::Response;
+use std::borrow::Cow;
 
 /// How a WebSocket handshake is accepted: what `on_websocket_connect` returns to let the
 /// client in. `Ok(())` accepts with nothing added; `Ok(WsAccept::new().protocol("chat"))`
@@ -70,7 +71,7 @@ impl WsAccept {
     }
 
     /// The headers added, in order.
-    pub(crate) fn headers(&self) -> &[(String, String)] {
+    pub(crate) fn headers(&self) -> &[(Cow<'static, str>, Cow<'static, str>)] {
         self.extra.as_ref().map_or(&[], |r| &r.headers[..])
     }
 }
@@ -143,7 +144,7 @@ mod tests {
             .header("X-Served-By", "oxwork")
             .header("X-Bad", "a\r\nInjected: yes")
             .cookie("session", "abc");
-        let names: Vec<&str> = accept.headers().iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = accept.headers().iter().map(|(n, _)| n.as_ref()).collect();
         assert_eq!(names, ["X-Served-By", "Set-Cookie"]);
         assert!(check_client_header("Sec-WebSocket-Key", "x").is_err());
         assert!(check_client_header("Authorization", "Bearer t").is_ok());
