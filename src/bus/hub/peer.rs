@@ -47,6 +47,18 @@ impl Peer {
 
     /// Queues `frame` for the peer's writer.
     pub(super) fn send(&self, frame: &Frame) -> Result<(), NotSent> {
+        self.send_encoded(|out| wire::encode(frame, out))
+    }
+
+    /// Queues a message delivery encoded straight from the published message's parts.
+    pub(super) fn send_msg(&self, m: &wire::MsgRef<'_>) -> Result<(), NotSent> {
+        self.send_encoded(|out| wire::encode_msg(m, out))
+    }
+
+    fn send_encoded(
+        &self,
+        encode: impl FnOnce(&mut bytes::BytesMut) -> Result<(), wire::TooLongForFrame>,
+    ) -> Result<(), NotSent> {
         if self.closed.get() {
             return Err(NotSent::Closed);
         }
@@ -54,7 +66,7 @@ impl Peer {
         if out.len() > MAX_PEER_BACKLOG {
             return Err(NotSent::Backlogged);
         }
-        wire::encode(frame, &mut out).map_err(|_| NotSent::Unencodable)?;
+        encode(&mut out).map_err(|_| NotSent::Unencodable)?;
         drop(out);
         self.wake.notify_one();
         Ok(())

@@ -68,7 +68,12 @@ fn status_msg(status: &str, detail: &str) -> (Headers, Bytes) {
 impl Hub {
     /// Queues `frame` for `peer`, counting what a slow or broken peer could not take.
     fn send(&self, peer: &Peer, frame: &Frame) -> bool {
-        match peer.send(frame) {
+        self.sent(peer, peer.send(frame))
+    }
+
+    /// Counts what `peer` could not take of a send.
+    fn sent(&self, peer: &Peer, outcome: Result<(), NotSent>) -> bool {
+        match outcome {
             Ok(()) => true,
             Err(NotSent::Closed) => false,
             Err(why) => {
@@ -95,14 +100,14 @@ impl Hub {
         let recipients = self.router.borrow_mut().recipients(subject);
         let mut n = 0;
         for e in &recipients {
-            let frame = Frame::Msg {
+            let msg = wire::MsgRef {
                 sid: e.sid,
-                subject: subject.to_string(),
-                reply: reply.clone(),
-                headers: headers.clone(),
-                payload: payload.clone(),
+                subject,
+                reply: reply.as_deref(),
+                headers,
+                payload,
             };
-            if self.send(&e.peer, &frame) {
+            if self.sent(&e.peer, e.peer.send_msg(&msg)) {
                 n += 1;
             }
         }

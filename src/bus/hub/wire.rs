@@ -226,6 +226,56 @@ fn put_headers(dst: &mut BytesMut, h: &Headers) -> Result<(), TooLongForFrame> {
     Ok(())
 }
 
+/// A message to deliver, borrowed from the one published: the hub encodes one per recipient
+/// without copying subject, reply, headers or payload into a `Frame` first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MsgRef<'a> {
+    pub(crate) sid: u32,
+    pub(crate) subject: &'a str,
+    pub(crate) reply: Option<&'a str>,
+    pub(crate) headers: &'a Headers,
+    pub(crate) payload: &'a [u8],
+}
+
+fn put_msg(dst: &mut BytesMut, m: &MsgRef<'_>) -> Result<(), TooLongForFrame> {
+    dst.put_u8(op::MSG);
+    dst.put_u32(m.sid);
+    put_str(dst, m.subject)?;
+    match m.reply {
+        None => dst.put_u8(0),
+        Some(r) => {
+            dst.put_u8(1);
+            put_str(dst, r)?;
+        }
+    }
+    put_headers(dst, m.headers)?;
+    put_bytes(dst, m.payload)
+}
+
+/// Appends the wire form of a `Msg` frame made of `m`'s parts, as [`encode`] would.
+pub(crate) fn encode_msg(m: &MsgRef<'_>, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
+    let start = dst.len();
+    dst.put_u32(0);
+    let written = put_msg(dst, m);
+    match written {
+        Ok(()) => {
+            let len = dst.len() - start - 4;
+            match fits::<u32>(len, u32::MAX as usize) {
+                Ok(n) => dst[start..start + 4].copy_from_slice(&n.to_be_bytes()),
+                Err(e) => {
+                    dst.truncate(start);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            dst.truncate(start);
+            Err(e)
+        }
+    }
+}
+
 /// Appends the wire form of `frame` to `dst`; a frame whose strings or sizes do not fit the
 /// format is refused and leaves `dst` as it was.
 pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
@@ -277,14 +327,16 @@ fn encode_fields(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFram
             reply,
             headers,
             payload,
-        } => {
-            dst.put_u8(op::MSG);
-            dst.put_u32(*sid);
-            put_str(dst, subject)?;
-            put_opt(dst, reply)?;
-            put_headers(dst, headers)?;
-            put_bytes(dst, payload)?;
-        }
+        } => put_msg(
+            dst,
+            &MsgRef {
+                sid: *sid,
+                subject,
+                reply: reply.as_deref(),
+                headers,
+                payload,
+            },
+        )?,
         Frame::Ping => dst.put_u8(op::PING),
         Frame::Pong => dst.put_u8(op::PONG),
         Frame::Err { message } => {
@@ -572,6 +624,50 @@ mod tests {
         );
         assert!(refused.is_err());
         assert_eq!(&buf[..], b"kept");
+    }
+
+    #[test]
+    fn a_delivery_encoded_from_borrowed_parts_is_the_msg_frame() {
+        let headers = Headers::default().with("k", "v");
+        let payload = Bytes::from_static(b"payload");
+        for reply in [None, Some("_INBOX.1")] {
+            let mut from_parts = BytesMut::from(&b"x"[..]);
+            encode_msg(
+                &MsgRef {
+                    sid: 7,
+                    subject: "a.b",
+                    reply,
+                    headers: &headers,
+                    payload: &payload,
+                },
+                &mut from_parts,
+            )
+            .expect("fits");
+            let mut from_frame = BytesMut::from(&b"x"[..]);
+            let frame = Frame::Msg {
+                sid: 7,
+                subject: "a.b".into(),
+                reply: reply.map(str::to_string),
+                headers: headers.clone(),
+                payload: payload.clone(),
+            };
+            encode(&frame, &mut from_frame).expect("fits");
+            assert_eq!(from_parts, from_frame);
+        }
+        let mut kept = BytesMut::from(&b"kept"[..]);
+        let long = "s".repeat(u16::MAX as usize + 1);
+        let refused = encode_msg(
+            &MsgRef {
+                sid: 1,
+                subject: &long,
+                reply: None,
+                headers: &headers,
+                payload: &payload,
+            },
+            &mut kept,
+        );
+        assert!(refused.is_err());
+        assert_eq!(&kept[..], b"kept");
     }
 
     #[test]
