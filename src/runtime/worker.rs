@@ -242,11 +242,14 @@ impl<P: Protocol> Worker<P> {
         /// The group's name, shown by `status` and used to address its processes.
         name: &str => |c, v| c.name = v.to_string());
     setting!(
-        /// How many processes run this worker (default 1).
+        /// How many processes run this worker (default 1); one per core the server may use.
+        /// Processes sharing the listening socket split its connections evenly: one takes a
+        /// connection only while it serves no more than its least loaded sibling plus one.
         count: u32 => |c, v| c.count = v.max(1));
     setting!(
-        /// Gives each process its own `SO_REUSEPORT` socket, so the kernel balances new
-        /// connections among them, instead of sharing the master's one socket.
+        /// Gives each process its own `SO_REUSEPORT` socket, so the kernel spreads new
+        /// connections among them by a hash of their addresses, instead of sharing the
+        /// master's one socket (and its balancing by connection counts).
         reuse_port: bool => |c, v| c.reuse_port = v);
     setting!(
         /// Runs this group's processes as `user` (Workerman's `$worker->user`): the master,
