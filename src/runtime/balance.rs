@@ -107,18 +107,17 @@ pub(crate) struct Waiting {
 }
 
 impl Seat {
-    /// Process `id`, generation `tag` (never 0), starts accepting with no connection.
+    /// Process `id`, generation `tag` (never 0); it counts for its siblings once it starts
+    /// accepting (`take_seat`), not while its `on_worker_start` may still be running.
     pub(crate) fn new(board: Board, id: u32, tag: u32) -> Seat {
-        let seat = Seat {
+        Seat {
             board,
             id,
             tag: tag.max(1),
             serving: Cell::new(0),
             accepting: Cell::new(true),
             vain: Default::default(),
-        };
-        seat.publish();
-        seat
+        }
     }
 
     fn publish(&self) {
@@ -216,7 +215,10 @@ pub(crate) fn install(seat: Seat) {
 /// The seat, once: the process's own listener takes it (a route served on another port
 /// does not).
 pub(crate) fn take_seat() -> Option<Seat> {
-    SEAT.with(|s| s.take())
+    let seat = SEAT.with(|s| s.take())?;
+    // From now on it accepts: its siblings reckon with it.
+    seat.publish();
+    Some(seat)
 }
 
 #[cfg(test)]
@@ -234,7 +236,11 @@ mod tests {
     fn seats(n: u32) -> Vec<Seat> {
         let board = Board::create("test", n as usize).expect("board");
         (0..n)
-            .map(|id| Seat::new(board.another_mapping(), id, 1))
+            .map(|id| {
+                let seat = Seat::new(board.another_mapping(), id, 1);
+                seat.publish();
+                seat
+            })
             .collect()
     }
 
@@ -305,6 +311,11 @@ mod tests {
     fn clearing_an_old_generation_keeps_its_successors_count() {
         let board = Board::create("gen", 2).expect("board");
         let successor = Seat::new(board.another_mapping(), 1, 7);
+        assert_eq!(
+            board.counters.counters()[1].load(Ordering::Relaxed),
+            0,
+            "not reckoned with before it accepts"
+        );
         successor.opened();
         board.clear(1, 6);
         let v = board.counters.counters()[1].load(Ordering::Relaxed);
