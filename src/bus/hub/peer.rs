@@ -55,6 +55,11 @@ impl Peer {
         self.send_encoded(|out| wire::encode_msg(m, out))
     }
 
+    /// Queues a task delivery encoded from borrowed parts.
+    pub(super) fn send_task(&self, t: &wire::TaskRef<'_>) -> Result<(), NotSent> {
+        self.send_encoded(|out| wire::encode_task(t, out))
+    }
+
     fn send_encoded(
         &self,
         encode: impl FnOnce(&mut bytes::BytesMut) -> Result<(), wire::TooLongForFrame>,

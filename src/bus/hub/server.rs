@@ -58,6 +58,14 @@ struct Hub {
     next_peer: Cell<u64>,
 }
 
+thread_local! {
+    /// A task result's headers, `ok` and `failed`, made once (one per result was an allocation).
+    static TASK_STATUS: [Headers; 2] = [
+        Headers::new().with(STATUS_HEADER, "ok"),
+        Headers::new().with(STATUS_HEADER, "failed"),
+    ];
+}
+
 fn status_msg(status: &str, detail: &str) -> (Headers, Bytes) {
     (
         Headers::new().with(STATUS_HEADER, status),
@@ -231,9 +239,9 @@ impl Hub {
                 let finished = self.pools.borrow_mut().done(peer.id, task, ok);
                 if let Some((pool, reply)) = finished {
                     if let Some(r) = reply {
-                        let headers =
-                            Headers::new().with(STATUS_HEADER, if ok { "ok" } else { "failed" });
-                        self.publish(&r, &None, &headers, &payload);
+                        TASK_STATUS.with(|status| {
+                            self.publish(&r, &None, &status[usize::from(!ok)], &payload)
+                        });
                     }
                     self.dispatch(&pool);
                 }
@@ -250,14 +258,14 @@ impl Hub {
     fn dispatch(&self, pool: &str) {
         let assignments = self.pools.borrow_mut().assign(pool);
         for a in assignments {
-            let frame = Frame::Task {
-                pool: pool.to_string(),
+            let task = wire::TaskRef {
+                pool,
                 task: a.task,
                 attempt: a.attempt,
-                reply: a.reply,
-                payload: a.payload,
+                reply: a.reply.as_deref(),
+                payload: &a.payload,
             };
-            if !self.send(&a.peer, &frame) {
+            if !self.sent(&a.peer, a.peer.send_task(&task)) {
                 self.pools.borrow_mut().unassign(pool, a.task);
             }
         }

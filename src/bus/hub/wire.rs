@@ -198,16 +198,7 @@ fn put_str(dst: &mut BytesMut, s: &str) -> Result<(), TooLongForFrame> {
 }
 
 fn put_opt(dst: &mut BytesMut, s: &Option<String>) -> Result<(), TooLongForFrame> {
-    match s {
-        None => {
-            dst.put_u8(0);
-            Ok(())
-        }
-        Some(s) => {
-            dst.put_u8(1);
-            put_str(dst, s)
-        }
-    }
+    put_opt_str(dst, s.as_deref())
 }
 
 fn put_bytes(dst: &mut BytesMut, b: &[u8]) -> Result<(), TooLongForFrame> {
@@ -237,36 +228,55 @@ pub(crate) struct MsgRef<'a> {
     pub(crate) payload: &'a [u8],
 }
 
-fn put_msg(dst: &mut BytesMut, m: &MsgRef<'_>) -> Result<(), TooLongForFrame> {
-    dst.put_u8(op::MSG);
-    dst.put_u32(m.sid);
-    put_str(dst, m.subject)?;
-    match m.reply {
-        None => dst.put_u8(0),
-        Some(r) => {
-            dst.put_u8(1);
-            put_str(dst, r)?;
-        }
-    }
-    put_headers(dst, m.headers)?;
-    put_bytes(dst, m.payload)
+/// A task to hand to a pool's process, borrowed from the pool's queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TaskRef<'a> {
+    pub(crate) pool: &'a str,
+    pub(crate) task: u64,
+    pub(crate) attempt: u8,
+    pub(crate) reply: Option<&'a str>,
+    pub(crate) payload: &'a [u8],
 }
 
-/// Appends the wire form of a `Msg` frame made of `m`'s parts, as [`encode`] would.
-pub(crate) fn encode_msg(m: &MsgRef<'_>, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
+fn put_task(dst: &mut BytesMut, t: &TaskRef<'_>) -> Result<(), TooLongForFrame> {
+    dst.put_u8(op::TASK);
+    put_str(dst, t.pool)?;
+    dst.put_u64(t.task);
+    dst.put_u8(t.attempt);
+    put_opt_str(dst, t.reply)?;
+    put_bytes(dst, t.payload)
+}
+
+/// Appends the wire form of a `Task` frame made of `t`'s parts, as [`encode`] would.
+pub(crate) fn encode_task(t: &TaskRef<'_>, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
+    framed(dst, |dst| put_task(dst, t))
+}
+
+fn put_opt_str(dst: &mut BytesMut, s: Option<&str>) -> Result<(), TooLongForFrame> {
+    match s {
+        None => {
+            dst.put_u8(0);
+            Ok(())
+        }
+        Some(s) => {
+            dst.put_u8(1);
+            put_str(dst, s)
+        }
+    }
+}
+
+/// Writes a frame's length prefix around what `fields` writes; on failure `dst` is left as
+/// it was.
+fn framed(
+    dst: &mut BytesMut,
+    fields: impl FnOnce(&mut BytesMut) -> Result<(), TooLongForFrame>,
+) -> Result<(), TooLongForFrame> {
     let start = dst.len();
     dst.put_u32(0);
-    let written = put_msg(dst, m);
+    let written = fields(dst).and_then(|()| fits::<u32>(dst.len() - start - 4, u32::MAX as usize));
     match written {
-        Ok(()) => {
-            let len = dst.len() - start - 4;
-            match fits::<u32>(len, u32::MAX as usize) {
-                Ok(n) => dst[start..start + 4].copy_from_slice(&n.to_be_bytes()),
-                Err(e) => {
-                    dst.truncate(start);
-                    return Err(e);
-                }
-            }
+        Ok(n) => {
+            dst[start..start + 4].copy_from_slice(&n.to_be_bytes());
             Ok(())
         }
         Err(e) => {
@@ -274,6 +284,20 @@ pub(crate) fn encode_msg(m: &MsgRef<'_>, dst: &mut BytesMut) -> Result<(), TooLo
             Err(e)
         }
     }
+}
+
+fn put_msg(dst: &mut BytesMut, m: &MsgRef<'_>) -> Result<(), TooLongForFrame> {
+    dst.put_u8(op::MSG);
+    dst.put_u32(m.sid);
+    put_str(dst, m.subject)?;
+    put_opt_str(dst, m.reply)?;
+    put_headers(dst, m.headers)?;
+    put_bytes(dst, m.payload)
+}
+
+/// Appends the wire form of a `Msg` frame made of `m`'s parts, as [`encode`] would.
+pub(crate) fn encode_msg(m: &MsgRef<'_>, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
+    framed(dst, |dst| put_msg(dst, m))
 }
 
 /// Appends the wire form of `frame` to `dst`; a frame whose strings or sizes do not fit the
@@ -439,12 +463,16 @@ fn encode_fields(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFram
             reply,
             payload,
         } => {
-            dst.put_u8(op::TASK);
-            put_str(dst, pool)?;
-            dst.put_u64(*task);
-            dst.put_u8(*attempt);
-            put_opt(dst, reply)?;
-            put_bytes(dst, payload)?;
+            put_task(
+                dst,
+                &TaskRef {
+                    pool,
+                    task: *task,
+                    attempt: *attempt,
+                    reply: reply.as_deref(),
+                    payload,
+                },
+            )?;
         }
         Frame::TaskDone {
             task,
@@ -668,6 +696,32 @@ mod tests {
         );
         assert!(refused.is_err());
         assert_eq!(&kept[..], b"kept");
+    }
+
+    #[test]
+    fn a_task_encoded_from_borrowed_parts_is_the_task_frame() {
+        let payload = Bytes::from_static(b"work");
+        for reply in [None, Some("_INBOX.9")] {
+            let mut from_parts = BytesMut::new();
+            let parts = TaskRef {
+                pool: "thumbs",
+                task: 42,
+                attempt: 2,
+                reply,
+                payload: &payload,
+            };
+            encode_task(&parts, &mut from_parts).expect("fits");
+            let mut from_frame = BytesMut::new();
+            let frame = Frame::Task {
+                pool: "thumbs".into(),
+                task: 42,
+                attempt: 2,
+                reply: reply.map(str::to_string),
+                payload: payload.clone(),
+            };
+            encode(&frame, &mut from_frame).expect("fits");
+            assert_eq!(from_parts, from_frame);
+        }
     }
 
     #[test]
