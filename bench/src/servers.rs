@@ -241,11 +241,12 @@ pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
         Some((proto, _)) => (proto, true),
         None => (args[0].as_str(), false),
     };
+    // Every process of the tree runs this (main is re-run in each): each publishes its own.
+    crate::allocations::publish_from_this_process();
     match proto {
         "http" => {
             let mut w = oxwork::Worker::http(&format!("http://127.0.0.1:{port}"))?;
             w.name("bench").count(count).reuse_port(reuse_port);
-            w.on_worker_start(|_| crate::allocations::publish_from_this_process());
             w.on_message(|c, _req| {
                 c.send(oxwork::http::Response::text("Hello World"));
             });
@@ -257,7 +258,6 @@ pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
                 .count(count)
                 .reuse_port(reuse_port)
                 .deflate(oxwork::websocket::DeflateSettings::default());
-            w.on_worker_start(|_| crate::allocations::publish_from_this_process());
             w.on_message(|c, msg| {
                 c.send(msg);
             });
@@ -265,7 +265,6 @@ pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
         _ => {
             let mut w = oxwork::Worker::new(&format!("{proto}://127.0.0.1:{port}"))?;
             w.name("bench").count(count).reuse_port(reuse_port);
-            w.on_worker_start(|_| crate::allocations::publish_from_this_process());
             w.on_message(|c, data| {
                 c.send(data);
             });

@@ -303,17 +303,10 @@ pub(crate) fn encode_msg(m: &MsgRef<'_>, dst: &mut BytesMut) -> Result<(), TooLo
 /// Appends the wire form of `frame` to `dst`; a frame whose strings or sizes do not fit the
 /// format is refused and leaves `dst` as it was.
 pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
-    let start = dst.len();
-    let written = encode_fields(frame, dst);
-    if written.is_err() {
-        dst.truncate(start);
-    }
-    written
+    framed(dst, |dst| encode_fields(frame, dst))
 }
 
 fn encode_fields(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
-    let start = dst.len();
-    dst.put_u32(0);
     match frame {
         Frame::Hello { name } => {
             dst.put_u8(op::HELLO);
@@ -487,8 +480,6 @@ fn encode_fields(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFram
             put_bytes(dst, payload)?;
         }
     }
-    let len: u32 = fits(dst.len() - start - 4, u32::MAX as usize)?;
-    dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
