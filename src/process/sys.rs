@@ -254,8 +254,21 @@ pub(crate) struct PidLock {
 impl PidLock {
     /// Locks `path` and writes our pid into it, or reports the running master's pid.
     pub(crate) fn acquire(path: &Path) -> Result<PidLock> {
-        let file = open_private_file(path, FileUse::Rewrite, "pid file")?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let mut file = open_private_file(path, FileUse::Rewrite, "pid file")?;
+        // `pid_file_locked` (a `status` asking whether a master runs) holds a shared lock for
+        // an instant: a start that meets one tries again, a running master holds it for good.
+        let mut tries = 0;
+        let locked = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) if tries < 20 => {
+                    tries += 1;
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other,
+            }
+        };
+        let mut lock = match locked {
             Ok(lock) => lock,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                 let pid = read_pid(path)
