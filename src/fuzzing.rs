@@ -76,10 +76,16 @@ pub fn websocket_deflate(data: &[u8]) {
     feed(ws, &seeded, || None);
 }
 
-/// The bus's frame decoder on arbitrary bytes.
+/// The bus's frame decoders on arbitrary bytes: the owned one processes use and the
+/// borrowing one the hub uses.
 pub fn bus_wire(data: &[u8]) {
+    use crate::bus::hub::wire;
     let mut buf = BytesMut::from(data);
-    while let Ok(Some(_)) = crate::bus::hub::wire::decode(&mut buf, 1 << 20) {}
+    while let Ok(Some(_)) = wire::decode(&mut buf, 1 << 20) {}
+    let mut buf = BytesMut::from(data);
+    while let Ok(Some(frame)) = wire::cut_frame(&mut buf, 1 << 20) {
+        let _ = wire::parse_inbound(&frame);
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The hub's task pools: a queue per pool, its member processes (consumers) with their
 //! concurrency, least-busy dispatch, and requeueing when a member goes. I/O-free: the server
-//! sends what [`Pools::assign`] hands out and reports back what could not be sent.
+//! hands each task [`Pools::assign`] gives out to a send function and learns whether it went.
 //!
 //! Bounds: a pool queues at most its `task_queue_limit` tasks (at most [`MAX_POOL_QUEUE`]) and
 //! [`MAX_POOL_BYTES`] of payload; past either, a submission is refused as full. A pool nobody
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::peer::Peer;
+use super::wire::TaskRef;
 use crate::bus::transport::PoolStats;
 
 /// Tasks a pool queues at most before `submit` is refused with "pool full" (a pool may set
@@ -40,6 +41,8 @@ struct Consumer {
     peer: Rc<Peer>,
     concurrency: u32,
     running: u32,
+    /// A send to it failed in the current round of [`Pools::assign`].
+    refused: bool,
 }
 
 struct Pool {
@@ -81,16 +84,6 @@ impl Pool {
     }
 }
 
-/// A task handed to a member: send it as a `Task` frame.
-pub(super) struct Assignment {
-    pub(super) peer: Rc<Peer>,
-    pub(super) task: u64,
-    pub(super) attempt: u8,
-    /// The submitter's reply subject, for a result that outlives this hub.
-    pub(super) reply: Option<String>,
-    pub(super) payload: Bytes,
-}
-
 /// A submitter to tell something: where, which status, what text.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Notice {
@@ -106,22 +99,32 @@ pub(super) enum Refused {
     Full,
 }
 
+/// The pool called `name`, made if new. Looked up before inserting: a pool's name is copied
+/// once, not on every submission.
+fn pool_named<'a>(pools: &'a mut HashMap<Rc<str>, Pool>, name: &str) -> &'a mut Pool {
+    if !pools.contains_key(name) {
+        pools.insert(Rc::from(name), Pool::new());
+    }
+    pools.get_mut(name).expect("inserted above")
+}
+
 /// Every pool of the hub.
 #[derive(Default)]
 pub(super) struct Pools {
-    pools: HashMap<String, Pool>,
+    pools: HashMap<Rc<str>, Pool>,
     next_task: u64,
 }
 
 impl Pools {
     /// `peer` takes tasks of `name`, `concurrency` at a time; the pool queues `max_queue`.
     pub(super) fn join(&mut self, name: &str, peer: Rc<Peer>, concurrency: u32, max_queue: u32) {
-        let p = self.pools.entry(name.to_string()).or_insert_with(Pool::new);
+        let p = pool_named(&mut self.pools, name);
         p.max_queue = (max_queue as usize).clamp(1, MAX_POOL_QUEUE);
         p.consumers.push(Consumer {
             peer,
             concurrency: concurrency.max(1),
             running: 0,
+            refused: false,
         });
     }
 
@@ -134,7 +137,7 @@ impl Pools {
         payload: Bytes,
         now: Instant,
     ) -> Result<(), Refused> {
-        let p = self.pools.entry(name.to_string()).or_insert_with(Pool::new);
+        let p = pool_named(&mut self.pools, name);
         if p.queue.len() >= p.max_queue || p.queued_bytes + payload.len() > MAX_POOL_BYTES {
             p.failed += 1;
             return Err(Refused::Full);
@@ -152,20 +155,29 @@ impl Pools {
         Ok(())
     }
 
-    /// Hands queued tasks of `name` to its least busy members with room.
-    pub(super) fn assign(&mut self, name: &str) -> Vec<Assignment> {
-        let mut out = Vec::new();
+    /// Hands queued tasks of `name` to its least busy members with room, one `send` each. A
+    /// task `send` could not deliver goes back to the front of the queue, not counted as an
+    /// attempt, and that member gets no more this round (it is never left "running" on a
+    /// process that did not get it).
+    pub(super) fn assign(
+        &mut self,
+        name: &str,
+        mut send: impl FnMut(&Rc<Peer>, &TaskRef<'_>) -> bool,
+    ) {
         let Some(pool) = self.pools.get_mut(name) else {
-            return out;
+            return;
         };
         pool.consumers.retain(|c| !c.peer.closed.get());
+        for c in &mut pool.consumers {
+            c.refused = false;
+        }
         while !pool.queue.is_empty() {
             // The least busy process with room, relative to its concurrency.
             let Some(best_idx) = pool
                 .consumers
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.running < c.concurrency)
+                .filter(|(_, c)| c.running < c.concurrency && !c.refused)
                 .min_by(|(_, a), (_, b)| {
                     (u64::from(a.running) * u64::from(b.concurrency))
                         .cmp(&(u64::from(b.running) * u64::from(a.concurrency)))
@@ -177,41 +189,36 @@ impl Pools {
             // Ties go round robin: the chosen process moves to the back of the line.
             let chosen = pool.consumers.remove(best_idx);
             pool.consumers.push(chosen);
-            let Some(mut task) = pool.pop_front() else {
+            let Some(task) = pool.pop_front() else {
                 break;
             };
             let Some(best) = pool.consumers.last_mut() else {
                 pool.push_front(task);
                 break;
             };
-            task.attempts = task.attempts.saturating_add(1);
-            best.running += 1;
-            out.push(Assignment {
-                peer: best.peer.clone(),
-                task: task.id,
-                attempt: task.attempts,
-                reply: task.reply.clone(),
-                payload: task.payload.clone(),
-            });
-            pool.running.insert(task.id, (best.peer.id, task));
+            let attempt = task.attempts.saturating_add(1);
+            let sent = send(
+                &best.peer,
+                &TaskRef {
+                    pool: name,
+                    task: task.id,
+                    attempt,
+                    reply: task.reply.as_deref(),
+                    payload: &task.payload,
+                },
+            );
+            if sent {
+                best.running += 1;
+                let running = QueuedTask {
+                    attempts: attempt,
+                    ..task
+                };
+                pool.running.insert(running.id, (best.peer.id, running));
+            } else {
+                best.refused = true;
+                pool.push_front(task);
+            }
         }
-        out
-    }
-
-    /// An assignment could not be sent: the task goes back to the front of its queue, not
-    /// counted as an attempt, and its member gets the slot back.
-    pub(super) fn unassign(&mut self, name: &str, task: u64) {
-        let Some(pool) = self.pools.get_mut(name) else {
-            return;
-        };
-        let Some((owner, mut t)) = pool.running.remove(&task) else {
-            return;
-        };
-        if let Some(c) = pool.consumers.iter_mut().find(|c| c.peer.id == owner) {
-            c.running = c.running.saturating_sub(1);
-        }
-        t.attempts = t.attempts.saturating_sub(1);
-        pool.push_front(t);
     }
 
     /// `peer` finished `task`: the pool's name and where the result goes, unless the task is
@@ -221,7 +228,7 @@ impl Pools {
         peer: u64,
         task: u64,
         ok: bool,
-    ) -> Option<(String, Option<String>)> {
+    ) -> Option<(Rc<str>, Option<String>)> {
         let (name, pool) = self.pools.iter_mut().find(|(_, p)| {
             p.running
                 .get(&task)
@@ -241,7 +248,7 @@ impl Pools {
 
     /// `peer` went away: its memberships end; its running tasks go back to their queues, or,
     /// out of retries, fail. Returns the submitters to tell and the pools to dispatch again.
-    pub(super) fn forget(&mut self, peer: u64) -> (Vec<Notice>, Vec<String>) {
+    pub(super) fn forget(&mut self, peer: u64) -> (Vec<Notice>, Vec<Rc<str>>) {
         let mut notices = Vec::new();
         for pool in self.pools.values_mut() {
             pool.consumers.retain(|c| c.peer.id != peer);
@@ -292,7 +299,7 @@ impl Pools {
                     notices.push(Notice {
                         reply,
                         status: "no-consumer",
-                        detail: name.clone(),
+                        detail: name.to_string(),
                     });
                 }
             }
@@ -308,7 +315,7 @@ impl Pools {
             .pools
             .iter()
             .map(|(name, p)| PoolStats {
-                name: name.clone(),
+                name: name.to_string(),
                 consumers: p.consumers.len() as u64,
                 queued: p.queue.len() as u64,
                 running: p.running.len() as u64,
@@ -335,6 +342,36 @@ mod tests {
         p.submit(name, Some(reply.into()), 1, Bytes::from_static(b"t"), now)
     }
 
+    /// What one member got in a round: its id, the task and the attempt.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Given {
+        peer: u64,
+        task: u64,
+        attempt: u8,
+    }
+
+    /// One round of dispatch in which every send succeeds.
+    fn assign(p: &mut Pools, name: &str) -> Vec<Given> {
+        assign_refusing(p, name, &[])
+    }
+
+    /// One round of dispatch in which sends to the members in `refusing` fail.
+    fn assign_refusing(p: &mut Pools, name: &str, refusing: &[u64]) -> Vec<Given> {
+        let mut given = Vec::new();
+        p.assign(name, |peer, t| {
+            if refusing.contains(&peer.id) {
+                return false;
+            }
+            given.push(Given {
+                peer: peer.id,
+                task: t.task,
+                attempt: t.attempt,
+            });
+            true
+        });
+        given
+    }
+
     fn stats(p: &Pools, name: &str) -> PoolStats {
         p.stats()
             .into_iter()
@@ -350,16 +387,16 @@ mod tests {
         for i in 0..5 {
             submit(&mut p, "sq", &format!("r{i}"), now).expect("queued");
         }
-        let given = p.assign("sq");
+        let given = assign(&mut p, "sq");
         assert_eq!(given.len(), 4, "two each, one left queued");
-        let to_1 = given.iter().filter(|a| a.peer.id == 1).count();
+        let to_1 = given.iter().filter(|a| a.peer == 1).count();
         assert_eq!(to_1, 2);
         assert_eq!(stats(&p, "sq").queued, 1);
         let (name, reply) = p.done(1, given[0].task, true).expect("its task");
-        assert_eq!(name, "sq");
+        assert_eq!(&*name, "sq");
         assert!(reply.is_some());
         assert_eq!(
-            p.assign("sq").len(),
+            assign(&mut p, "sq").len(),
             1,
             "the freed slot takes the last task"
         );
@@ -383,14 +420,23 @@ mod tests {
     fn a_task_that_could_not_be_sent_goes_back_first_and_is_not_an_attempt() {
         let (mut p, now) = (Pools::default(), Instant::now());
         p.join("sq", peer(1), 1, 100);
+        p.join("sq", peer(2), 1, 100);
         submit(&mut p, "sq", "first", now).expect("queued");
         submit(&mut p, "sq", "second", now).expect("queued");
-        let given = p.assign("sq");
-        assert_eq!(given.len(), 1);
-        p.unassign("sq", given[0].task);
-        let again = p.assign("sq");
-        assert_eq!(again[0].task, given[0].task, "the same task, first in line");
-        assert_eq!(again[0].attempt, 1);
+        submit(&mut p, "sq", "third", now).expect("queued");
+        let given = assign_refusing(&mut p, "sq", &[1]);
+        assert_eq!(
+            given.len(),
+            1,
+            "member 2 took one; member 1 got no second try"
+        );
+        assert_eq!(given[0].peer, 2);
+        assert_eq!(stats(&p, "sq").queued, 2);
+        let again = assign(&mut p, "sq");
+        assert_eq!(again.len(), 1, "member 2 is full");
+        assert_eq!(again[0].peer, 1);
+        assert_ne!(again[0].task, given[0].task);
+        assert_eq!(again[0].attempt, 1, "the refused send was not an attempt");
     }
 
     #[test]
@@ -398,12 +444,12 @@ mod tests {
         let (mut p, now) = (Pools::default(), Instant::now());
         p.join("sq", peer(1), 1, 100);
         submit(&mut p, "sq", "r", now).expect("queued");
-        let task = p.assign("sq")[0].task;
+        let task = assign(&mut p, "sq")[0].task;
         let (notices, _) = p.forget(1);
         assert!(notices.is_empty(), "one retry is allowed");
         assert_eq!(stats(&p, "sq").retried, 1);
         p.join("sq", peer(2), 1, 100);
-        assert_eq!(p.assign("sq")[0].task, task);
+        assert_eq!(assign(&mut p, "sq")[0].task, task);
         let (notices, _) = p.forget(2);
         assert_eq!(
             notices,
@@ -439,7 +485,7 @@ mod tests {
         p.join("sq", peer(1), 1, 100);
         submit(&mut p, "sq", "a", now).expect("queued");
         submit(&mut p, "sq", "b", now).expect("queued");
-        p.assign("sq");
+        assign(&mut p, "sq");
         assert!(p.expire_orphans(now + ORPHAN_TTL * 10).is_empty());
         assert_eq!(stats(&p, "sq").queued, 1);
     }

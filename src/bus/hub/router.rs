@@ -1,6 +1,7 @@
-//! The hub's routing table, NATS's rules: literal subjects in a map, wildcard subscriptions
-//! matched token by token, the result per subject cached until subscriptions change; in each
-//! queue group one member gets each message, in turn.
+//! The hub's routing table, NATS's rules: literal subjects in a map, `prefix.*` subscriptions
+//! (every request inbox has that shape) in a map by prefix, other wildcard subscriptions
+//! matched token by token with the result per subject cached until subscriptions change; in
+//! each queue group one member gets each message, in turn.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -8,9 +9,9 @@ use std::rc::Rc;
 use super::peer::Peer;
 use crate::bus::subject;
 
-/// Subjects whose routing result is cached at most, and queue-group turns remembered at most;
-/// past either, the table is emptied and rebuilt as messages come (a turn restarts at the
-/// first member, which only shifts whose turn it is).
+/// Subjects whose routing result is cached at most, and subjects whose queue-group turns are
+/// remembered at most; past either, the table is emptied and rebuilt as messages come (a turn
+/// restarts at the first member, which only shifts whose turn it is).
 pub(super) const MAX_CACHE: usize = 10_000;
 
 /// One subscription of a peer.
@@ -21,88 +22,164 @@ pub(super) struct SubEntry {
     pub(super) queue: Option<String>,
 }
 
+/// Where a subscription is kept, by the shape of its pattern.
+enum Shape<'a> {
+    Literal,
+    /// `prefix.*` with a literal prefix.
+    LastTokenAny(&'a str),
+    Wildcard,
+}
+
+fn shape(pattern: &str) -> Shape<'_> {
+    if !subject::has_wildcard(pattern) {
+        return Shape::Literal;
+    }
+    match pattern.strip_suffix(".*") {
+        Some(prefix) if !subject::has_wildcard(prefix) => Shape::LastTokenAny(prefix),
+        _ => Shape::Wildcard,
+    }
+}
+
 /// Every subscription of the hub, and whose turn it is in each queue group.
 #[derive(Default)]
 pub(super) struct Router {
     literal: HashMap<String, Vec<Rc<SubEntry>>>,
+    last_token_any: HashMap<String, Vec<Rc<SubEntry>>>,
     wildcard: Vec<Rc<SubEntry>>,
+    /// Results of matching `wildcard`, by subject (only kept while there are such patterns:
+    /// the two maps need no cache).
     cache: HashMap<String, Rc<Vec<Rc<SubEntry>>>>,
-    turns: HashMap<(String, String), usize>,
+    /// Per subject, each queue group's next turn.
+    turns: HashMap<String, Vec<(String, usize)>>,
+}
+
+fn add_to(map: &mut HashMap<String, Vec<Rc<SubEntry>>>, key: &str, e: Rc<SubEntry>) {
+    match map.get_mut(key) {
+        Some(v) => v.push(e),
+        None => {
+            map.insert(key.to_string(), vec![e]);
+        }
+    }
+}
+
+fn remove_from(map: &mut HashMap<String, Vec<Rc<SubEntry>>>, key: &str, e: &Rc<SubEntry>) {
+    if let Some(v) = map.get_mut(key) {
+        v.retain(|x| !Rc::ptr_eq(x, e));
+        if v.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 impl Router {
     pub(super) fn add(&mut self, e: Rc<SubEntry>) {
         self.cache.clear();
-        if subject::has_wildcard(&e.pattern) {
-            self.wildcard.push(e);
-        } else {
-            self.literal.entry(e.pattern.clone()).or_default().push(e);
+        let pattern = e.pattern.clone();
+        match shape(&pattern) {
+            Shape::Literal => add_to(&mut self.literal, &pattern, e),
+            Shape::LastTokenAny(prefix) => add_to(&mut self.last_token_any, prefix, e),
+            Shape::Wildcard => self.wildcard.push(e),
         }
     }
 
     pub(super) fn remove(&mut self, e: &Rc<SubEntry>) {
         self.cache.clear();
-        if subject::has_wildcard(&e.pattern) {
-            self.wildcard.retain(|x| !Rc::ptr_eq(x, e));
-        } else if let Some(v) = self.literal.get_mut(&e.pattern) {
-            v.retain(|x| !Rc::ptr_eq(x, e));
-            if v.is_empty() {
-                self.literal.remove(&e.pattern);
-            }
+        match shape(&e.pattern) {
+            Shape::Literal => remove_from(&mut self.literal, &e.pattern, e),
+            Shape::LastTokenAny(prefix) => remove_from(&mut self.last_token_any, prefix, e),
+            Shape::Wildcard => self.wildcard.retain(|x| !Rc::ptr_eq(x, e)),
         }
     }
 
     /// Subscriptions in the table.
     pub(super) fn len(&self) -> usize {
-        self.literal.values().map(Vec::len).sum::<usize>() + self.wildcard.len()
+        self.literal.values().map(Vec::len).sum::<usize>()
+            + self.last_token_any.values().map(Vec::len).sum::<usize>()
+            + self.wildcard.len()
     }
 
-    fn lookup(&mut self, subject: &str) -> Rc<Vec<Rc<SubEntry>>> {
-        if let Some(hit) = self.cache.get(subject) {
-            return hit.clone();
+    /// The subscriptions matching `subject` through the general wildcard patterns.
+    fn wildcard_matches(&mut self, subject: &str) -> Option<Rc<Vec<Rc<SubEntry>>>> {
+        if self.wildcard.is_empty() {
+            return None;
         }
-        let mut found: Vec<Rc<SubEntry>> = self.literal.get(subject).cloned().unwrap_or_default();
-        found.extend(
-            self.wildcard
-                .iter()
-                .filter(|e| subject::matches(&e.pattern, subject))
-                .cloned(),
-        );
+        if let Some(hit) = self.cache.get(subject) {
+            return Some(hit.clone());
+        }
+        let found: Vec<Rc<SubEntry>> = self
+            .wildcard
+            .iter()
+            .filter(|e| subject::matches(&e.pattern, subject))
+            .cloned()
+            .collect();
         let found = Rc::new(found);
         if self.cache.len() >= MAX_CACHE {
             self.cache.clear();
         }
         self.cache.insert(subject.to_string(), found.clone());
-        found
+        Some(found)
     }
 
-    /// Everyone who gets a message on `subject`: every plain subscriber, one per queue group.
-    pub(super) fn recipients(&mut self, subject: &str) -> Vec<Rc<SubEntry>> {
-        let all = self.lookup(subject);
-        let mut out = Vec::with_capacity(all.len());
-        let mut groups: Vec<(&str, Vec<&Rc<SubEntry>>)> = Vec::new();
-        for e in all.iter().filter(|e| !e.peer.closed.get()) {
+    /// Everyone who gets a message on `subject`, put in `out` (emptied first): every plain
+    /// subscriber, one member per queue group.
+    pub(super) fn recipients(&mut self, subject: &str, out: &mut Vec<Rc<SubEntry>>) {
+        out.clear();
+        let wild = self.wildcard_matches(subject);
+        let by_prefix = subject
+            .rsplit_once('.')
+            .and_then(|(prefix, _)| self.last_token_any.get(prefix));
+        let all = [
+            self.literal.get(subject).map(Vec::as_slice),
+            by_prefix.map(Vec::as_slice),
+            wild.as_deref().map(Vec::as_slice),
+        ];
+        let matching = all
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| !e.peer.closed.get());
+        let mut grouped = false;
+        for e in matching.clone() {
             match &e.queue {
                 None => out.push(e.clone()),
-                Some(q) => match groups.iter_mut().find(|(name, _)| *name == q.as_str()) {
-                    Some((_, members)) => members.push(e),
-                    None => groups.push((q.as_str(), vec![e])),
-                },
+                Some(_) => grouped = true,
             }
         }
-        for (name, members) in groups {
-            let key = (name.to_string(), subject.to_string());
-            if !self.turns.contains_key(&key) && self.turns.len() >= MAX_CACHE {
-                self.turns.clear();
+        if !grouped {
+            return;
+        }
+        // Queue groups are rare next to plain subscribers and inboxes: a second pass picks
+        // one member of each, in turn.
+        let mut groups: Vec<(&str, Vec<&Rc<SubEntry>>)> = Vec::new();
+        for e in matching {
+            if let Some(q) = &e.queue {
+                match groups.iter_mut().find(|(name, _)| *name == q.as_str()) {
+                    Some((_, members)) => members.push(e),
+                    None => groups.push((q.as_str(), vec![e])),
+                }
             }
-            let turn = self.turns.entry(key).or_insert(0);
+        }
+        if !self.turns.contains_key(subject) && self.turns.len() >= MAX_CACHE {
+            self.turns.clear();
+        }
+        let turns = match self.turns.get_mut(subject) {
+            Some(t) => t,
+            None => self.turns.entry(subject.to_string()).or_default(),
+        };
+        for (name, members) in groups {
+            let turn = match turns.iter().position(|(q, _)| q == name) {
+                Some(i) => &mut turns[i].1,
+                None => {
+                    turns.push((name.to_string(), 0));
+                    &mut turns.last_mut().expect("just pushed").1
+                }
+            };
             out.push(members[*turn % members.len()].clone());
             *turn = turn.wrapping_add(1);
         }
-        out
     }
 
-    /// Queue-group turns remembered now (bounded by [`MAX_CACHE`]).
+    /// Subjects whose queue-group turns are remembered now (bounded by [`MAX_CACHE`]).
     #[cfg(test)]
     fn turns_remembered(&self) -> usize {
         self.turns.len()
@@ -123,7 +200,9 @@ mod tests {
     }
 
     fn peers(r: &mut Router, subject: &str) -> Vec<u64> {
-        let mut ids: Vec<u64> = r.recipients(subject).iter().map(|e| e.peer.id).collect();
+        let mut out = Vec::new();
+        r.recipients(subject, &mut out);
+        let mut ids: Vec<u64> = out.iter().map(|e| e.peer.id).collect();
         ids.sort();
         ids
     }
@@ -143,6 +222,24 @@ mod tests {
     }
 
     #[test]
+    fn inbox_shaped_patterns_match_exactly_one_last_token() {
+        let mut r = Router::default();
+        let inbox = sub(1, "_INBOX.abc.*", None);
+        r.add(inbox.clone());
+        r.add(sub(2, "_INBOX.abc.7", None));
+        r.add(sub(3, "_INBOX.*.*", None));
+        assert_eq!(peers(&mut r, "_INBOX.abc.7"), [1, 2, 3]);
+        assert_eq!(peers(&mut r, "_INBOX.abc.8"), [1, 3]);
+        assert_eq!(peers(&mut r, "_INBOX.abc"), Vec::<u64>::new());
+        assert_eq!(peers(&mut r, "_INBOX.abc.8.9"), Vec::<u64>::new());
+        assert_eq!(peers(&mut r, "_INBOX.abd.8"), [3]);
+        assert_eq!(r.len(), 3);
+        r.remove(&inbox);
+        assert_eq!(peers(&mut r, "_INBOX.abc.8"), [3]);
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
     fn a_removed_subscription_gets_nothing_even_from_the_cache() {
         let mut r = Router::default();
         let e = sub(1, "a.*", None);
@@ -151,6 +248,11 @@ mod tests {
         r.remove(&e);
         assert_eq!(peers(&mut r, "a.x"), Vec::<u64>::new());
         assert_eq!(r.len(), 0);
+        let general = sub(2, "a.>", None);
+        r.add(general.clone());
+        assert_eq!(peers(&mut r, "a.x.y"), [2]);
+        r.remove(&general);
+        assert_eq!(peers(&mut r, "a.x.y"), Vec::<u64>::new());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::peer::{NotSent, Peer};
 use super::pools::{Notice, Pools, Refused};
 use super::router::{Router, SubEntry};
 use super::state::Store;
-use super::wire::{self, Frame};
+use super::wire::{self, Frame, Inbound};
 use crate::bus::subject;
 use crate::bus::transport::{PoolStats, MAX_PAYLOAD};
 use crate::bus::{Headers, STATUS_HEADER};
@@ -51,6 +51,7 @@ pub(crate) struct HubStats {
 #[derive(Default)]
 struct Hub {
     router: RefCell<Router>,
+    recipients: RefCell<Vec<Rc<SubEntry>>>,
     peers: RefCell<HashMap<u64, Rc<Peer>>>,
     pools: RefCell<Pools>,
     store: RefCell<Store>,
@@ -101,17 +102,21 @@ impl Hub {
     fn publish(
         &self,
         subject: &str,
-        reply: &Option<String>,
+        reply: Option<&str>,
         headers: &Headers,
         payload: &Bytes,
     ) -> usize {
-        let recipients = self.router.borrow_mut().recipients(subject);
+        // One list reused for every publish (a new one each time was an allocation).
+        let mut recipients = self.recipients.take();
+        self.router
+            .borrow_mut()
+            .recipients(subject, &mut recipients);
         let mut n = 0;
-        for e in &recipients {
+        for e in recipients.drain(..) {
             let msg = wire::MsgRef {
                 sid: e.sid,
                 subject,
-                reply: reply.as_deref(),
+                reply,
                 headers,
                 payload,
             };
@@ -119,6 +124,7 @@ impl Hub {
                 n += 1;
             }
         }
+        self.recipients.replace(recipients);
         let mut st = self.stats.borrow_mut();
         st.published += 1;
         st.delivered += n as u64;
@@ -127,7 +133,7 @@ impl Hub {
 
     fn reply_status(&self, reply: &str, status: &str, detail: &str) {
         let (h, p) = status_msg(status, detail);
-        self.publish(reply, &None, &h, &p);
+        self.publish(reply, None, &h, &p);
     }
 
     fn tell(&self, notices: Vec<Notice>) {
@@ -136,7 +142,80 @@ impl Hub {
         }
     }
 
-    fn handle(&self, peer: &Rc<Peer>, frame: Frame) -> Result<(), String> {
+    fn handle(&self, peer: &Rc<Peer>, frame: Inbound<'_>) -> Result<(), String> {
+        match frame {
+            Inbound::Pub {
+                subject: subj,
+                reply,
+                headers,
+                payload,
+            } => {
+                subject::check_publish(subj).map_err(|e| e.to_string())?;
+                if payload.len() > MAX_PAYLOAD {
+                    return Err(format!(
+                        "payload of {} bytes over the limit of {MAX_PAYLOAD}",
+                        payload.len()
+                    ));
+                }
+                let gather = headers.get(crate::bus::GATHER_HEADER).is_some();
+                let n = self.publish(subj, reply, &headers, &payload);
+                if let Some(reply) = reply {
+                    if n == 0 {
+                        self.stats.borrow_mut().no_responders += 1;
+                        self.reply_status(reply, "503", subj);
+                    } else if gather {
+                        // Tells the asker how many answers to wait for.
+                        self.reply_status(reply, "gather", &n.to_string());
+                    }
+                }
+            }
+            Inbound::Submit {
+                pool,
+                reply,
+                max_retries,
+                payload,
+            } => {
+                subject::check_publish(pool).map_err(|e| e.to_string())?;
+                if payload.len() > MAX_PAYLOAD {
+                    return Err(format!(
+                        "task of {} bytes over the limit of {MAX_PAYLOAD}",
+                        payload.len()
+                    ));
+                }
+                let queued = self.pools.borrow_mut().submit(
+                    pool,
+                    reply.map(str::to_owned),
+                    max_retries,
+                    payload,
+                    Instant::now(),
+                );
+                match queued {
+                    Ok(()) => self.dispatch(pool),
+                    Err(Refused::Full) => {
+                        if let Some(r) = reply {
+                            self.reply_status(r, "full", pool);
+                        }
+                    }
+                }
+            }
+            Inbound::TaskDone { task, ok, payload } => {
+                let finished = self.pools.borrow_mut().done(peer.id, task, ok);
+                if let Some((pool, reply)) = finished {
+                    if let Some(r) = reply {
+                        TASK_STATUS.with(|status| {
+                            self.publish(&r, None, &status[usize::from(!ok)], &payload)
+                        });
+                    }
+                    self.dispatch(&pool);
+                }
+            }
+            Inbound::Other(frame) => self.handle_other(peer, frame)?,
+        }
+        Ok(())
+    }
+
+    /// The frames the hub reads less often, owned.
+    fn handle_other(&self, peer: &Rc<Peer>, frame: Frame) -> Result<(), String> {
         match frame {
             Frame::Hello { .. } | Frame::Pong => {}
             Frame::Ping => {
@@ -164,31 +243,6 @@ impl Hub {
                     self.router.borrow_mut().remove(&old);
                 }
             }
-            Frame::Pub {
-                subject: subj,
-                reply,
-                headers,
-                payload,
-            } => {
-                subject::check_publish(&subj).map_err(|e| e.to_string())?;
-                if payload.len() > MAX_PAYLOAD {
-                    return Err(format!(
-                        "payload of {} bytes over the limit of {MAX_PAYLOAD}",
-                        payload.len()
-                    ));
-                }
-                let gather = headers.get(crate::bus::GATHER_HEADER).is_some();
-                let n = self.publish(&subj, &reply, &headers, &payload);
-                if let Some(reply) = reply {
-                    if n == 0 {
-                        self.stats.borrow_mut().no_responders += 1;
-                        self.reply_status(&reply, "503", &subj);
-                    } else if gather {
-                        // Tells the asker how many answers to wait for.
-                        self.reply_status(&reply, "gather", &n.to_string());
-                    }
-                }
-            }
             Frame::Kv { req, op } => {
                 let result = self.store.borrow_mut().apply(op, Instant::now());
                 self.send(peer, &Frame::KvReply { req, result });
@@ -204,48 +258,38 @@ impl Hub {
                     .join(&pool, peer.clone(), concurrency, max_queue);
                 self.dispatch(&pool);
             }
+            // wire::parse_inbound gives these three borrowed; owned ones are handled alike.
+            Frame::Pub {
+                subject,
+                reply,
+                headers,
+                payload,
+            } => self.handle(
+                peer,
+                Inbound::Pub {
+                    subject: &subject,
+                    reply: reply.as_deref(),
+                    headers,
+                    payload,
+                },
+            )?,
             Frame::Submit {
                 pool,
                 reply,
                 max_retries,
                 payload,
-            } => {
-                subject::check_publish(&pool).map_err(|e| e.to_string())?;
-                if payload.len() > MAX_PAYLOAD {
-                    return Err(format!(
-                        "task of {} bytes over the limit of {MAX_PAYLOAD}",
-                        payload.len()
-                    ));
-                }
-                let queued = self.pools.borrow_mut().submit(
-                    &pool,
-                    reply.clone(),
+            } => self.handle(
+                peer,
+                Inbound::Submit {
+                    pool: &pool,
+                    reply: reply.as_deref(),
                     max_retries,
                     payload,
-                    Instant::now(),
-                );
-                match queued {
-                    Ok(()) => self.dispatch(&pool),
-                    Err(Refused::Full) => {
-                        if let Some(r) = reply {
-                            self.reply_status(&r, "full", &pool);
-                        }
-                    }
-                }
-            }
+                },
+            )?,
             Frame::TaskDone {
                 task, ok, payload, ..
-            } => {
-                let finished = self.pools.borrow_mut().done(peer.id, task, ok);
-                if let Some((pool, reply)) = finished {
-                    if let Some(r) = reply {
-                        TASK_STATUS.with(|status| {
-                            self.publish(&r, &None, &status[usize::from(!ok)], &payload)
-                        });
-                    }
-                    self.dispatch(&pool);
-                }
-            }
+            } => self.handle(peer, Inbound::TaskDone { task, ok, payload })?,
             Frame::Msg { .. } | Frame::Err { .. } | Frame::KvReply { .. } | Frame::Task { .. } => {
                 return Err("frame only the hub sends".into());
             }
@@ -256,19 +300,9 @@ impl Hub {
     /// Sends `pool`'s queued tasks to its members; one that cannot be sent goes back to the
     /// queue (it is never left "running" on a process that did not get it).
     fn dispatch(&self, pool: &str) {
-        let assignments = self.pools.borrow_mut().assign(pool);
-        for a in assignments {
-            let task = wire::TaskRef {
-                pool,
-                task: a.task,
-                attempt: a.attempt,
-                reply: a.reply.as_deref(),
-                payload: &a.payload,
-            };
-            if !self.sent(&a.peer, a.peer.send_task(&task)) {
-                self.pools.borrow_mut().unassign(pool, a.task);
-            }
-        }
+        self.pools
+            .borrow_mut()
+            .assign(pool, |peer, task| self.sent(peer, peer.send_task(task)));
     }
 
     /// A peer went away: its subscriptions end; its running tasks go back to the queue.
@@ -403,15 +437,20 @@ async fn serve_peer(hub: Rc<Hub>, stream: UnixStream, id: u64) {
             Ok(_) => {}
         }
         loop {
-            match wire::decode(&mut buf, max_frame) {
+            let parsed = match wire::cut_frame(&mut buf, max_frame) {
                 Ok(Some(frame)) => {
-                    if let Err(why) = hub.handle(&peer, frame) {
-                        tracing::warn!("hub peer {id}: {why}; disconnecting it");
-                        hub.send(&peer, &Frame::Err { message: why });
-                        break 'read;
-                    }
+                    wire::parse_inbound(&frame).map(|inbound| hub.handle(&peer, inbound).err())
                 }
                 Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            match parsed {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    tracing::warn!("hub peer {id}: {why}; disconnecting it");
+                    hub.send(&peer, &Frame::Err { message: why });
+                    break 'read;
+                }
                 Err(e) => {
                     tracing::warn!("hub peer {id} sent a bad frame ({e}); disconnecting it");
                     let message = e.to_string();

@@ -112,54 +112,72 @@ fn err<T>(why: impl Into<String>) -> Result<T, WireError> {
     Err(WireError(why.into()))
 }
 
-struct Reader {
-    buf: Bytes,
+/// A cursor over one frame's fields: strings are borrowed from the frame (checked as UTF-8,
+/// not copied) and byte fields are slices of it.
+struct Reader<'a> {
+    frame: &'a Bytes,
+    at: usize,
 }
 
-impl Reader {
-    fn need(&self, n: usize, what: &str) -> Result<(), WireError> {
-        if self.buf.remaining() < n {
+impl<'a> Reader<'a> {
+    fn new(frame: &'a Bytes) -> Reader<'a> {
+        Reader { frame, at: 0 }
+    }
+    fn remaining(&self) -> usize {
+        self.frame.len() - self.at
+    }
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], WireError> {
+        if self.remaining() < n {
             return err(format!("truncated frame: {what}"));
         }
-        Ok(())
+        let frame: &'a [u8] = self.frame;
+        let taken = &frame[self.at..self.at + n];
+        self.at += n;
+        Ok(taken)
+    }
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], WireError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
     }
     fn u8(&mut self) -> Result<u8, WireError> {
-        self.need(1, "u8")?;
-        Ok(self.buf.get_u8())
+        Ok(self.take(1, "u8")?[0])
     }
     fn u16(&mut self) -> Result<u16, WireError> {
-        self.need(2, "u16")?;
-        Ok(self.buf.get_u16())
+        self.array("u16").map(u16::from_be_bytes)
     }
     fn u32(&mut self) -> Result<u32, WireError> {
-        self.need(4, "u32")?;
-        Ok(self.buf.get_u32())
+        self.array("u32").map(u32::from_be_bytes)
     }
     fn u64(&mut self) -> Result<u64, WireError> {
-        self.need(8, "u64")?;
-        Ok(self.buf.get_u64())
+        self.array("u64").map(u64::from_be_bytes)
     }
     fn i64(&mut self) -> Result<i64, WireError> {
-        self.need(8, "i64")?;
-        Ok(self.buf.get_i64())
+        self.array("i64").map(i64::from_be_bytes)
     }
-    fn str(&mut self) -> Result<String, WireError> {
+    fn str(&mut self) -> Result<&'a str, WireError> {
         let n = self.u16()? as usize;
-        self.need(n, "string")?;
-        let b = self.buf.split_to(n);
-        String::from_utf8(b.to_vec()).map_err(|_| WireError("string is not UTF-8".into()))
+        let b = self.take(n, "string")?;
+        std::str::from_utf8(b).map_err(|_| WireError("string is not UTF-8".into()))
     }
-    fn opt(&mut self) -> Result<Option<String>, WireError> {
+    fn string(&mut self) -> Result<String, WireError> {
+        self.str().map(str::to_owned)
+    }
+    fn opt(&mut self) -> Result<Option<&'a str>, WireError> {
         match self.u8()? {
             0 => Ok(None),
             1 => self.str().map(Some),
             f => err(format!("bad option flag {f}")),
         }
     }
+    fn opt_string(&mut self) -> Result<Option<String>, WireError> {
+        Ok(self.opt()?.map(str::to_owned))
+    }
     fn bytes(&mut self) -> Result<Bytes, WireError> {
         let n = self.u32()? as usize;
-        self.need(n, "bytes")?;
-        Ok(self.buf.split_to(n))
+        let start = self.at;
+        self.take(n, "bytes")?;
+        Ok(self.frame.slice(start..start + n))
     }
     fn opt_bytes(&mut self) -> Result<Option<Bytes>, WireError> {
         match self.u8()? {
@@ -172,11 +190,18 @@ impl Reader {
         let n = self.u16()? as usize;
         let mut h = Headers::default();
         for _ in 0..n {
-            let k = self.str()?;
-            let v = self.str()?;
+            let k = self.string()?;
+            let v = self.string()?;
             h.push(k, v);
         }
         Ok(h)
+    }
+    /// Every field read: nothing may follow.
+    fn finish(&self) -> Result<(), WireError> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => err(format!("{n} stray bytes after the frame's fields")),
+        }
     }
 }
 
@@ -485,6 +510,15 @@ fn encode_fields(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFram
 
 /// Cuts the next frame off `buf`: `Ok(None)` means more bytes are needed.
 pub(crate) fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, WireError> {
+    match cut_frame(buf, max_frame)? {
+        Some(frame) => parse(&frame).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Cuts the next frame's fields (without its length prefix) off `buf`, for [`parse`] or
+/// [`parse_inbound`]: `Ok(None)` means more bytes are needed.
+pub(crate) fn cut_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Bytes>, WireError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -501,54 +535,116 @@ pub(crate) fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Fram
         return Ok(None);
     }
     buf.advance(4);
-    let mut r = Reader {
-        buf: buf.split_to(len).freeze(),
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// What the hub reads most, borrowed from the frame's bytes: no subject, pool name or reply
+/// is copied on the way in. Everything else comes as an owned [`Frame`].
+#[derive(Debug, PartialEq)]
+pub(crate) enum Inbound<'a> {
+    Pub {
+        subject: &'a str,
+        reply: Option<&'a str>,
+        headers: Headers,
+        payload: Bytes,
+    },
+    Submit {
+        pool: &'a str,
+        reply: Option<&'a str>,
+        max_retries: u8,
+        payload: Bytes,
+    },
+    /// A task's result; the reply subject it repeats is for a result that outlives the hub,
+    /// so the hub itself skips it.
+    TaskDone {
+        task: u64,
+        ok: bool,
+        payload: Bytes,
+    },
+    Other(Frame),
+}
+
+/// Reads the fields [`cut_frame`] cut, borrowing where the hub can.
+pub(crate) fn parse_inbound(frame: &Bytes) -> Result<Inbound<'_>, WireError> {
+    let mut r = Reader::new(frame);
+    let inbound = match r.u8()? {
+        op::PUB => Inbound::Pub {
+            subject: r.str()?,
+            reply: r.opt()?,
+            headers: r.headers()?,
+            payload: r.bytes()?,
+        },
+        op::SUBMIT => Inbound::Submit {
+            pool: r.str()?,
+            reply: r.opt()?,
+            max_retries: r.u8()?,
+            payload: r.bytes()?,
+        },
+        op::TASK_DONE => {
+            let (task, ok) = (r.u64()?, r.u8()? != 0);
+            r.opt()?;
+            Inbound::TaskDone {
+                task,
+                ok,
+                payload: r.bytes()?,
+            }
+        }
+        _ => return parse(frame).map(Inbound::Other),
     };
+    r.finish()?;
+    Ok(inbound)
+}
+
+/// Reads the fields [`cut_frame`] cut into an owned frame.
+pub(crate) fn parse(frame: &Bytes) -> Result<Frame, WireError> {
+    let mut r = Reader::new(frame);
     let frame = match r.u8()? {
-        op::HELLO => Frame::Hello { name: r.str()? },
+        op::HELLO => Frame::Hello { name: r.string()? },
         op::SUB => Frame::Sub {
             sid: r.u32()?,
-            subject: r.str()?,
-            queue: r.opt()?,
+            subject: r.string()?,
+            queue: r.opt_string()?,
         },
         op::UNSUB => Frame::Unsub { sid: r.u32()? },
         op::PUB => Frame::Pub {
-            subject: r.str()?,
-            reply: r.opt()?,
+            subject: r.string()?,
+            reply: r.opt_string()?,
             headers: r.headers()?,
             payload: r.bytes()?,
         },
         op::MSG => Frame::Msg {
             sid: r.u32()?,
-            subject: r.str()?,
-            reply: r.opt()?,
+            subject: r.string()?,
+            reply: r.opt_string()?,
             headers: r.headers()?,
             payload: r.bytes()?,
         },
         op::PING => Frame::Ping,
         op::PONG => Frame::Pong,
-        op::ERR => Frame::Err { message: r.str()? },
+        op::ERR => Frame::Err {
+            message: r.string()?,
+        },
         op::KV => {
             let req = r.u32()?;
             let kv = match r.u8()? {
-                0 => KvOp::Get { key: r.str()? },
+                0 => KvOp::Get { key: r.string()? },
                 1 => KvOp::Set {
-                    key: r.str()?,
+                    key: r.string()?,
                     value: r.bytes()?,
                     ttl_ms: r.u64()?,
                 },
                 2 => KvOp::Cas {
-                    key: r.str()?,
+                    key: r.string()?,
                     expected: r.opt_bytes()?,
                     value: r.bytes()?,
                     ttl_ms: r.u64()?,
                 },
                 3 => KvOp::Incr {
-                    key: r.str()?,
+                    key: r.string()?,
                     by: r.i64()?,
                     ttl_ms: r.u64()?,
                 },
-                4 => KvOp::Delete { key: r.str()? },
+                4 => KvOp::Delete { key: r.string()? },
                 k => return err(format!("unknown shared-state operation {k}")),
             };
             Frame::Kv { req, op: kv }
@@ -560,44 +656,39 @@ pub(crate) fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Fram
                 1 => KvResult::Value(Some(r.bytes()?)),
                 2 => KvResult::Done(r.u8()? != 0),
                 3 => KvResult::Number(r.i64()?),
-                4 => KvResult::Error(r.str()?),
+                4 => KvResult::Error(r.string()?),
                 k => return err(format!("unknown shared-state result {k}")),
             };
             Frame::KvReply { req, result }
         }
         op::POOL_JOIN => Frame::PoolJoin {
-            pool: r.str()?,
+            pool: r.string()?,
             concurrency: r.u32()?,
             max_queue: r.u32()?,
         },
         op::SUBMIT => Frame::Submit {
-            pool: r.str()?,
-            reply: r.opt()?,
+            pool: r.string()?,
+            reply: r.opt_string()?,
             max_retries: r.u8()?,
             payload: r.bytes()?,
         },
         op::TASK => Frame::Task {
-            pool: r.str()?,
+            pool: r.string()?,
             task: r.u64()?,
             attempt: r.u8()?,
-            reply: r.opt()?,
+            reply: r.opt_string()?,
             payload: r.bytes()?,
         },
         op::TASK_DONE => Frame::TaskDone {
             task: r.u64()?,
             ok: r.u8()? != 0,
-            reply: r.opt()?,
+            reply: r.opt_string()?,
             payload: r.bytes()?,
         },
         other => return err(format!("unknown operation {other}")),
     };
-    if r.buf.has_remaining() {
-        return err(format!(
-            "{} stray bytes after the frame's fields",
-            r.buf.remaining()
-        ));
-    }
-    Ok(Some(frame))
+    r.finish()?;
+    Ok(frame)
 }
 
 #[cfg(test)]
@@ -610,6 +701,95 @@ mod tests {
         let back = decode(&mut buf, 1 << 20).expect("valid").expect("complete");
         assert_eq!(back, f);
         assert!(buf.is_empty());
+    }
+
+    fn cut_one(f: &Frame) -> Bytes {
+        let mut buf = BytesMut::new();
+        encode(f, &mut buf).expect("encodable");
+        let frame = cut_frame(&mut buf, 1 << 20)
+            .expect("valid")
+            .expect("complete");
+        assert!(buf.is_empty());
+        frame
+    }
+
+    #[test]
+    fn the_hubs_busiest_frames_are_read_borrowed_and_agree_with_the_owned_ones() {
+        let publish = Frame::Pub {
+            subject: "a.b".into(),
+            reply: Some("_INBOX.x.1".into()),
+            headers: Headers::default().with("k", "v"),
+            payload: Bytes::from_static(b"p"),
+        };
+        let frame = cut_one(&publish);
+        assert_eq!(
+            parse_inbound(&frame),
+            Ok(Inbound::Pub {
+                subject: "a.b",
+                reply: Some("_INBOX.x.1"),
+                headers: Headers::default().with("k", "v"),
+                payload: Bytes::from_static(b"p"),
+            })
+        );
+        let submit = Frame::Submit {
+            pool: "thumbs".into(),
+            reply: None,
+            max_retries: 3,
+            payload: Bytes::from_static(b"img"),
+        };
+        let frame = cut_one(&submit);
+        assert_eq!(
+            parse_inbound(&frame),
+            Ok(Inbound::Submit {
+                pool: "thumbs",
+                reply: None,
+                max_retries: 3,
+                payload: Bytes::from_static(b"img"),
+            })
+        );
+        let done = Frame::TaskDone {
+            task: 9,
+            ok: false,
+            reply: Some("r".into()),
+            payload: Bytes::from_static(b"why"),
+        };
+        let frame = cut_one(&done);
+        assert_eq!(
+            parse_inbound(&frame),
+            Ok(Inbound::TaskDone {
+                task: 9,
+                ok: false,
+                payload: Bytes::from_static(b"why"),
+            })
+        );
+        let frame = cut_one(&Frame::Unsub { sid: 4 });
+        assert_eq!(
+            parse_inbound(&frame),
+            Ok(Inbound::Other(Frame::Unsub { sid: 4 }))
+        );
+    }
+
+    #[test]
+    fn a_borrowed_read_refuses_what_the_owned_one_refuses() {
+        let mut frame = BytesMut::from(
+            &cut_one(&Frame::Submit {
+                pool: "p".into(),
+                reply: None,
+                max_retries: 0,
+                payload: Bytes::new(),
+            })[..],
+        );
+        frame.extend_from_slice(b"x");
+        let with_stray = frame.clone().freeze();
+        assert!(parse_inbound(&with_stray).is_err());
+        assert!(parse(&with_stray).is_err());
+        let truncated = frame.freeze().slice(..4);
+        assert!(parse_inbound(&truncated).is_err());
+        let bad_utf8 = Bytes::from_static(&[op::PUB, 0, 1, 0xff, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            parse_inbound(&bad_utf8),
+            Err(WireError("string is not UTF-8".into()))
+        );
     }
 
     #[test]
