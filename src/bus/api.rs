@@ -271,8 +271,8 @@ impl super::Bus {
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let (reply, token, rx) = self.task_reply_slot()?;
         let queued = self.queue_task(Submission {
-            pool: pool.to_string(),
-            reply: Some(reply),
+            pool: pool.into(),
+            reply: Some(reply.into()),
             max_retries: opts.max_retries,
             payload: payload.into(),
             deadline,
@@ -305,8 +305,8 @@ impl super::Bus {
     /// task is queued in the background; a failure to queue it is logged.
     pub fn submit_detached(&self, pool: &str, payload: impl Into<Bytes>) -> Result<(), BusError> {
         let queuing = self.queue_task(Submission {
-            pool: pool.to_string(),
-            reply: self.detached_reply()?,
+            pool: pool.into(),
+            reply: self.detached_reply()?.map(Into::into),
             max_retries: DEFAULT_TASK_RETRIES,
             payload: payload.into(),
             deadline: tokio::time::Instant::now() + DEFAULT_TASK_TIMEOUT,

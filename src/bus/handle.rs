@@ -3,7 +3,8 @@
 //! scatter-gather.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -56,11 +57,11 @@ struct Inner {
     inbox: String,
     inbox_sid: Cell<Option<u32>>,
     next_token: Cell<u64>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<Result<BusMessage, BusError>>>>,
+    pending: RefCell<FxHashMap<u64, oneshot::Sender<Result<BusMessage, BusError>>>>,
     /// Pending tokens of submitted tasks the transport submits again after a lost connection:
     /// those keep waiting when the connection drops.
-    outlive_loss: RefCell<std::collections::HashSet<u64>>,
-    gathers: RefCell<HashMap<u64, tokio::sync::mpsc::Sender<BusMessage>>>,
+    outlive_loss: RefCell<FxHashSet<u64>>,
+    gathers: RefCell<FxHashMap<u64, tokio::sync::mpsc::Sender<BusMessage>>>,
     /// Reply tokens whose durable task result arrived (bounded).
     answered: RefCell<RecentTokens>,
 }
@@ -68,7 +69,7 @@ struct Inner {
 /// The last [`ANSWERED_MEMORY`] tokens inserted.
 #[derive(Default)]
 struct RecentTokens {
-    set: std::collections::HashSet<u64>,
+    set: FxHashSet<u64>,
     order: std::collections::VecDeque<u64>,
 }
 
@@ -134,9 +135,9 @@ impl Bus {
                 inbox: format!("_INBOX.{}", unique_token()),
                 inbox_sid: Cell::new(None),
                 next_token: Cell::new(0),
-                pending: RefCell::new(HashMap::new()),
-                outlive_loss: RefCell::new(std::collections::HashSet::new()),
-                gathers: RefCell::new(HashMap::new()),
+                pending: RefCell::default(),
+                outlive_loss: RefCell::default(),
+                gathers: RefCell::default(),
                 answered: RefCell::new(RecentTokens::default()),
             }),
         };

@@ -14,24 +14,37 @@ fn check(subject: &str, wildcards: bool) -> Result<(), BusError> {
     if subject.len() > MAX_SUBJECT {
         return bad("longer than 1024 bytes");
     }
-    let mut tokens = subject.split('.').peekable();
+    // One pass over the bytes (every publish and submission passes here, on both ends);
+    // whitespace beyond ASCII is looked for only in the rare subject that is not ASCII.
+    let mut tokens = subject.as_bytes().split(|b| *b == b'.').peekable();
     while let Some(t) = tokens.next() {
         if t.is_empty() {
             return bad("empty token");
         }
-        if t.chars().any(|c| c.is_whitespace()) {
-            return bad("whitespace");
+        let mut star_or_gt = false;
+        for b in t {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => return bad("whitespace"),
+                b'*' | b'>' => star_or_gt = true,
+                _ => {}
+            }
         }
-        let wild = t == "*" || t == ">";
-        if wild && !wildcards {
-            return bad("wildcards are only for subscriptions");
+        if !star_or_gt {
+            continue;
         }
-        if t == ">" && tokens.peek().is_some() {
-            return bad("'>' must be the last token");
-        }
-        if !wild && (t.contains('*') || t.contains('>')) {
+        let wild = t == b"*" || t == b">";
+        if !wild {
             return bad("'*' and '>' must be whole tokens");
         }
+        if !wildcards {
+            return bad("wildcards are only for subscriptions");
+        }
+        if t == b">" && tokens.peek().is_some() {
+            return bad("'>' must be the last token");
+        }
+    }
+    if !subject.is_ascii() && subject.chars().any(char::is_whitespace) {
+        return bad("whitespace");
     }
     Ok(())
 }
@@ -113,6 +126,17 @@ mod tests {
         assert!(check_subscribe("a.>.b").is_err());
         assert!(check_subscribe("a.b*").is_err());
         assert!(check_subscribe("a.*.>").is_ok());
+        assert!(check_publish("a\tb").is_err());
+        assert!(
+            check_publish("a.\u{a0}b").is_err(),
+            "whitespace beyond ASCII"
+        );
+        assert!(check_publish("héllo.wörld").is_ok());
+        assert!(check_publish("a.b>").is_err());
+        assert!(check_subscribe("a.b>").is_err());
+        assert!(check_publish(">").is_err());
+        assert!(check_publish("a.").is_err());
+        assert!(check_publish(".a").is_err());
     }
 
     #[test]

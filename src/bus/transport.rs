@@ -90,9 +90,11 @@ pub(crate) struct TaskOutcome {
 /// A task on its way to a pool.
 #[derive(Debug, Clone)]
 pub(crate) struct Submission {
-    pub(crate) pool: String,
+    /// Shared, like `reply`: a submission is kept for a replacement hub and encoded from the
+    /// same strings, without copies.
+    pub(crate) pool: Rc<str>,
     /// Where the result goes (none: fire and forget).
-    pub(crate) reply: Option<String>,
+    pub(crate) reply: Option<Rc<str>>,
     pub(crate) max_retries: u8,
     pub(crate) payload: Bytes,
     /// Until when queuing may be retried while the server is away.

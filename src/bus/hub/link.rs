@@ -10,6 +10,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -43,7 +45,7 @@ const MAX_KEPT_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Default)]
 struct KeptSubmissions {
     by_seq: BTreeMap<u64, Submission>,
-    by_reply: HashMap<String, u64>,
+    by_reply: FxHashMap<Rc<str>, u64>,
     bytes: usize,
     next_seq: u64,
 }
@@ -51,7 +53,7 @@ struct KeptSubmissions {
 impl KeptSubmissions {
     /// Keeps `task` (which has a reply subject), or refuses when the bounds are reached even
     /// after forgetting the tasks whose submitters stopped waiting.
-    fn keep(&mut self, task: &Submission, reply: &str) -> Result<(), BusError> {
+    fn keep(&mut self, task: &Submission, reply: &Rc<str>) -> Result<(), BusError> {
         if self.by_seq.len() >= MAX_KEPT_TASKS || self.bytes + task.payload.len() > MAX_KEPT_BYTES {
             self.forget_expired(tokio::time::Instant::now());
             if self.by_seq.len() >= MAX_KEPT_TASKS
@@ -62,7 +64,7 @@ impl KeptSubmissions {
         }
         self.next_seq += 1;
         // Every reply subject is fresh (`Bus` makes one per submission), so none is replaced.
-        self.by_reply.insert(reply.to_string(), self.next_seq);
+        self.by_reply.insert(reply.clone(), self.next_seq);
         self.bytes += task.payload.len();
         self.by_seq.insert(self.next_seq, task.clone());
         Ok(())
@@ -133,7 +135,7 @@ struct Inner {
     /// Counts connections; a task belongs to the one it arrived on.
     generation: Cell<u64>,
     /// Tasks running here, by the id handed to the pool member (ours, unique across hubs).
-    running: RefCell<HashMap<u64, RunningTask>>,
+    running: RefCell<FxHashMap<u64, RunningTask>>,
     next_task: Cell<u64>,
     kept: RefCell<KeptSubmissions>,
 }
@@ -165,7 +167,7 @@ impl HubLink {
                 on_lost: RefCell::new(None),
                 connected_notify: Notify::new(),
                 generation: Cell::new(0),
-                running: RefCell::new(HashMap::new()),
+                running: RefCell::default(),
                 next_task: Cell::new(0),
                 kept: RefCell::new(KeptSubmissions::default()),
             }),
@@ -176,11 +178,18 @@ impl HubLink {
     }
 
     fn queue(&self, frame: &Frame) -> Result<(), BusError> {
+        self.queue_encoded(|out| wire::encode(frame, out))
+    }
+
+    fn queue_encoded(
+        &self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), wire::TooLongForFrame>,
+    ) -> Result<(), BusError> {
         let mut out = self.inner.out.borrow_mut();
         if out.len() >= MAX_OUTBOUND {
             return Err(BusError::Backpressure);
         }
-        wire::encode(frame, &mut out).map_err(|e| BusError::TooLong {
+        encode(&mut out).map_err(|e| BusError::TooLong {
             what: "hub frame field",
             size: e.size,
             limit: e.limit,
@@ -258,7 +267,7 @@ impl HubLink {
         kept.forget_expired(tokio::time::Instant::now());
         let resubmitted = kept.by_seq.len();
         for task in kept.by_seq.values() {
-            if let Err(e) = wire::encode(&submit_frame(task), &mut prelude) {
+            if let Err(e) = wire::encode_submit(&submit_ref(task), &mut prelude) {
                 tracing::error!("cannot submit a task for pool {} again ({e:?})", task.pool);
             }
         }
@@ -563,7 +572,7 @@ impl Transport for HubLink {
     }
 
     fn submit(&self, task: Submission) -> LocalBoxFuture<'static, Result<(), BusError>> {
-        let frame = submit_frame(&task);
+        let encode = |out: &mut BytesMut| wire::encode_submit(&submit_ref(&task), out);
         let queued = match &task.reply {
             Some(reply) => self
                 .inner
@@ -571,11 +580,11 @@ impl Transport for HubLink {
                 .borrow_mut()
                 .keep(&task, reply)
                 .and_then(|()| {
-                    self.queue(&frame).inspect_err(|_| {
+                    self.queue_encoded(encode).inspect_err(|_| {
                         self.inner.kept.borrow_mut().answered(reply);
                     })
                 }),
-            None => self.queue(&frame),
+            None => self.queue_encoded(encode),
         };
         Box::pin(std::future::ready(queued))
     }
@@ -607,12 +616,12 @@ fn label(name: &str) -> String {
     name[..end].to_string()
 }
 
-fn submit_frame(task: &Submission) -> Frame {
-    Frame::Submit {
-        pool: task.pool.clone(),
-        reply: task.reply.clone(),
+fn submit_ref(task: &Submission) -> wire::SubmitRef<'_> {
+    wire::SubmitRef {
+        pool: &task.pool,
+        reply: task.reply.as_deref(),
         max_retries: task.max_retries,
-        payload: task.payload.clone(),
+        payload: &task.payload,
     }
 }
 
@@ -753,18 +762,18 @@ mod tests {
         let later = now + Duration::from_secs(60);
         let mut kept = KeptSubmissions::default();
         let big = Bytes::from(vec![0u8; 40 * 1024 * 1024]);
-        kept.keep(&submission("r1", big.clone(), later), "r1")
+        kept.keep(&submission("r1", big.clone(), later), &"r1".into())
             .expect("first");
         assert!(matches!(
-            kept.keep(&submission("r2", big.clone(), later), "r2"),
+            kept.keep(&submission("r2", big.clone(), later), &"r2".into()),
             Err(BusError::Backpressure)
         ));
         kept.answered("r1");
         assert_eq!((kept.by_seq.len(), kept.bytes), (0, 0));
-        kept.keep(&submission("r3", big.clone(), now), "r3")
+        kept.keep(&submission("r3", big.clone(), now), &"r3".into())
             .expect("after the answer");
         // r3's deadline has passed: it is forgotten to make room.
-        kept.keep(&submission("r4", big, later), "r4")
+        kept.keep(&submission("r4", big, later), &"r4".into())
             .expect("room made by forgetting an expired task");
         assert_eq!(kept.by_seq.len(), 1);
         assert!(kept.by_reply.contains_key("r4") && !kept.by_reply.contains_key("r3"));

@@ -9,7 +9,9 @@
 //! member, no task and nothing running is forgotten, so a misspelled pool name costs nothing
 //! for long.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -52,7 +54,7 @@ struct Pool {
     queued_bytes: usize,
     consumers: Vec<Consumer>,
     /// Running tasks by id, with the peer running each.
-    running: HashMap<u64, (u64, QueuedTask)>,
+    running: FxHashMap<u64, (u64, QueuedTask)>,
     done: u64,
     failed: u64,
     retried: u64,
@@ -65,7 +67,7 @@ impl Pool {
             queue: VecDeque::new(),
             queued_bytes: 0,
             consumers: Vec::new(),
-            running: HashMap::new(),
+            running: FxHashMap::default(),
             done: 0,
             failed: 0,
             retried: 0,
@@ -101,7 +103,7 @@ pub(super) enum Refused {
 
 /// The pool called `name`, made if new. Looked up before inserting: a pool's name is copied
 /// once, not on every submission.
-fn pool_named<'a>(pools: &'a mut HashMap<Rc<str>, Pool>, name: &str) -> &'a mut Pool {
+fn pool_named<'a>(pools: &'a mut FxHashMap<Rc<str>, Pool>, name: &str) -> &'a mut Pool {
     if !pools.contains_key(name) {
         pools.insert(Rc::from(name), Pool::new());
     }
@@ -111,7 +113,7 @@ fn pool_named<'a>(pools: &'a mut HashMap<Rc<str>, Pool>, name: &str) -> &'a mut 
 /// Every pool of the hub.
 #[derive(Default)]
 pub(super) struct Pools {
-    pools: HashMap<Rc<str>, Pool>,
+    pools: FxHashMap<Rc<str>, Pool>,
     next_task: u64,
 }
 

@@ -3,7 +3,7 @@
 //! matched token by token with the result per subject cached until subscriptions change; in
 //! each queue group one member gets each message, in turn.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 use super::peer::Peer;
@@ -43,17 +43,17 @@ fn shape(pattern: &str) -> Shape<'_> {
 /// Every subscription of the hub, and whose turn it is in each queue group.
 #[derive(Default)]
 pub(super) struct Router {
-    literal: HashMap<String, Vec<Rc<SubEntry>>>,
-    last_token_any: HashMap<String, Vec<Rc<SubEntry>>>,
+    literal: FxHashMap<String, Vec<Rc<SubEntry>>>,
+    last_token_any: FxHashMap<String, Vec<Rc<SubEntry>>>,
     wildcard: Vec<Rc<SubEntry>>,
     /// Results of matching `wildcard`, by subject (only kept while there are such patterns:
     /// the two maps need no cache).
-    cache: HashMap<String, Rc<Vec<Rc<SubEntry>>>>,
+    cache: FxHashMap<String, Rc<Vec<Rc<SubEntry>>>>,
     /// Per subject, each queue group's next turn.
-    turns: HashMap<String, Vec<(String, usize)>>,
+    turns: FxHashMap<String, Vec<(String, usize)>>,
 }
 
-fn add_to(map: &mut HashMap<String, Vec<Rc<SubEntry>>>, key: &str, e: Rc<SubEntry>) {
+fn add_to(map: &mut FxHashMap<String, Vec<Rc<SubEntry>>>, key: &str, e: Rc<SubEntry>) {
     match map.get_mut(key) {
         Some(v) => v.push(e),
         None => {
@@ -62,7 +62,7 @@ fn add_to(map: &mut HashMap<String, Vec<Rc<SubEntry>>>, key: &str, e: Rc<SubEntr
     }
 }
 
-fn remove_from(map: &mut HashMap<String, Vec<Rc<SubEntry>>>, key: &str, e: &Rc<SubEntry>) {
+fn remove_from(map: &mut FxHashMap<String, Vec<Rc<SubEntry>>>, key: &str, e: &Rc<SubEntry>) {
     if let Some(v) = map.get_mut(key) {
         v.retain(|x| !Rc::ptr_eq(x, e));
         if v.is_empty() {
@@ -189,6 +189,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn sub(peer: u64, pattern: &str, queue: Option<&str>) -> Rc<SubEntry> {
         Rc::new(SubEntry {

@@ -7,7 +7,8 @@
 //! 503.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -52,7 +53,7 @@ pub(crate) struct HubStats {
 struct Hub {
     router: RefCell<Router>,
     recipients: RefCell<Vec<Rc<SubEntry>>>,
-    peers: RefCell<HashMap<u64, Rc<Peer>>>,
+    peers: RefCell<FxHashMap<u64, Rc<Peer>>>,
     pools: RefCell<Pools>,
     store: RefCell<Store>,
     stats: RefCell<HubStats>,

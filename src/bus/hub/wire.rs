@@ -263,6 +263,28 @@ pub(crate) struct TaskRef<'a> {
     pub(crate) payload: &'a [u8],
 }
 
+/// A task to submit, borrowed from the submitter's kept copy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SubmitRef<'a> {
+    pub(crate) pool: &'a str,
+    pub(crate) reply: Option<&'a str>,
+    pub(crate) max_retries: u8,
+    pub(crate) payload: &'a [u8],
+}
+
+fn put_submit(dst: &mut BytesMut, t: &SubmitRef<'_>) -> Result<(), TooLongForFrame> {
+    dst.put_u8(op::SUBMIT);
+    put_str(dst, t.pool)?;
+    put_opt_str(dst, t.reply)?;
+    dst.put_u8(t.max_retries);
+    put_bytes(dst, t.payload)
+}
+
+/// Appends the wire form of a `Submit` frame made of `t`'s parts, as [`encode`] would.
+pub(crate) fn encode_submit(t: &SubmitRef<'_>, dst: &mut BytesMut) -> Result<(), TooLongForFrame> {
+    framed(dst, |dst| put_submit(dst, t))
+}
+
 fn put_task(dst: &mut BytesMut, t: &TaskRef<'_>) -> Result<(), TooLongForFrame> {
     dst.put_u8(op::TASK);
     put_str(dst, t.pool)?;
@@ -467,13 +489,15 @@ fn encode_fields(frame: &Frame, dst: &mut BytesMut) -> Result<(), TooLongForFram
             reply,
             max_retries,
             payload,
-        } => {
-            dst.put_u8(op::SUBMIT);
-            put_str(dst, pool)?;
-            put_opt(dst, reply)?;
-            dst.put_u8(*max_retries);
-            put_bytes(dst, payload)?;
-        }
+        } => put_submit(
+            dst,
+            &SubmitRef {
+                pool,
+                reply: reply.as_deref(),
+                max_retries: *max_retries,
+                payload,
+            },
+        )?,
         Frame::Task {
             pool,
             task,

@@ -833,7 +833,7 @@ fn task_headers(task: &Submission, resend_id: Option<&str>) -> async_nats::Heade
     use async_nats::HeaderName;
     let mut h = async_nats::HeaderMap::new();
     if let Some(r) = &task.reply {
-        h.insert(HeaderName::from_static(REPLY_HEADER), r.as_str());
+        h.insert(HeaderName::from_static(REPLY_HEADER), &**r);
         h.insert(HeaderName::from_static(ANSWERS_PROBE_HEADER), "1");
         let left = task
             .deadline
@@ -868,7 +868,7 @@ async fn submit_retrying(
     mut first: Option<Result<Option<Stored>, String>>,
 ) -> Result<(), BusError> {
     let deadline = task.deadline;
-    let pool = task.pool.as_str();
+    let pool = &*task.pool;
     if !link.has_client() {
         tokio::time::timeout_at(deadline, link.client())
             .await
