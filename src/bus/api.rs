@@ -285,8 +285,7 @@ impl super::Bus {
             self.forget_pending(token);
             return Err(e);
         }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let answer = self.await_reply(token, rx, left).await?;
+        let answer = self.await_reply(token, rx, deadline).await?;
         match answer.headers.get(STATUS_HEADER) {
             Some("ok") => Ok(answer.payload),
             Some("failed") => Err(BusError::TaskFailed(answer.text().into_owned())),

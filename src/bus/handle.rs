@@ -387,9 +387,9 @@ impl Bus {
         &self,
         token: u64,
         rx: ReplyReceiver,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<BusMessage, BusError> {
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(BusError::Disconnected),
             Err(_) => {
@@ -420,7 +420,8 @@ impl Bus {
             self.forget_pending(token);
             return Err(e);
         }
-        self.await_reply(token, rx, timeout).await
+        self.await_reply(token, rx, tokio::time::Instant::now() + timeout)
+            .await
     }
 
     /// Sends a request to every subscriber of `subject` and collects their answers: on the hub,
