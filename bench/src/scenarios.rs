@@ -552,12 +552,24 @@ fn bus_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
         2_000_000
     };
     let one_way = crate::bus::one_way(&hub, count)?;
+    // CPU per task, of the tree (hub and pool processes) and of the submitting side (this
+    // process): steadier than the rate on a noisy machine.
+    let own = [std::process::id()];
+    let (tree_before, load_before) = (procstat::sample(&tree.pids), procstat::sample(&own));
     let (tasks, task_errors) = crate::bus::pool_throughput(&hub, 128, effort.duration)?;
+    let (tree_cpu, load_cpu) = (
+        procstat::sample(&tree.pids) - tree_before,
+        procstat::sample(&own) - load_before,
+    );
+    let done = tasks * effort.duration.as_secs_f64();
+    let us_per_task = |s: procstat::Sample| (s.user_secs + s.sys_secs) * 1e6 / done.max(1.0);
     let peak = procstat::peak_rss_bytes(&tree.pids);
     drop(tree);
     let mut extra = BTreeMap::new();
     extra.insert("one_way_msgs_per_sec".into(), one_way);
     extra.insert("pool_tasks_per_sec".into(), tasks);
+    extra.insert("pool_tree_cpu_us_per_task".into(), us_per_task(tree_cpu));
+    extra.insert("pool_submitter_cpu_us_per_task".into(), us_per_task(load_cpu));
     extra.insert(
         "task_errors".into(),
         task_errors.values().sum::<u64>() as f64,

@@ -272,7 +272,7 @@ impl super::Bus {
         let (reply, token, rx) = self.task_reply_slot()?;
         let queued = self.queue_task(Submission {
             pool: pool.into(),
-            reply: Some(reply.into()),
+            reply: Some(reply),
             max_retries: opts.max_retries,
             payload: payload.into(),
             deadline,

@@ -64,6 +64,8 @@ struct Inner {
     gathers: RefCell<FxHashMap<u64, tokio::sync::mpsc::Sender<BusMessage>>>,
     /// Reply tokens whose durable task result arrived (bounded).
     answered: RefCell<RecentTokens>,
+    /// Where reply subjects are put together before they are shared.
+    reply_scratch: RefCell<String>,
 }
 
 /// The last [`ANSWERED_MEMORY`] tokens inserted.
@@ -139,6 +141,7 @@ impl Bus {
                 outlive_loss: RefCell::default(),
                 gathers: RefCell::default(),
                 answered: RefCell::new(RecentTokens::default()),
+                reply_scratch: RefCell::default(),
             }),
         };
         let me = Rc::downgrade(&bus.inner);
@@ -342,13 +345,23 @@ impl Bus {
         }
     }
 
+    /// `inbox.token`, made with one allocation (one of these is made per request and task).
+    fn reply_subject(&self, token: u64) -> Rc<str> {
+        let mut scratch = self.inner.reply_scratch.borrow_mut();
+        scratch.clear();
+        scratch.push_str(&self.inner.inbox);
+        scratch.push('.');
+        scratch.push_str(itoa::Buffer::new().format(token));
+        Rc::from(scratch.as_str())
+    }
+
     /// A fresh reply subject and the receiver of its one answer.
     /// Whether other machines' trees share this bus (NATS), so that a cluster can be listed.
     pub(crate) fn spans_nodes(&self) -> bool {
         self.inner.link.capabilities().spans_nodes
     }
 
-    pub(crate) fn reply_slot(&self) -> Result<(String, u64, ReplyReceiver), BusError> {
+    pub(crate) fn reply_slot(&self) -> Result<(Rc<str>, u64, ReplyReceiver), BusError> {
         self.ensure_inbox()?;
         if self.inner.pending.borrow().len() >= MAX_PENDING {
             return Err(BusError::Backpressure);
@@ -357,12 +370,12 @@ impl Bus {
         self.inner.next_token.set(token);
         let (tx, rx) = oneshot::channel();
         self.inner.pending.borrow_mut().insert(token, tx);
-        Ok((format!("{}.{token}", self.inner.inbox), token, rx))
+        Ok((self.reply_subject(token), token, rx))
     }
 
     /// A reply slot for a submitted task: on a transport that submits tasks again after a lost
     /// connection (the hub), it keeps waiting through the loss.
-    pub(crate) fn task_reply_slot(&self) -> Result<(String, u64, ReplyReceiver), BusError> {
+    pub(crate) fn task_reply_slot(&self) -> Result<(Rc<str>, u64, ReplyReceiver), BusError> {
         let slot = self.reply_slot()?;
         if self.inner.link.capabilities().resubmits_tasks {
             self.inner.outlive_loss.borrow_mut().insert(slot.1);
