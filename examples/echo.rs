@@ -12,6 +12,7 @@
 //! | `ECHO_MAX_PACKAGE` | max_package_size (bytes) | 10 MiB |
 //! | `ECHO_MAX_REQUESTS` | recycle a process after this many messages | none |
 //! | `ECHO_REUSE_PORT` | `1` for a socket per process | off |
+//! | `ECHO_CPU_AFFINITY` | `1` pins process `id` to the `id`-th allowed CPU | off |
 //! | `ECHO_RELOADABLE` | `0` to keep processes across `reload` | reloadable |
 //! | `ECHO_GATEWAY` | `1` makes connections reachable from every process (client routing) | off |
 //! | `ECHO_EXIT_AT_START` | exit code each process dies with at start (a crash loop) | none |
@@ -135,7 +136,8 @@ fn main() -> oxwork::Result<()> {
         .count(env("ECHO_COUNT").unwrap_or(2))
         .stop_timeout(env::<f64>("ECHO_STOP_TIMEOUT").unwrap_or(2.0))
         .graceful_timeout(env::<f64>("ECHO_GRACEFUL_TIMEOUT").unwrap_or(3600.0))
-        .reuse_port(env::<u8>("ECHO_REUSE_PORT") == Some(1));
+        .reuse_port(env::<u8>("ECHO_REUSE_PORT") == Some(1))
+        .cpu_affinity(env::<u8>("ECHO_CPU_AFFINITY") == Some(1));
     // Behind a load balancer that sends the PROXY protocol header.
     if env::<u8>("ECHO_PROXY_PROTOCOL") == Some(1) {
         w.proxy_protocol(true);

@@ -1,6 +1,7 @@
 //! The operating-system calls the runtime itself needs, below every other layer: counters in
 //! memory shared by the processes of a tree (`runtime::balance`), registering a listening
-//! socket with the event loop, and giving the core away (`runtime::cpu_share`). With
+//! socket with the event loop, giving the core away (`runtime::cpu_share`) and pinning a
+//! process to a CPU (`Worker::cpu_affinity`). With
 //! `process/sys.rs` (the process tree's plumbing), the only module that uses `unsafe` or `nix`.
 
 #![allow(unsafe_code)]
@@ -101,6 +102,24 @@ pub(crate) fn async_listener<T: std::os::fd::AsRawFd>(
         tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
     }
     .map_err(|e| e.into_parts().1)
+}
+
+/// Binds this process to the `n`-th CPU (counting round) of those it may run on now, and
+/// returns that CPU's number.
+pub(crate) fn pin_to_allowed_cpu(n: u32) -> std::io::Result<usize> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0))?;
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    let Some(&cpu) = cpus.get(n as usize % cpus.len().max(1)) else {
+        return Err(std::io::Error::other("this process may run on no CPU"));
+    };
+    let mut only = CpuSet::new();
+    only.set(cpu)?;
+    sched_setaffinity(Pid::from_raw(0), &only)?;
+    Ok(cpu)
 }
 
 /// Lets another runnable process on this core run first (`sched_yield`).

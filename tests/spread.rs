@@ -1,5 +1,6 @@
 //! Processes sharing one listening socket split its connections evenly (`runtime/balance.rs`),
-//! and a process stuck in a long callback never strands a connection its siblings could take.
+//! a process stuck in a long callback never strands a connection its siblings could take, and
+//! with `cpu_affinity` each process keeps to a CPU of its own.
 
 mod support;
 
@@ -101,4 +102,67 @@ fn a_process_stuck_in_a_long_callback_does_not_keep_new_connections_waiting() {
         blocker.recv_timeout(Duration::from_secs(10)).as_deref(),
         Some("unblocked")
     );
+}
+
+/// The CPUs process `pid` may run on, from `/proc/PID/status` (`Cpus_allowed_list: 0-1,4`).
+fn cpus_allowed(pid: u32) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    list.split(',')
+        .flat_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (usize, usize) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+            a..=b
+        })
+        .collect()
+}
+
+#[test]
+fn with_cpu_affinity_each_process_keeps_to_the_cpu_its_id_chooses() {
+    let allowed = cpus_allowed(std::process::id());
+    let s = echo(3, &[("ECHO_CPU_AFFINITY", "1".into())]);
+    let status = s.status();
+    let rows = status["processes"].as_array().expect("processes");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in rows {
+        let pid = row["pid"].as_u64().expect("pid") as u32;
+        let id = row["id"].as_u64().expect("id") as usize;
+        assert_eq!(
+            cpus_allowed(pid),
+            [allowed[id % allowed.len()]],
+            "process {id} (pid {pid}) of a tree allowed {allowed:?}"
+        );
+    }
+    // A replacement takes its predecessor's CPU.
+    let victim = rows[0]["pid"].as_u64().expect("pid") as u32;
+    let id = rows[0]["id"].as_u64().expect("id") as usize;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    let successor = || -> Option<u32> {
+        s.try_status()?["processes"]
+            .as_array()?
+            .iter()
+            .find(|p| {
+                p["id"].as_u64() == Some(id as u64) && p["pid"].as_u64() != Some(victim as u64)
+            })
+            .and_then(|p| p["pid"].as_u64())
+            .map(|pid| pid as u32)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || successor().is_some()),
+        "process {id} was not replaced"
+    );
+    let replacement = successor().expect("replaced");
+    assert_eq!(cpus_allowed(replacement), [allowed[id % allowed.len()]]);
+    // Without the setting nothing is pinned.
+    let plain = echo(1, &[]);
+    let pid = plain.status()["processes"][0]["pid"].as_u64().expect("pid") as u32;
+    assert_eq!(cpus_allowed(pid), allowed);
 }

@@ -569,7 +569,10 @@ fn bus_rows(scenario: &str, effort: Effort) -> Result<Vec<Row>, String> {
     extra.insert("one_way_msgs_per_sec".into(), one_way);
     extra.insert("pool_tasks_per_sec".into(), tasks);
     extra.insert("pool_tree_cpu_us_per_task".into(), us_per_task(tree_cpu));
-    extra.insert("pool_submitter_cpu_us_per_task".into(), us_per_task(load_cpu));
+    extra.insert(
+        "pool_submitter_cpu_us_per_task".into(),
+        us_per_task(load_cpu),
+    );
     extra.insert(
         "task_errors".into(),
         task_errors.values().sum::<u64>() as f64,

@@ -243,10 +243,15 @@ pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
     };
     // Every process of the tree runs this (main is re-run in each): each publishes its own.
     crate::allocations::publish_from_this_process();
+    // `OXBENCH_CPU_AFFINITY=1 oxbench ...`: oxwork's processes pinned one per core.
+    let affinity = std::env::var("OXBENCH_CPU_AFFINITY").as_deref() == Ok("1");
     match proto {
         "http" => {
             let mut w = oxwork::Worker::http(&format!("http://127.0.0.1:{port}"))?;
-            w.name("bench").count(count).reuse_port(reuse_port);
+            w.name("bench")
+                .count(count)
+                .reuse_port(reuse_port)
+                .cpu_affinity(affinity);
             w.on_message(|c, _req| {
                 c.send(oxwork::http::Response::text("Hello World"));
             });
@@ -257,6 +262,7 @@ pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
             w.name("bench")
                 .count(count)
                 .reuse_port(reuse_port)
+                .cpu_affinity(affinity)
                 .deflate(oxwork::websocket::DeflateSettings::default());
             w.on_message(|c, msg| {
                 c.send(msg);
@@ -264,7 +270,10 @@ pub fn serve_oxwork(args: &[String]) -> oxwork::Result<()> {
         }
         _ => {
             let mut w = oxwork::Worker::new(&format!("{proto}://127.0.0.1:{port}"))?;
-            w.name("bench").count(count).reuse_port(reuse_port);
+            w.name("bench")
+                .count(count)
+                .reuse_port(reuse_port)
+                .cpu_affinity(affinity);
             w.on_message(|c, data| {
                 c.send(data);
             });

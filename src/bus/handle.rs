@@ -3,8 +3,6 @@
 //! scatter-gather.
 
 use std::cell::{Cell, RefCell};
-
-use rustc_hash::{FxHashMap, FxHashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -12,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::oneshot;
 
 use super::config::NatsSettings;

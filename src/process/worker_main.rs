@@ -74,6 +74,14 @@ fn run_inner(role: &Role) -> Result<()> {
     let config = worker.config();
     let span = tracing::info_span!("worker", name = %config.name, id = role.id);
     let _entered = span.enter();
+    if config.cpu_affinity {
+        match crate::os::pin_to_allowed_cpu(role.id) {
+            Ok(cpu) => tracing::debug!("pinned to CPU {cpu}"),
+            Err(e) => {
+                tracing::warn!("cpu_affinity: could not pin this process ({e}); it runs unpinned")
+            }
+        }
+    }
 
     let control = sys::inherited_fd(env::CONTROL_FD)?
         .ok_or_else(|| Error::new(ErrorKind::Control, "worker has no control socket"))?;

@@ -71,6 +71,9 @@ pub(crate) struct WorkerConfig {
     pub(crate) user: Option<String>,
     #[serde(default)]
     pub(crate) group: Option<String>,
+    /// Each process runs on one CPU of those the master may use, chosen by its id.
+    #[serde(default)]
+    pub(crate) cpu_affinity: bool,
 }
 
 impl WorkerConfig {
@@ -205,6 +208,7 @@ impl<P: Protocol + Clone> Worker<P> {
             is_pool: false,
             tls: None,
             proxy_protocol: false,
+            cpu_affinity: false,
             user: None,
             group: None,
         };
@@ -251,6 +255,16 @@ impl<P: Protocol> Worker<P> {
         /// connections among them by a hash of their addresses, instead of sharing the
         /// master's one socket (and its balancing by connection counts).
         reuse_port: bool => |c, v| c.reuse_port = v);
+    setting!(
+        /// Pins each process of this group to one CPU (as nginx's `worker_cpu_affinity
+        /// auto`): process `id` runs on the `id`-th of the CPUs the master may use (its own
+        /// affinity, so `taskset` on `start` chooses the set), counting round when there are
+        /// more processes than CPUs; a replacement takes its predecessor's CPU. Worth it when
+        /// these cores are the server's own: a process keeps its caches and is never moved.
+        /// Leave it off (the default) where other busy programs share the cores: a pinned
+        /// process must wait for its one CPU while another sits idle (docs/benchmarks.md,
+        /// "Choosing `count`").
+        cpu_affinity: bool => |c, v| c.cpu_affinity = v);
     setting!(
         /// Runs this group's processes as `user` (Workerman's `$worker->user`): the master,
         /// started as root, binds the ports (80, 443) and starts each process as that user,

@@ -10,12 +10,11 @@
 //! for long.
 
 use std::collections::VecDeque;
-
-use rustc_hash::FxHashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use super::peer::Peer;
 use super::wire::TaskRef;

@@ -2,9 +2,9 @@
 //! (every request inbox has that shape) in a map by prefix, other wildcard subscriptions
 //! matched token by token with the result per subject cached until subscriptions change; in
 //! each queue group one member gets each message, in turn.
+use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
-use std::rc::Rc;
 
 use super::peer::Peer;
 use crate::bus::subject;

@@ -7,13 +7,12 @@
 //! 503.
 
 use std::cell::{Cell, RefCell};
-
-use rustc_hash::FxHashMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
