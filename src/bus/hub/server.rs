@@ -198,7 +198,9 @@ impl Hub {
                     }
                 }
             }
-            Inbound::TaskDone { task, ok, payload } => {
+            Inbound::TaskDone {
+                task, ok, payload, ..
+            } => {
                 let finished = self.pools.borrow_mut().done(peer.id, task, ok);
                 if let Some((pool, reply)) = finished {
                     if let Some(r) = reply {
@@ -288,8 +290,19 @@ impl Hub {
                 },
             )?,
             Frame::TaskDone {
-                task, ok, payload, ..
-            } => self.handle(peer, Inbound::TaskDone { task, ok, payload })?,
+                task,
+                ok,
+                reply,
+                payload,
+            } => self.handle(
+                peer,
+                Inbound::TaskDone {
+                    task,
+                    ok,
+                    reply: reply.as_deref(),
+                    payload,
+                },
+            )?,
             Frame::Msg { .. } | Frame::Err { .. } | Frame::KvReply { .. } | Frame::Task { .. } => {
                 return Err("frame only the hub sends".into());
             }

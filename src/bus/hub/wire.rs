@@ -578,14 +578,57 @@ pub(crate) enum Inbound<'a> {
         max_retries: u8,
         payload: Bytes,
     },
-    /// A task's result; the reply subject it repeats is for a result that outlives the hub,
-    /// so the hub itself skips it.
+    /// A task's result; the reply subject it repeats is for a result that outlives the hub
+    /// (the hub itself does not need it).
     TaskDone {
         task: u64,
         ok: bool,
+        reply: Option<&'a str>,
         payload: Bytes,
     },
     Other(Frame),
+}
+
+impl Inbound<'_> {
+    /// The same frame, owned.
+    fn into_frame(self) -> Frame {
+        match self {
+            Inbound::Pub {
+                subject,
+                reply,
+                headers,
+                payload,
+            } => Frame::Pub {
+                subject: subject.to_owned(),
+                reply: reply.map(str::to_owned),
+                headers,
+                payload,
+            },
+            Inbound::Submit {
+                pool,
+                reply,
+                max_retries,
+                payload,
+            } => Frame::Submit {
+                pool: pool.to_owned(),
+                reply: reply.map(str::to_owned),
+                max_retries,
+                payload,
+            },
+            Inbound::TaskDone {
+                task,
+                ok,
+                reply,
+                payload,
+            } => Frame::TaskDone {
+                task,
+                ok,
+                reply: reply.map(str::to_owned),
+                payload,
+            },
+            Inbound::Other(frame) => frame,
+        }
+    }
 }
 
 /// Reads the fields [`cut_frame`] cut, borrowing where the hub can.
@@ -604,16 +647,13 @@ pub(crate) fn parse_inbound(frame: &Bytes) -> Result<Inbound<'_>, WireError> {
             max_retries: r.u8()?,
             payload: r.bytes()?,
         },
-        op::TASK_DONE => {
-            let (task, ok) = (r.u64()?, r.u8()? != 0);
-            r.opt()?;
-            Inbound::TaskDone {
-                task,
-                ok,
-                payload: r.bytes()?,
-            }
-        }
-        _ => return parse(frame).map(Inbound::Other),
+        op::TASK_DONE => Inbound::TaskDone {
+            task: r.u64()?,
+            ok: r.u8()? != 0,
+            reply: r.opt()?,
+            payload: r.bytes()?,
+        },
+        other => Inbound::Other(parse_other(other, &mut r)?),
     };
     r.finish()?;
     Ok(inbound)
@@ -621,8 +661,12 @@ pub(crate) fn parse_inbound(frame: &Bytes) -> Result<Inbound<'_>, WireError> {
 
 /// Reads the fields [`cut_frame`] cut into an owned frame.
 pub(crate) fn parse(frame: &Bytes) -> Result<Frame, WireError> {
-    let mut r = Reader::new(frame);
-    let frame = match r.u8()? {
+    parse_inbound(frame).map(Inbound::into_frame)
+}
+
+/// The fields of the frames [`parse_inbound`] does not borrow, after their operation byte.
+fn parse_other(code: u8, r: &mut Reader<'_>) -> Result<Frame, WireError> {
+    let frame = match code {
         op::HELLO => Frame::Hello { name: r.string()? },
         op::SUB => Frame::Sub {
             sid: r.u32()?,
@@ -630,12 +674,6 @@ pub(crate) fn parse(frame: &Bytes) -> Result<Frame, WireError> {
             queue: r.opt_string()?,
         },
         op::UNSUB => Frame::Unsub { sid: r.u32()? },
-        op::PUB => Frame::Pub {
-            subject: r.string()?,
-            reply: r.opt_string()?,
-            headers: r.headers()?,
-            payload: r.bytes()?,
-        },
         op::MSG => Frame::Msg {
             sid: r.u32()?,
             subject: r.string()?,
@@ -690,12 +728,6 @@ pub(crate) fn parse(frame: &Bytes) -> Result<Frame, WireError> {
             concurrency: r.u32()?,
             max_queue: r.u32()?,
         },
-        op::SUBMIT => Frame::Submit {
-            pool: r.string()?,
-            reply: r.opt_string()?,
-            max_retries: r.u8()?,
-            payload: r.bytes()?,
-        },
         op::TASK => Frame::Task {
             pool: r.string()?,
             task: r.u64()?,
@@ -703,15 +735,8 @@ pub(crate) fn parse(frame: &Bytes) -> Result<Frame, WireError> {
             reply: r.opt_string()?,
             payload: r.bytes()?,
         },
-        op::TASK_DONE => Frame::TaskDone {
-            task: r.u64()?,
-            ok: r.u8()? != 0,
-            reply: r.opt_string()?,
-            payload: r.bytes()?,
-        },
         other => return err(format!("unknown operation {other}")),
     };
-    r.finish()?;
     Ok(frame)
 }
 
@@ -783,6 +808,7 @@ mod tests {
             Ok(Inbound::TaskDone {
                 task: 9,
                 ok: false,
+                reply: Some("r"),
                 payload: Bytes::from_static(b"why"),
             })
         );
