@@ -131,11 +131,18 @@ fn with_cpu_affinity_each_process_keeps_to_the_cpu_its_id_chooses() {
     for row in rows {
         let pid = row["pid"].as_u64().expect("pid") as u32;
         let id = row["id"].as_u64().expect("id") as usize;
+        let cpu = allowed[id % allowed.len()];
         assert_eq!(
             cpus_allowed(pid),
-            [allowed[id % allowed.len()]],
+            [cpu],
             "process {id} (pid {pid}) of a tree allowed {allowed:?}"
         );
+        // `status` tells the operator where each process runs.
+        assert_eq!(row["cpus"], cpu.to_string(), "{row}");
+    }
+    let text = String::from_utf8_lossy(&s.run(&["status"]).stdout).into_owned();
+    if allowed.len() > 1 {
+        assert!(text.contains(" cpus"), "a cpus column:\n{text}");
     }
     // A replacement takes its predecessor's CPU.
     let victim = rows[0]["pid"].as_u64().expect("pid") as u32;
@@ -161,8 +168,10 @@ fn with_cpu_affinity_each_process_keeps_to_the_cpu_its_id_chooses() {
     );
     let replacement = successor().expect("replaced");
     assert_eq!(cpus_allowed(replacement), [allowed[id % allowed.len()]]);
-    // Without the setting nothing is pinned.
+    // Without the setting nothing is pinned, and `status` has no cpus column.
     let plain = echo(1, &[]);
     let pid = plain.status()["processes"][0]["pid"].as_u64().expect("pid") as u32;
     assert_eq!(cpus_allowed(pid), allowed);
+    let text = String::from_utf8_lossy(&plain.run(&["status"]).stdout).into_owned();
+    assert!(!text.contains(" cpus"), "no cpus column:\n{text}");
 }

@@ -21,6 +21,10 @@ pub(crate) struct ProcessRow {
     /// Being replaced by a reload; still finishing its connections.
     pub(crate) retiring: bool,
     pub(crate) stats: Snapshot,
+    /// The CPUs it may run on, in Linux's list form ("0-3", "2"); one CPU with
+    /// `Worker::cpu_affinity`.
+    #[serde(default)]
+    pub(crate) cpus: String,
 }
 
 /// A worker group's exits, in `status`.
@@ -39,6 +43,9 @@ pub(crate) struct StatusReport {
     pub(crate) uptime_secs: f64,
     pub(crate) load_average: [f64; 3],
     pub(crate) master_memory_bytes: u64,
+    /// The CPUs the master may run on, as [`ProcessRow::cpus`].
+    #[serde(default)]
+    pub(crate) master_cpus: String,
     /// The node name of this tree.
     pub(crate) node: String,
     /// Which bus, and whether the master can reach it.
@@ -67,6 +74,15 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The CPUs process `pid` may run on, as `/proc/PID/status` lists them (`0-3,6`).
+pub(crate) fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    Some(line.split_whitespace().nth(1)?.to_string())
 }
 
 pub(crate) fn load_average() -> [f64; 3] {
@@ -148,9 +164,21 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
         }
     }
     let _ = writeln!(out, "{:-^100}", " PROCESSES ");
+    // The CPUs column only when some process is pinned narrower than the master.
+    let pinned = r
+        .processes
+        .iter()
+        .any(|p| !p.cpus.is_empty() && p.cpus != r.master_cpus);
+    let cpus = |cpus: &str| {
+        if pinned {
+            format!(" {cpus}")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "{:<8} {:>8} {:<14} {:<26} {:>5} {:>9} {:>11} {:>8} {:>9} {:>6} {:>6} {:<8}",
+        "{:<8} {:>8} {:<14} {:<26} {:>5} {:>9} {:>11} {:>8} {:>9} {:>6} {:>6} {:<8}{}",
         "pid",
         "memory",
         "worker",
@@ -162,7 +190,8 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
         "send_fail",
         "timers",
         "panics",
-        "status"
+        "status",
+        cpus("cpus")
     );
     for p in &r.processes {
         let state = match (p.busy, p.retiring) {
@@ -172,7 +201,7 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<8} {:>8} {:<14} {:<26} {:>5} {:>9} {:>11} {:>8} {:>9} {:>6} {:>6} {:<8}",
+            "{:<8} {:>8} {:<14} {:<26} {:>5} {:>9} {:>11} {:>8} {:>9} {:>6} {:>6} {:<8}{}",
             p.pid,
             human_bytes(p.memory_bytes),
             format!("{}#{}", p.worker, p.id),
@@ -184,7 +213,8 @@ pub(crate) fn render_status(r: &StatusReport, program: &str) -> String {
             p.stats.failed_sends,
             p.stats.timers,
             p.stats.panics,
-            state
+            state,
+            cpus(&p.cpus)
         );
     }
     let _ = writeln!(

@@ -83,6 +83,7 @@ impl Master {
                     busy,
                     retiring,
                     stats,
+                    cpus: status::cpus_allowed(pid).unwrap_or_default(),
                 }
             }));
         }
@@ -117,6 +118,7 @@ impl Master {
             uptime_secs: st.started_at.elapsed().as_secs_f64(),
             load_average: status::load_average(),
             master_memory_bytes: status::rss_bytes(std::process::id()).unwrap_or(0),
+            master_cpus: status::cpus_allowed(std::process::id()).unwrap_or_default(),
             hub: self.hub_stats.borrow_mut().take(),
             bus,
             node: st.node.clone(),
