@@ -104,8 +104,8 @@ pub(crate) fn async_listener<T: std::os::fd::AsRawFd>(
     .map_err(|e| e.into_parts().1)
 }
 
-/// Binds this process to the `n`-th CPU (counting round) of those it may run on now, and
-/// returns that CPU's number.
+/// Binds this process (every thread it has; threads started later inherit it) to the `n`-th
+/// CPU (counting round) of those it may run on now, and returns that CPU's number.
 pub(crate) fn pin_to_allowed_cpu(n: u32) -> std::io::Result<usize> {
     use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
@@ -118,7 +118,14 @@ pub(crate) fn pin_to_allowed_cpu(n: u32) -> std::io::Result<usize> {
     };
     let mut only = CpuSet::new();
     only.set(cpu)?;
+    // An affinity belongs to one thread: threads the program started before `run_all` are
+    // pinned one by one (one that ended meanwhile is skipped).
     sched_setaffinity(Pid::from_raw(0), &only)?;
+    for entry in std::fs::read_dir("/proc/self/task")?.flatten() {
+        if let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) {
+            let _ = sched_setaffinity(Pid::from_raw(tid), &only);
+        }
+    }
     Ok(cpu)
 }
 

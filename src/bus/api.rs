@@ -268,7 +268,7 @@ impl super::Bus {
         payload: impl Into<Bytes>,
         opts: SubmitOptions,
     ) -> Result<Bytes, BusError> {
-        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let deadline = super::handle::deadline_after(opts.timeout);
         let (reply, token, rx) = self.task_reply_slot()?;
         let queued = self.queue_task(Submission {
             pool: pool.into(),

@@ -48,6 +48,14 @@ const MAX_HEADER_VALUE: usize = 16 * 1024;
 /// subjects).
 const MAX_HEADERS: usize = 32 * 1024;
 
+/// `timeout` from now; a timeout too long to add (`Duration::MAX`, "no limit") is about 30
+/// years, as tokio's own far future.
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
 /// Receives the one answer to a request.
 pub(crate) type ReplyReceiver = oneshot::Receiver<Result<BusMessage, BusError>>;
 
@@ -432,8 +440,7 @@ impl Bus {
             self.forget_pending(token);
             return Err(e);
         }
-        self.await_reply(token, rx, tokio::time::Instant::now() + timeout)
-            .await
+        self.await_reply(token, rx, deadline_after(timeout)).await
     }
 
     /// Sends a request to every subscriber of `subject` and collects their answers: on the hub,
@@ -463,7 +470,7 @@ impl Bus {
         let counted = self.inner.link.capabilities().counted_gather;
         let mut expected: Option<usize> = None;
         let mut answers = Vec::new();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         loop {
             if expected.is_some_and(|n| answers.len() >= n) {
                 break;
@@ -600,4 +607,18 @@ pub(crate) fn check_headers(headers: &Headers) -> Result<(), BusError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_timeout_too_long_to_add_means_a_far_deadline_not_a_panic() {
+        let now = tokio::time::Instant::now();
+        let far = deadline_after(Duration::MAX);
+        assert!(far > now + Duration::from_secs(86_400 * 365));
+        let soon = deadline_after(Duration::from_secs(1));
+        assert!(soon > now && soon <= tokio::time::Instant::now() + Duration::from_secs(1));
+    }
 }

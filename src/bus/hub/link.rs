@@ -573,16 +573,15 @@ impl Transport for HubLink {
     fn submit(&self, task: Submission) -> LocalBoxFuture<'static, Result<(), BusError>> {
         let encode = |out: &mut BytesMut| wire::encode_submit(&submit_ref(&task), out);
         let queued = match &task.reply {
-            Some(reply) => self
-                .inner
-                .kept
-                .borrow_mut()
-                .keep(&task, reply)
-                .and_then(|()| {
+            Some(reply) => {
+                // Its own statement: the kept list is borrowed again if queuing fails.
+                let kept = self.inner.kept.borrow_mut().keep(&task, reply);
+                kept.and_then(|()| {
                     self.queue_encoded(encode).inspect_err(|_| {
                         self.inner.kept.borrow_mut().answered(reply);
                     })
-                }),
+                })
+            }
             None => self.queue_encoded(encode),
         };
         Box::pin(std::future::ready(queued))
@@ -753,6 +752,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(&got[1], Frame::Pub { subject, .. } if subject == "b"));
+    }
+
+    #[tokio::test]
+    async fn a_submission_refused_for_a_full_outbox_is_not_kept() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                // No hub: everything stays in the outbox until it is full.
+                let link = HubLink::connect(PathBuf::from("/nonexistent/oxwork-hub.sock"), "t");
+                let later = tokio::time::Instant::now() + Duration::from_secs(60);
+                let big = Bytes::from(vec![0u8; 1024 * 1024]);
+                let mut refused = None;
+                for i in 0..64 {
+                    let reply = format!("r{i}");
+                    if let Err(e) = link.submit(submission(&reply, big.clone(), later)).await {
+                        refused = Some((reply, e));
+                        break;
+                    }
+                }
+                let (reply, e) = refused.expect("the outbox fills");
+                assert!(matches!(e, BusError::Backpressure), "{e}");
+                let kept = link.inner.kept.borrow();
+                assert!(!kept.by_reply.contains_key(reply.as_str()));
+                assert!(kept.by_reply.contains_key("r0"));
+            })
+            .await;
     }
 
     #[tokio::test]
