@@ -305,7 +305,7 @@ impl super::Bus {
     pub fn submit_detached(&self, pool: &str, payload: impl Into<Bytes>) -> Result<(), BusError> {
         let queuing = self.queue_task(Submission {
             pool: pool.into(),
-            reply: self.detached_reply()?.map(Into::into),
+            reply: self.detached_reply()?,
             max_retries: DEFAULT_TASK_RETRIES,
             payload: payload.into(),
             deadline: tokio::time::Instant::now() + DEFAULT_TASK_TIMEOUT,

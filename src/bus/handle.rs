@@ -352,12 +352,13 @@ impl Bus {
         }
     }
 
-    /// `inbox.token`, made with one allocation (one of these is made per request and task).
-    fn reply_subject(&self, token: u64) -> Rc<str> {
+    /// `inbox.MARKtoken`, made with one allocation (one of these is made per request and task).
+    fn reply_subject(&self, mark: &str, token: u64) -> Rc<str> {
         let mut scratch = self.inner.reply_scratch.borrow_mut();
         scratch.clear();
         scratch.push_str(&self.inner.inbox);
         scratch.push('.');
+        scratch.push_str(mark);
         scratch.push_str(itoa::Buffer::new().format(token));
         Rc::from(scratch.as_str())
     }
@@ -377,7 +378,7 @@ impl Bus {
         self.inner.next_token.set(token);
         let (tx, rx) = oneshot::channel();
         self.inner.pending.borrow_mut().insert(token, tx);
-        Ok((self.reply_subject(token), token, rx))
+        Ok((self.reply_subject("", token), token, rx))
     }
 
     /// A reply slot for a submitted task: on a transport that submits tasks again after a lost
@@ -392,7 +393,7 @@ impl Bus {
 
     /// The reply subject of a fire-and-forget task, where the transport needs one to learn
     /// that it is done (see `Capabilities::resubmits_tasks`); its answer is dropped.
-    pub(crate) fn detached_reply(&self) -> Result<Option<String>, BusError> {
+    pub(crate) fn detached_reply(&self) -> Result<Option<Rc<str>>, BusError> {
         if !self.inner.link.capabilities().resubmits_tasks {
             return Ok(None);
         }
@@ -400,7 +401,7 @@ impl Bus {
         let token = self.inner.next_token.get() + 1;
         self.inner.next_token.set(token);
         // Not a number, so the inbox never takes it for an awaited answer.
-        Ok(Some(format!("{}.d{token}", self.inner.inbox)))
+        Ok(Some(self.reply_subject("d", token)))
     }
 
     pub(crate) async fn await_reply(

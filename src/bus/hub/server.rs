@@ -260,49 +260,10 @@ impl Hub {
                     .join(&pool, peer.clone(), concurrency, max_queue);
                 self.dispatch(&pool);
             }
-            // wire::parse_inbound gives these three borrowed; owned ones are handled alike.
-            Frame::Pub {
-                subject,
-                reply,
-                headers,
-                payload,
-            } => self.handle(
-                peer,
-                Inbound::Pub {
-                    subject: &subject,
-                    reply: reply.as_deref(),
-                    headers,
-                    payload,
-                },
-            )?,
-            Frame::Submit {
-                pool,
-                reply,
-                max_retries,
-                payload,
-            } => self.handle(
-                peer,
-                Inbound::Submit {
-                    pool: &pool,
-                    reply: reply.as_deref(),
-                    max_retries,
-                    payload,
-                },
-            )?,
-            Frame::TaskDone {
-                task,
-                ok,
-                reply,
-                payload,
-            } => self.handle(
-                peer,
-                Inbound::TaskDone {
-                    task,
-                    ok,
-                    reply: reply.as_deref(),
-                    payload,
-                },
-            )?,
+            // wire::parse_inbound reads these three borrowed: they never arrive owned.
+            Frame::Pub { .. } | Frame::Submit { .. } | Frame::TaskDone { .. } => {
+                return Err("a frame the hub reads borrowed arrived owned".into());
+            }
             Frame::Msg { .. } | Frame::Err { .. } | Frame::KvReply { .. } | Frame::Task { .. } => {
                 return Err("frame only the hub sends".into());
             }
